@@ -1,0 +1,4 @@
+"""python -m dabench"""
+from dabench.cli import main
+
+main()

@@ -1,0 +1,240 @@
+"""The ``dabench`` command: parses arguments, calls the Python API, prints. Nothing else."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dabench.errors import DabenchError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _parse_h(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DabenchError(f"-H expects key=value (for example -H lr=0.01), got '{item}'.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DabenchError(f"{what} expects whole numbers separated by commas, got '{text}'.") from None
+    if not values or any(v < 0 for v in values):
+        raise DabenchError(f"{what} expects numbers of 0 or more, got '{text}'.")
+    return values
+
+
+class _Group(click.Group):
+    """Turns DabenchError into one paragraph on stderr and exit code 2; RunFailed into exit code 1."""
+
+    def invoke(self, ctx):
+        from dabench.trainer import RunFailed
+
+        try:
+            return super().invoke(ctx)
+        except DabenchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(2)
+        except RunFailed as exc:
+            err_console.print(f"[bold red]run failed:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: continue later with the same command plus --resume")
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="dabench")
+def main() -> None:
+    """dabench: run, sweep and compare domain adaptation methods under one protocol."""
+
+
+def _run_options(f):
+    options = [
+        click.option("--backbone", default=None, help="backbone name (default: digit-cnn for classification); e.g. timm:resnet50"),
+        click.option("--steps", type=int, default=2000, show_default=True, help="training steps"),
+        click.option("--eval-every", type=int, default=200, show_default=True, help="evaluate and checkpoint every N steps"),
+        click.option("-H", "hparam", multiple=True, metavar="KEY=VALUE", help="override a hyperparameter (repeatable)"),
+        click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)"),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True),
+        click.option("--image-size", type=int, default=None, help="side of the square images (default: the source data set's)"),
+        click.option("--pretrained", type=click.Path(), default=None, help="local weights file for the backbone"),
+        click.option("--channels-last", is_flag=True, help="channels_last memory format (faster convolutions on GPU)"),
+        click.option("--workers", type=int, default=0, show_default=True, help="data loading processes for file-backed data"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.command()
+@click.option("--algo", required=True, help="algorithm name (see: dabench list algorithms)")
+@click.option("--src", required=True, help="source domain, e.g. syndigits, folder:PATH")
+@click.option("--tgt", required=True, help="target domain, e.g. uci-digits, office31:webcam")
+@click.option("--tgt-labeled", type=int, default=0, show_default=True, help="labelled target samples (semi-/supervised DA)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_run_options
+@click.option("--out", type=click.Path(), default="runs", show_default=True, help="folder for run folders")
+@click.option("--resume", is_flag=True, help="continue the unfinished run of this exact config")
+@click.option("--overwrite", is_flag=True, help="delete an existing run of this config and start again")
+def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
+        image_size, pretrained, channels_last, workers, out, resume, overwrite):
+    """Train one algorithm on one source -> target pair and evaluate it."""
+    from dabench.progress import RichReporter
+    from dabench.runner import RunConfig, run as run_api
+
+    cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=tgt_labeled, steps=steps,
+                    eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
+                    device=device, precision=precision, image_size=image_size, pretrained=pretrained,
+                    channels_last=channels_last, workers=workers, resume=resume, overwrite=overwrite)
+    result = run_api(cfg, reporter=RichReporter(err_console, title=f"{algo} {src} -> {tgt}"))
+    if result.already_done:
+        err_console.print("This exact config already finished; showing its results (use --overwrite to run it again).")
+    console.print(_result_table(result))
+    console.print(f"run folder: {result.run_dir}")
+
+
+def _result_table(result) -> Table:
+    from dabench.selection import choose
+
+    metric = result.config["metric"]
+    table = Table(title=f"{result.config['algo']}: {result.config['src']} -> {result.config['tgt']} ({metric})")
+    for col in ("model selection", "step", "src-val", "tgt-test"):
+        table.add_column(col, justify="right" if col != "model selection" else "left")
+    for method in ("source-val", "last"):
+        rec = choose(method, result.records, metric)
+        table.add_row(method, str(rec["step"]), f"{rec['src-val'][metric]:.4f}", f"{rec['tgt-test'][metric]:.4f}")
+    return table
+
+
+@main.command(name="list")
+@click.argument("kind", required=False, type=click.Choice(["algorithms", "datasets", "backbones", "translators"]))
+def list_(kind):
+    """Show the registered plugins (built-in and installed), with descriptions."""
+    from dabench.registry import REGISTRIES, describe
+
+    for name in [kind] if kind else ["algorithms", "datasets", "backbones"]:
+        reg = REGISTRIES[name]
+        table = Table(title=name, title_justify="left", show_lines=name == "algorithms")
+        table.add_column("name", style="bold")
+        table.add_column("task")
+        table.add_column("description")
+        if name == "algorithms":
+            table.add_column("hyperparameters (defaults)")
+        for plugin_name in reg.names():
+            try:
+                obj = reg.get(plugin_name)
+            except DabenchError as exc:  # one broken plugin must not hide the others
+                table.add_row(plugin_name, "?", f"[red]cannot be loaded:[/] {exc}")
+                continue
+            if name == "algorithms":
+                desc = obj.description()
+                hps = ", ".join(f"{k}={v.default}" for k, v in sorted(obj.hparams.items()))
+                labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
+                table.add_row(plugin_name, obj.task, desc + labels, hps)
+            else:
+                table.add_row(plugin_name, getattr(obj, "task", "any"), describe(obj))
+        console.print(table)
+
+
+@main.command()
+@click.option("--algos", required=True, help="comma-separated algorithm names")
+@click.option("--src", required=True)
+@click.option("--tgt", required=True)
+@click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
+@click.option("--tgt-labeled", default="0", show_default=True, help="labelled target budgets, comma-separated, e.g. 0,100")
+@click.option("--hparam-samples", type=int, default=1, show_default=True, help="random-search samples per config (0 = defaults)")
+@_run_options
+@click.option("--out", type=click.Path(), default="runs", show_default=True)
+@click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
+def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, backbone, steps, eval_every, hparam, data_root,
+          device, precision, image_size, pretrained, channels_last, workers, out, jobs):
+    """Run every algorithm x budget x seed x hyperparameter sample; skip finished runs."""
+    from dabench.runner import RunConfig
+    from dabench.sweep import plan, sweep as sweep_api
+
+    seed_list = _ints(seeds, "--seeds")
+    seed_list = list(range(seed_list[0])) if "," not in seeds else seed_list
+    if not seed_list or hparam_samples < 1 or jobs < 1:
+        raise DabenchError("--seeds, --hparam-samples and --jobs must be at least 1.")
+    base = RunConfig(algo="", src=src, tgt=tgt, backbone=backbone, steps=steps, eval_every=eval_every,
+                     hparams=_parse_h(hparam), data_root=data_root, out=out, device=device, precision=precision,
+                     image_size=image_size, pretrained=pretrained, channels_last=channels_last, workers=workers)
+    configs, notes = plan([a.strip() for a in algos.split(",") if a.strip()], seed_list,
+                          _ints(tgt_labeled, "--tgt-labeled"), hparam_samples, base)
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {note}")
+    err_console.print(f"{len(configs)} runs -> {out}")
+
+    def show(o, i, n):
+        c = o.config
+        label = f"[{i}/{n}] {c.algo} N={c.tgt_labeled} seed={c.seed} hp={c.hparam_index}"
+        if o.status in ("done", "skipped"):
+            metric = next(iter(o.final.get("tgt-val", {})), None)
+            extra = f" tgt-val {o.final['tgt-val'][metric]:.4f}" if metric else ""
+            err_console.print(f"{label}: {'finished' if o.status == 'done' else 'already done'}{extra}  {o.run_dir}")
+        else:
+            err_console.print(f"{label}: [red]{o.status}[/]: {o.message.splitlines()[0]}", soft_wrap=True)
+
+    outcomes = sweep_api(configs, jobs=jobs, on_outcome=show)
+    bad = [o for o in outcomes if o.status in ("failed", "invalid")]
+    done = sum(o.status == "done" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    console.print(f"sweep: {done} finished, {skipped} already done, {len(bad)} failed")
+    for o in bad:
+        err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {o.message}", soft_wrap=True)
+    if bad:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv"]), default="markdown", show_default=True)
+def leaderboard(path, fmt):
+    """Tables of target-test results per model-selection method, read from run folders."""
+    from dabench.leaderboard import leaderboard as board, render
+
+    click.echo(render(board(Path(path)), fmt))
+
+
+@main.group()
+def datasets():
+    """Inspect data sets."""
+
+
+@datasets.command()
+@click.argument("name")
+@click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)")
+def check(name, data_root):
+    """Check that a data set's files are where dabench expects them, and count them."""
+    import os
+
+    from dabench.protocol import load_domain
+
+    root = data_root or os.environ.get("DABENCH_DATA")
+    root_path = Path(root).expanduser() if root else None
+    if root_path is not None and not root_path.is_dir():
+        raise DabenchError(f"The data root {root_path} does not exist or is not a folder.")
+    domain = load_domain(name, root_path)
+    table = Table(title=f"{domain.name} ({domain.task})", title_justify="left")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("classes", f"{domain.num_classes}: {', '.join(domain.classes[:12])}{' ...' if domain.num_classes > 12 else ''}")
+    table.add_row("train", str(len(domain.train)))
+    table.add_row("test", str(len(domain.test)) if domain.test is not None else "none (held out of train by the protocol)")
+    table.add_row("image size", str(domain.image_size))
+    for k, v in domain.info.items():
+        table.add_row(k, str(v))
+    console.print(table)
+    console.print("ok")

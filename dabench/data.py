@@ -1,0 +1,185 @@
+"""Domains, the protocol's splits and the batches an algorithm sees.
+
+A dataset plugin returns a ``Domain``: a task, class names and labelled splits. The protocol
+(``dabench.protocol``) cuts those into source train/val and target train/val/test. Target
+images reach ``update()`` through ``Batch.tgt_x``, a plain tensor: in unsupervised DA the
+batch has no target label field at all, so no plugin can read one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+CLASSIFICATION = "classification"
+SEGMENTATION = "segmentation"
+
+
+@dataclass
+class Domain:
+    """A named domain. ``train`` is labelled; ``test`` is the official test split if there is one
+    (otherwise the protocol holds one out of ``train``, with a fixed seed)."""
+
+    name: str
+    task: str
+    classes: list[str]
+    train: Dataset
+    test: Dataset | None = None
+    image_size: int | tuple[int, int] = 28
+    info: dict[str, Any] = field(default_factory=dict)  # anything worth recording in config.json
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class TensorImages(Dataset):
+    """Images kept in memory as uint8 (N, C, H, W) with integer labels; served as floats in [-1, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        assert images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(labels)
+        self.images, self.targets = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.get_batch([i])[0][0], self.targets[i]
+
+    def get_batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return self.images[idx].float().div_(127.5).sub_(1.0), self.targets[idx]
+
+    def labels(self) -> np.ndarray:
+        return self.targets.numpy()
+
+
+class Subset(Dataset):
+    """A view on some indices of a dataset; keeps the fast batch path and the label listing."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]):
+        self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[int(self.indices[i])]
+
+    def get_batch(self, idx: Sequence[int]):
+        return get_batch(self.base, self.indices[np.asarray(idx, dtype=np.int64)].tolist())
+
+    def labels(self) -> np.ndarray:
+        return labels_of(self.base)[self.indices]
+
+
+class ImagesOnly(Dataset):
+    """The unlabelled view of a labelled dataset: yields images and nothing else."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.base[i][0]
+
+    def get_batch(self, idx: Sequence[int]) -> torch.Tensor:
+        return get_batch(self.base, idx)[0]
+
+
+def get_batch(ds: Dataset, idx: Sequence[int]):
+    """Fetch several items at once: through ``ds.get_batch`` when it has one, else item by item."""
+    if hasattr(ds, "get_batch"):
+        return ds.get_batch(idx)
+    return torch.utils.data.default_collate([ds[i] for i in idx])
+
+
+def labels_of(ds: Dataset) -> np.ndarray:
+    """Class labels of a classification dataset without decoding its images (``labels()``), or by
+    reading every item as a fallback."""
+    if hasattr(ds, "labels"):
+        return np.asarray(ds.labels())
+    return np.asarray([int(ds[i][1]) for i in range(len(ds))])
+
+
+@dataclass
+class Labeled:
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@dataclass
+class Batch:
+    """What ``Algorithm.update`` receives each step.
+
+    ``tgt_x`` holds unlabelled target images. ``tgt_labeled`` is None unless the run was given a
+    labelled-target budget (``--tgt-labeled N``) or the algorithm is the target-trained oracle.
+    """
+
+    src_x: torch.Tensor
+    src_y: torch.Tensor
+    tgt_x: torch.Tensor
+    tgt_labeled: Labeled | None = None
+
+    def to(self, device: torch.device, channels_last: bool = False) -> "Batch":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(device, non_blocking=True)
+            return t.contiguous(memory_format=torch.channels_last) if channels_last and t.ndim == 4 and t.is_floating_point() else t
+
+        lab = Labeled(move(self.tgt_labeled.x), move(self.tgt_labeled.y)) if self.tgt_labeled else None
+        return Batch(move(self.src_x), move(self.src_y), move(self.tgt_x), lab)
+
+
+def step_indices(n: int, batch_size: int, seed: int, stream: int, step: int) -> list[int]:
+    """The indices of batch ``step`` of an endless shuffled stream over ``n`` items.
+
+    Stateless: each epoch's permutation comes from (seed, stream, epoch), so batch k is the same
+    whether the run started at 0 or resumed at k. This is what makes resume exact.
+    """
+    if n == 0:
+        raise ValueError("cannot draw batches from an empty split")
+    out: list[int] = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = np.random.default_rng([seed, stream, epoch]).permutation(n)
+        take = perm[offset : offset + batch_size - len(out)]
+        out.extend(take.tolist())
+        pos += len(take)
+    return out
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    def __init__(self, n: int, batch_size: int, seed: int, stream: int, start: int, stop: int):
+        self.args = (n, batch_size, seed, stream)
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            yield step_indices(*self.args, step)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def stream(ds: Dataset, batch_size: int, seed: int, stream_id: int, start: int, stop: int, workers: int = 0) -> Iterator:
+    """Batches ``start .. stop-1`` of a seeded endless stream. In-memory datasets are indexed
+    directly; file-backed ones go through a DataLoader with ``workers`` processes."""
+    sampler = _StepSampler(len(ds), batch_size, seed, stream_id, start, stop)
+    if hasattr(ds, "get_batch"):
+        return (ds.get_batch(idx) for idx in sampler)
+    return iter(DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                           persistent_workers=False))
+
+
+def ordered_batches(ds: Dataset, batch_size: int, workers: int = 0) -> Iterator:
+    """Every item once, in order: for evaluation."""
+    n = len(ds)
+    if hasattr(ds, "get_batch"):
+        return (ds.get_batch(list(range(i, min(i + batch_size, n)))) for i in range(0, n, batch_size))
+    return iter(DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers))

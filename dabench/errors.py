@@ -1,0 +1,8 @@
+"""The one exception type that means "the user asked for something we cannot do"."""
+
+
+class DabenchError(Exception):
+    """Bad usage or bad input. The CLI prints the message as one paragraph and exits with 2.
+
+    Messages say what was wrong, what was expected, and what to do.
+    """

@@ -1,0 +1,113 @@
+"""Hyperparameters: a default and a random-search distribution, declared per algorithm.
+
+DomainBed-style search: sample 0 is the defaults; sample k > 0 draws every hyperparameter
+from its distribution with a generator seeded by (algorithm, k), so a sweep is reproducible.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from dabench.errors import DabenchError
+
+Sampler = Callable[[np.random.Generator], Any]
+
+
+@dataclass(frozen=True)
+class HParam:
+    default: Any
+    search: Sampler | None = None  # None: not searched, always the default
+    help: str = ""
+    choices: tuple | None = None
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+
+def log_uniform(lo: float, hi: float) -> Sampler:
+    """10 ** U(lo, hi), as DomainBed writes its learning-rate spaces."""
+    return lambda rng: float(10 ** rng.uniform(lo, hi))
+
+
+def uniform(lo: float, hi: float) -> Sampler:
+    return lambda rng: float(rng.uniform(lo, hi))
+
+
+def choice(options: list) -> Sampler:
+    return lambda rng: options[int(rng.integers(len(options)))]
+
+
+def int_log2(lo: float, hi: float) -> Sampler:
+    """int(2 ** U(lo, hi)): batch sizes and widths."""
+    return lambda rng: int(2 ** rng.uniform(lo, hi))
+
+
+def defaults(space: dict[str, HParam]) -> dict[str, Any]:
+    return {k: p.default for k, p in space.items()}
+
+
+def sample(space: dict[str, HParam], name: str, index: int) -> dict[str, Any]:
+    """The index-th random-search sample; index 0 is the defaults."""
+    if index == 0:
+        return defaults(space)
+    rng = np.random.default_rng([zlib.crc32(name.encode()), index])
+    return {k: (p.search(rng) if p.search else p.default) for k, p in sorted(space.items())}
+
+
+def parse_value(key: str, text: str, p: HParam) -> Any:
+    """Turn a command-line string into the declared type, or say what was expected."""
+    kind = p.type
+    try:
+        if kind is bool:
+            low = text.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            value: Any = low in ("true", "1", "yes")
+        elif kind is int:
+            value = int(text)
+        elif kind is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+        else:
+            value = text
+    except ValueError:
+        raise DabenchError(
+            f"Hyperparameter '{key}' expects a {kind.__name__} (default {p.default!r}), got '{text}'."
+            f" Write it as -H {key}={p.default}."
+        ) from None
+    if p.choices is not None and value not in p.choices:
+        raise DabenchError(
+            f"Hyperparameter '{key}' must be one of {', '.join(map(str, p.choices))}; got '{text}'."
+        )
+    return value
+
+
+def apply_overrides(space: dict[str, HParam], values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Check override keys and types against the space; strings are parsed, typed values checked."""
+    out = dict(values)
+    for key, raw in overrides.items():
+        if key not in space:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(space), n=2, cutoff=0.5)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise DabenchError(
+                f"Unknown hyperparameter '{key}'.{hint} This algorithm accepts: "
+                f"{', '.join(f'{k}={p.default}' for k, p in sorted(space.items()))}."
+            )
+        p = space[key]
+        if isinstance(raw, str) and p.type is not str:
+            out[key] = parse_value(key, raw, p)
+        elif p.type is float and isinstance(raw, int) and not isinstance(raw, bool):
+            out[key] = float(raw)
+        elif not isinstance(raw, p.type) or (p.type is int and isinstance(raw, bool)):
+            raise DabenchError(f"Hyperparameter '{key}' expects a {p.type.__name__}, got {raw!r}.")
+        else:
+            out[key] = parse_value(key, str(raw), p) if p.choices else raw
+    return out

@@ -1,0 +1,46 @@
+"""Metrics: accuracy for classification; a device-side confusion matrix for segmentation."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+IGNORE_INDEX = 255
+
+
+class ConfusionMatrix:
+    """Rows = ground truth, columns = prediction, accumulated on the device with one bincount."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+        self.n = num_classes
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        keep = (target != IGNORE_INDEX) & (target >= 0) & (target < self.n)
+        idx = target[keep].long() * self.n + pred[keep].long()
+        self.mat += torch.bincount(idx, minlength=self.n * self.n).view(self.n, self.n)
+
+    def accuracy(self) -> float:
+        total = int(self.mat.sum())
+        return float(self.mat.diag().sum()) / total if total else math.nan
+
+    def iou(self) -> list[float]:
+        """Per-class IoU = TP / (TP + FP + FN); NaN for a class absent from both labels and predictions."""
+        m = self.mat.double()
+        tp = m.diag()
+        denom = m.sum(0) + m.sum(1) - tp
+        return [float(t / d) if d > 0 else math.nan for t, d in zip(tp.tolist(), denom.tolist())]
+
+    def summary(self, task: str) -> dict:
+        if task == "classification":
+            return {"acc": self.accuracy()}
+        ious = self.iou()
+        present = [v for v in ious if not math.isnan(v)]
+        return {
+            "miou": sum(present) / len(present) if present else math.nan,
+            "pixacc": self.accuracy(),
+            "iou": [None if math.isnan(v) else v for v in ious],
+        }
+
+
+PRIMARY_METRIC = {"classification": "acc", "segmentation": "miou"}

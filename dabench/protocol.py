@@ -1,0 +1,113 @@
+"""The protocol: which data each part of a run may see.
+
+Source: train / val (held out, labelled). Target: unlabelled train; a labelled validation split
+used only by target-oracle model selection; a test split that only the evaluation reads (no
+model selection method is ever given it). With ``--tgt-labeled N``, N labelled target samples
+are drawn from target train (seeded by the run, class-balanced) for semi-supervised and
+supervised DA. Splits are cut with a fixed seed, so every run of a pair shares one test split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from dabench.data import CLASSIFICATION, Domain, ImagesOnly, Subset, labels_of
+from dabench.errors import DabenchError
+from dabench.registry import Spec, datasets
+
+SPLIT_SEED = 0
+SOURCE_VAL = 0.2  # fraction of source train held out for validation
+TARGET_VAL = 0.2  # fraction of target train held out (labelled) for target-oracle selection
+TARGET_TEST = 0.25  # fraction held out for test when the target has no official test split
+
+
+@dataclass
+class Splits:
+    task: str
+    classes: list[str]
+    image_size: int | tuple[int, int]
+    src_train: Dataset
+    src_val: Dataset
+    tgt_train: ImagesOnly  # no labels, by type
+    tgt_val: Dataset
+    tgt_test: Dataset
+    tgt_labeled: Dataset | None  # None in unsupervised DA
+
+    def sizes(self) -> dict[str, int]:
+        names = ["src_train", "src_val", "tgt_train", "tgt_val", "tgt_test", "tgt_labeled"]
+        return {n: len(getattr(self, n)) if getattr(self, n) is not None else 0 for n in names}
+
+
+def load_domain(text: str, root: Path | None, image_size=None) -> Domain:
+    spec = Spec.parse(text)
+    factory = datasets.get(spec.name)
+    domain = factory(spec.arg, root=root, image_size=image_size)
+    domain.name = str(spec)
+    return domain
+
+
+def _split(n: int, fractions: list[float], salt: str) -> list[np.ndarray]:
+    """Cut range(n) into len(fractions)+1 parts with a fixed seed; the last part is the rest."""
+    perm = np.random.default_rng([SPLIT_SEED, sum(map(ord, salt))]).permutation(n)
+    parts, start = [], 0
+    for f in fractions:
+        k = max(1, int(round(f * n)))
+        parts.append(perm[start : start + k])
+        start += k
+    parts.append(perm[start:])
+    return parts
+
+
+def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n indices drawn round-robin over classes (seeded): class-balanced as far as the classes allow."""
+    rng = np.random.default_rng([seed, 7])
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < n:
+        for pool in pools:
+            if pool and len(picked) < n:
+                picked.append(int(pool.pop()))
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int) -> Splits:
+    if src.task != tgt.task:
+        raise DabenchError(f"Source {src.name} is a {src.task} data set but target {tgt.name} is {tgt.task}: pick two domains of one task.")
+    if src.classes != tgt.classes:
+        raise DabenchError(
+            f"Source {src.name} and target {tgt.name} have different classes ({len(src.classes)} vs {len(tgt.classes)}; "
+            f"e.g. {sorted(set(src.classes) ^ set(tgt.classes))[:5]}). Domain adaptation here needs one label space."
+        )
+    src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
+    if tgt.test is not None:
+        tgt_val, tgt_train = _split(len(tgt.train), [TARGET_VAL], "target")
+        tgt_test: Dataset = tgt.test
+    else:
+        test_idx, tgt_val, tgt_train = _split(len(tgt.train), [TARGET_TEST, TARGET_VAL * (1 - TARGET_TEST)], "target")
+        tgt_test = Subset(tgt.train, test_idx)
+    train_labeled = Subset(tgt.train, tgt_train)
+    if tgt_labeled == "all":
+        labeled: Dataset | None = train_labeled
+    elif tgt_labeled > len(tgt_train):
+        raise DabenchError(
+            f"--tgt-labeled {tgt_labeled} asks for more labelled target samples than target train holds "
+            f"({len(tgt_train)} images of {tgt.name}). Use at most {len(tgt_train)}."
+        )
+    elif tgt_labeled > 0:
+        pick = np.arange(len(tgt_train))
+        if src.task == CLASSIFICATION:
+            pick = balanced_pick(labels_of(train_labeled), tgt_labeled, seed)
+        else:
+            pick = np.sort(np.random.default_rng([seed, 7]).permutation(len(tgt_train))[:tgt_labeled])
+        labeled = Subset(train_labeled, pick)
+    else:
+        labeled = None
+    return Splits(
+        task=src.task, classes=src.classes, image_size=src.image_size,
+        src_train=Subset(src.train, src_train), src_val=Subset(src.train, src_val),
+        tgt_train=ImagesOnly(train_labeled), tgt_val=Subset(tgt.train, tgt_val), tgt_test=tgt_test,
+        tgt_labeled=labeled,
+    )

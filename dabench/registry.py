@@ -1,0 +1,109 @@
+"""Name -> factory registries for algorithms, datasets, backbones and translators.
+
+A plugin registers with a decorator next to its definition (``@algorithms.register("dann")``)
+or, from another package, through an entry point in the group ``dabench.<kind>``. The
+built-in plugins use the entry points too, so the third-party path is the everyday path.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterator
+
+from dabench.errors import DabenchError
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A plugin name with an optional argument: ``folder:/data/mine`` -> ("folder", "/data/mine")."""
+
+    name: str
+    arg: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Spec":
+        name, sep, arg = text.partition(":")
+        return cls(name.strip(), arg if sep else None)
+
+    def __str__(self) -> str:
+        return self.name if self.arg is None else f"{self.name}:{self.arg}"
+
+
+class Registry:
+    """One kind of plugin. ``get(name)`` loads entry points lazily, on first need."""
+
+    def __init__(self, kind: str):
+        self.kind = kind  # "algorithm", "dataset", ...
+        self.group = f"dabench.{kind}s"
+        self._items: dict[str, Any] = {}
+        self._entry_points: dict[str, Any] | None = None
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def decorate(obj: Any) -> Any:
+            self._items[name] = obj
+            return obj
+
+        return decorate
+
+    def _discovered(self) -> dict[str, Any]:
+        if self._entry_points is None:
+            self._entry_points = {ep.name: ep for ep in entry_points(group=self.group)}
+        return self._entry_points
+
+    def names(self) -> list[str]:
+        return sorted(set(self._items) | set(self._discovered()))
+
+    def get(self, name: str) -> Any:
+        if name not in self._items:
+            ep = self._discovered().get(name)
+            if ep is None:
+                raise DabenchError(self._unknown(name))
+            try:
+                self._items[name] = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not look like a typo
+                raise DabenchError(
+                    f"The {self.kind} plugin '{name}' is installed (entry point '{ep.value}' in group "
+                    f"'{self.group}') but failed to import: {type(exc).__name__}: {exc}. "
+                    "Fix or uninstall the package that provides it."
+                ) from exc
+        return self._items[name]
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        for name in self.names():
+            yield name, self.get(name)
+
+    def _unknown(self, name: str) -> str:
+        known = self.names()
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return (
+            f"Unknown {self.kind} '{name}'.{hint} Known {self.kind}s: {', '.join(known) or 'none'}. "
+            f"Run 'dabench list {self.kind}s' to see them with descriptions."
+        )
+
+
+algorithms = Registry("algorithm")
+datasets = Registry("dataset")
+backbones = Registry("backbone")
+translators = Registry("translator")
+
+REGISTRIES = {"algorithms": algorithms, "datasets": datasets, "backbones": backbones, "translators": translators}
+
+
+def plugin(task: str, description: str | None = None) -> Callable[[Any], Any]:
+    """Tag a dataset or backbone factory with its task ("classification", "segmentation" or
+    "any") and a one-line description for ``dabench list`` (default: the docstring's first line)."""
+
+    def decorate(obj: Any) -> Any:
+        obj.task = task
+        if description:
+            obj.description = description
+        return obj
+
+    return decorate
+
+
+def describe(obj: Any) -> str:
+    text = getattr(obj, "description", None) or (obj.__doc__ or "").strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,249 @@
+"""One run, from a RunConfig to a finished run folder: the Python API behind ``dabench run``.
+
+    from dabench import RunConfig, run
+    result = run(RunConfig(algo="dann", src="syndigits", tgt="uci-digits"))
+
+Everything the user can get wrong is checked before the run folder is created, so bad input
+never leaves a half-made folder behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dabench import hparams as hp
+from dabench.algorithm import Algorithm
+from dabench.errors import DabenchError
+from dabench.metrics import PRIMARY_METRIC
+from dabench.protocol import Splits, build_splits, load_domain
+from dabench.registry import Spec, algorithms, backbones
+from dabench.trainer import NullReporter, fit, load_checkpoint, read_records
+
+DEFAULT_BACKBONE = {"classification": "digit-cnn", "segmentation": "deeplabv2"}
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Fields that decide the numbers a run produces; their hash names the run folder.
+IDENTITY = ("algo", "src", "tgt", "backbone", "tgt_labeled", "steps", "eval_every", "seed", "hparams",
+            "precision", "image_size", "pretrained", "channels_last")
+
+
+@dataclass
+class RunConfig:
+    algo: str
+    src: str
+    tgt: str
+    backbone: str | None = None  # None: the task's default (digit-cnn for classification)
+    tgt_labeled: int | str = 0  # labelled target samples; "all" is set by the oracle
+    steps: int = 2000
+    eval_every: int = 200
+    seed: int = 0
+    hparams: dict[str, Any] = field(default_factory=dict)  # overrides, as -H key=value gives them
+    hparam_index: int = 0  # random-search sample (0 = defaults); overrides apply on top
+    data_root: str | None = None  # default: $DABENCH_DATA
+    out: str = "runs"
+    device: str = "auto"
+    precision: str = "fp32"
+    image_size: int | None = None
+    pretrained: str | None = None
+    channels_last: bool = False
+    workers: int = 0
+    resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
+    overwrite: bool = False
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: dict[str, Any]
+    records: list[dict]
+    already_done: bool = False
+
+    @property
+    def final(self) -> dict:
+        return self.records[-1] if self.records else {}
+
+
+@dataclass
+class Prepared:
+    """A checked config with everything built: what ``run`` trains."""
+
+    config: dict[str, Any]
+    splits: Splits
+    algorithm: Algorithm
+    device: torch.device
+    run_dir: Path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "_"
+
+
+def run_dir_of(config: dict[str, Any], out: str | Path) -> Path:
+    identity = json.dumps({k: config[k] for k in IDENTITY}, sort_keys=True, default=str)
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
+    return Path(out) / f"{slug(config['src'])}_to_{slug(config['tgt'])}" / slug(config["algo"]) / f"seed{config['seed']}-{digest}"
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise DabenchError(f"{name} must be a positive whole number, got {value!r}.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DabenchError("--device cuda was asked for but PyTorch sees no CUDA GPU here. Use --device cpu or auto.")
+    if name not in ("cpu", "cuda"):
+        raise DabenchError(f"--device must be auto, cpu or cuda, got '{name}'.")
+    return torch.device(name)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and git revision, recorded so a number can be traced to the code that made it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("dabench", "torch", "torchvision", "timm", "numpy", "segmentation-models-pytorch"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    git = None
+    try:
+        here = Path(__file__).resolve().parent
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+            git = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"versions": versions, "git": git}
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Check the config, build data, backbone and algorithm; create nothing on disk."""
+    _positive("--steps", cfg.steps)
+    _positive("--eval-every", cfg.eval_every)
+    if cfg.precision not in PRECISIONS:
+        raise DabenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'.")
+    if cfg.seed < 0 or cfg.hparam_index < 0:
+        raise DabenchError("--seed and the hparam sample index must be 0 or more.")
+    if cfg.tgt_labeled != "all" and (not isinstance(cfg.tgt_labeled, int) or cfg.tgt_labeled < 0):
+        raise DabenchError(f"--tgt-labeled must be 0 or a positive number of target samples, got {cfg.tgt_labeled!r}.")
+    device = resolve_device(cfg.device)
+    algo_cls = algorithms.get(cfg.algo)
+    values = hp.apply_overrides(algo_cls.hparams, hp.sample(algo_cls.hparams, cfg.algo, cfg.hparam_index), cfg.hparams)
+
+    tgt_labeled = cfg.tgt_labeled
+    if algo_cls.target_labels == "all":
+        tgt_labeled = "all"
+    elif algo_cls.target_labels == "required" and not tgt_labeled:
+        raise DabenchError(
+            f"'{cfg.algo}' is a supervised DA method: it needs a few labelled target samples. "
+            f"Add --tgt-labeled N (for example --tgt-labeled 100 for 10 per class on digits)."
+        )
+    elif tgt_labeled == "all":
+        raise DabenchError("--tgt-labeled all is reserved for the oracle; give a number of samples.")
+
+    root = Path(cfg.data_root or os.environ.get("DABENCH_DATA") or "").expanduser() if (cfg.data_root or os.environ.get("DABENCH_DATA")) else None
+    if root is not None and not root.is_dir():
+        raise DabenchError(f"The data root {root} does not exist or is not a folder. Pass --data-root DIR (or set DABENCH_DATA) to the folder that holds your data sets.")
+    src = load_domain(cfg.src, root, cfg.image_size)
+    tgt = load_domain(cfg.tgt, root, src.image_size)
+    if algo_cls.task not in ("any", src.task):
+        raise DabenchError(
+            f"'{cfg.algo}' is a {algo_cls.task} algorithm but {cfg.src} -> {cfg.tgt} is a {src.task} pair. "
+            f"See 'dabench list algorithms' for the {src.task} ones."
+        )
+    backbone_name = cfg.backbone or DEFAULT_BACKBONE[src.task]
+    factory = backbones.get(Spec.parse(backbone_name).name)
+    if getattr(factory, "task", "any") not in ("any", src.task):
+        raise DabenchError(f"Backbone '{backbone_name}' is for {factory.task}, but this is a {src.task} pair.")
+    splits = build_splits(src, tgt, tgt_labeled, cfg.seed)
+
+    config = dataclasses.asdict(cfg) | {"backbone": backbone_name, "tgt_labeled": tgt_labeled, "hparams": values}
+    for transient in ("resume", "overwrite", "out", "data_root", "device", "workers"):
+        config.pop(transient)
+    config |= {
+        "task": src.task, "metric": PRIMARY_METRIC[src.task], "classes": src.classes,
+        "eval_size": "x".join(map(str, src.image_size if isinstance(src.image_size, tuple) else (src.image_size,) * 2)),
+        "splits": splits.sizes(), "data": {"src": src.info, "tgt": tgt.info},
+    }
+    run_dir = run_dir_of(config, cfg.out)
+    config["run_id"] = run_dir.name
+
+    torch.manual_seed(cfg.seed)
+    import numpy as np, random
+
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    backbone = factory(Spec.parse(backbone_name).arg, in_channels=3, image_size=src.image_size, pretrained=cfg.pretrained)
+    algorithm = algo_cls(backbone, len(src.classes), values, cfg.steps).to(device)
+    if cfg.channels_last:
+        algorithm = algorithm.to(memory_format=torch.channels_last)
+    if cfg.precision == "fp16":
+        algorithm.scaler = torch.amp.GradScaler(device.type)
+    return Prepared(config, splits, algorithm, device, run_dir)
+
+
+def _differences(a: dict, b: dict) -> str:
+    keys = [k for k in IDENTITY if a.get(k) != b.get(k)]
+    return "; ".join(f"{k}: {a.get(k)!r} in the folder vs {b.get(k)!r} now" for k in keys)
+
+
+def _check_resumable(run_dir: Path, config: dict) -> None:
+    if run_dir.exists():
+        if (run_dir / "config.json").exists():
+            saved = json.loads((run_dir / "config.json").read_text())
+            if diff := _differences(saved, config):
+                raise DabenchError(f"--resume: the run in {run_dir} was made with a different config ({diff}). Resume with the same options, or start a new run without --resume.")
+        return
+    siblings = [p for p in run_dir.parent.glob(f"seed{config['seed']}-*") if (p / "config.json").exists()]
+    detail = ""
+    if siblings:
+        saved = json.loads((siblings[0] / "config.json").read_text())
+        detail = f" The nearest one, {siblings[0]}, differs in: {_differences(saved, config)}."
+    raise DabenchError(f"--resume: there is no run of this exact config at {run_dir}.{detail} Resume with the options of the original run, or drop --resume.")
+
+
+def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
+    """Train and evaluate one config; returns its records and run folder."""
+    prep = prepare(cfg)
+    run_dir, config = prep.run_dir, prep.config
+    resume = cfg.resume
+    if resume == "auto":
+        resume = run_dir.exists() and not (run_dir / "done").exists()
+    if resume:
+        _check_resumable(run_dir, config)
+    elif run_dir.exists() and cfg.overwrite:
+        shutil.rmtree(run_dir)
+    elif (run_dir / "done").exists():
+        return RunResult(run_dir, config, read_records(run_dir / "results.jsonl"), already_done=True)
+    elif run_dir.exists():
+        raise DabenchError(
+            f"An unfinished run of this exact config is already in {run_dir}. Add --resume to continue it, "
+            "or --overwrite to delete it and start again."
+        )
+    if (run_dir / "done").exists():
+        return RunResult(run_dir, config, read_records(run_dir / "results.jsonl"), already_done=True)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume or not (run_dir / "config.json").exists():
+        (run_dir / "config.json").write_text(json.dumps(config | environment(), indent=2, default=str))
+    torch.manual_seed(cfg.seed)  # the model was built from this seed; batches come from (seed, step)
+    records = fit(prep.algorithm, prep.splits, steps=cfg.steps, eval_every=cfg.eval_every, seed=cfg.seed,
+                  run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
+                  resume=resume, reporter=reporter, workers=cfg.workers)
+    (run_dir / "done").touch()
+    return RunResult(run_dir, config, records)

@@ -1,0 +1,85 @@
+"""Many runs: algorithms x labelled-target budgets x seeds x hyperparameter samples.
+
+Each run is an ordinary ``run()``; finished ones (with ``done``) are skipped, so a sweep can be
+started again after a crash. One failing run does not stop the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dabench.errors import DabenchError
+from dabench.registry import algorithms
+from dabench.runner import RunConfig, run
+
+
+@dataclass
+class Outcome:
+    config: RunConfig
+    status: str  # "done" | "skipped" (already done) | "failed" | "invalid"
+    message: str = ""
+    run_dir: str | None = None
+    final: dict = field(default_factory=dict)
+
+
+def plan(algos: list[str], seeds: list[int], tgt_labeled: list[int], hparam_samples: int, base: RunConfig) -> tuple[list[RunConfig], list[str]]:
+    """The configs to run, and notes about combinations left out (and why)."""
+    configs, notes = [], []
+    for algo in algos:
+        cls = algorithms.get(algo)
+        budgets = tgt_labeled
+        if cls.target_labels == "all":
+            budgets = [0]  # the oracle uses every target label whatever the budget
+        elif cls.target_labels == "required":
+            budgets = [n for n in tgt_labeled if n > 0]
+            if not budgets:
+                notes.append(f"{algo}: left out, it needs labelled target samples; add a budget, e.g. --tgt-labeled 0,100.")
+        for n in budgets:
+            for seed in seeds:
+                for k in range(hparam_samples):
+                    configs.append(dataclasses.replace(base, algo=algo, seed=seed, tgt_labeled=n, hparam_index=k,
+                                                       resume="auto", overwrite=False))
+    return configs, notes
+
+
+def _run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        result = run(cfg)
+    except DabenchError as exc:
+        return Outcome(cfg, "invalid", str(exc))
+    except Exception as exc:  # noqa: BLE001 - a sweep survives any one run failing
+        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        return Outcome(cfg, "failed", f"{type(exc).__name__}: {exc}\n{tail}")
+    status = "skipped" if result.already_done else "done"
+    return Outcome(cfg, status, run_dir=str(result.run_dir), final=result.final)
+
+
+def sweep(configs: list[RunConfig], jobs: int = 1, on_outcome: Callable[[Outcome, int, int], None] | None = None) -> list[Outcome]:
+    """Run every config, ``jobs`` at a time in separate processes (1: in this process, in order)."""
+    outcomes: list[Outcome] = []
+
+    def record(o: Outcome) -> None:
+        outcomes.append(o)
+        if on_outcome:
+            on_outcome(o, len(outcomes), len(configs))
+
+    if jobs <= 1:
+        for cfg in configs:
+            record(_run_one(cfg))
+        return outcomes
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_one, cfg, threads) for cfg in configs]
+        for fut in as_completed(futures):
+            record(fut.result())
+    return outcomes

@@ -1,0 +1,171 @@
+"""The training loop: one screen, top to bottom.
+
+Every ``eval_every`` steps: evaluate on source val, target val and target test, append one JSON
+line to ``results.jsonl``, then write the checkpoint (model, optimisers, RNG states, step)
+atomically. Batches are a pure function of (seed, step), so a resumed run continues with
+exactly the batches, random numbers and therefore the numbers of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dabench.algorithm import Algorithm
+from dabench.data import Batch, Labeled, ordered_batches, stream
+from dabench.metrics import ConfusionMatrix
+from dabench.protocol import Splits
+
+EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")
+
+
+class RunFailed(Exception):
+    """Training stopped (e.g. a non-finite loss). The CLI reports it with exit code 1."""
+
+
+class NullReporter:
+    """What the trainer tells the outside world; the CLI passes a rich progress display."""
+
+    def start(self, total: int, done: int, stage: str = "train") -> None: ...
+    def advance(self, step: int, losses: dict[str, float]) -> None: ...
+    def evaluated(self, record: dict) -> None: ...
+    def stop(self) -> None: ...
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(algo: Algorithm, dataset, task: str, num_classes: int, device: torch.device, precision: str,
+             batch_size: int = 256, channels_last: bool = False) -> dict:
+    algo.eval()
+    cm = ConfusionMatrix(num_classes, device)
+    for x, y in ordered_batches(dataset, batch_size):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = algo.predict(x)
+        if logits.shape[-2:] != y.shape[-2:] and logits.ndim == 4:  # segmentation: score at label resolution
+            logits = torch.nn.functional.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+        cm.add(logits.argmax(1), y)
+    algo.train()
+    return cm.summary(task)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, algo: Algorithm, step: int) -> None:
+    state = {"step": step, "model": algo.state_dict(), "optims": {k: o.state_dict() for k, o in algo.optims.items()},
+             "scaler": algo.scaler.state_dict(), "rng": rng_state()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill leaves the old checkpoint or the new one, never half of one
+
+
+def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
+    state = torch.load(path, map_location=device, weights_only=False)
+    algo.load_state_dict(state["model"])
+    for k, o in algo.optims.items():
+        o.load_state_dict(state["optims"][k])
+    if state.get("scaler"):
+        algo.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def append_record(path: Path, record: dict) -> None:
+    with open(path, "a") as f:  # one write of one whole line, then flush to disk
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash, and nothing after it can be trusted
+    return out
+
+
+def fit(algo: Algorithm, splits: Splits, *, steps: int, eval_every: int, seed: int, run_dir: Path,
+        device: torch.device, precision: str = "fp32", channels_last: bool = False, resume: bool = False,
+        reporter: NullReporter | None = None, workers: int = 0) -> list[dict]:
+    """Train ``algo`` for ``steps`` updates; returns every evaluation record of the run."""
+    reporter = reporter or NullReporter()
+    ckpt, results = run_dir / "checkpoint.pt", run_dir / "results.jsonl"
+    start = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else 0
+    records = [r for r in read_records(results) if r["step"] <= start]  # drop evaluations past the checkpoint
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    bs = algo.hp["batch_size"]
+    src = stream(splits.src_train, bs, seed, 0, start, steps, workers)
+    tgt = stream(splits.tgt_train, bs, seed, 1, start, steps, workers)
+    lab = stream(splits.tgt_labeled, min(bs, len(splits.tgt_labeled)), seed, 2, start, steps, workers) if splits.tgt_labeled else None
+    evals = {"src-val": splits.src_val, "tgt-val": splits.tgt_val, "tgt-test": splits.tgt_test}
+
+    sums: dict[str, float] = {}
+    count, t0 = 0, time.perf_counter()
+    reporter.start(steps, start)
+    algo.train()
+    try:
+        for step in range(start, steps):
+            (sx, sy), tx = next(src), next(tgt)
+            labeled = Labeled(*next(lab)) if lab is not None else None
+            batch = Batch(sx, sy, tx, labeled).to(device, channels_last)
+            with autocast(device, precision):
+                losses = algo.update(batch, step)
+            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+            if bad:
+                raise RunFailed(
+                    f"Loss became non-finite at step {step + 1} ({', '.join(f'{k}={v}' for k, v in bad.items())}). "
+                    f"The last good checkpoint (step {start if not records else records[-1]['step']}) is kept in {run_dir}. "
+                    "Try a smaller learning rate (-H lr=...) or --precision fp32."
+                )
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            reporter.advance(step + 1, losses)
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                record = {"step": step + 1, "time_s": round(time.perf_counter() - t0, 3),
+                          "losses": {k: v / count for k, v in sums.items()}}
+                for name, ds in evals.items():
+                    record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision, channels_last=channels_last)
+                append_record(results, record)
+                save_checkpoint(ckpt, algo, step + 1)
+                records.append(record)
+                reporter.evaluated(record)
+                sums, count = {}, 0
+    finally:
+        reporter.stop()
+    return records

@@ -1,0 +1,1 @@
+"""dabench's built-in plugins, installed as ``dabench_plugins`` and registered through entry points."""

@@ -1,0 +1,74 @@
+"""DANN: domain-adversarial training through a gradient reversal layer."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dabench.algorithm import Algorithm, mlp
+from dabench.data import Batch
+from dabench.hparams import HParam, log_uniform, uniform
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lam: float) -> torch.Tensor:
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.lam * grad, None
+
+
+def reverse_grad(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by -lam on the way back (the GRL)."""
+    return _ReverseGrad.apply(x, lam)
+
+
+def grl_lambda(p: float, gamma: float = 10.0) -> float:
+    """lambda_p = 2 / (1 + exp(-gamma p)) - 1: 0 at the start, towards 1 at the end."""
+    return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
+
+
+class DANN(Algorithm):
+    """Domain-adversarial training: features that fool a domain classifier, through a reversed gradient.
+
+    Ganin & Lempitsky, ICML 2015; Ganin et al., JMLR 2016. A domain classifier learns to tell source features from target features; the features
+    learn to fool it through a gradient reversal layer whose weight follows
+    lambda_p = 2/(1+exp(-gamma p)) - 1, with the learning rate annealed as mu_0/(1+10p)^0.75.
+    Domain labels: source 1, target 0; binary cross-entropy averaged over both domains.
+    """
+
+    hparams = {
+        **Algorithm.hparams,
+        "lambda_max": HParam(1.0, log_uniform(-1, 0.5), "final weight of the reversed domain gradient"),
+        "gamma": HParam(10.0, uniform(5, 15), "steepness of the lambda schedule"),
+        "disc_hidden": HParam(100, None, "width of the domain classifier's hidden layer"),
+    }
+
+    def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
+        super().__init__(backbone, num_classes, hparams, steps)
+        self.featurizer = backbone
+        self.classifier = mlp([backbone.out_features, 100, num_classes])
+        self.discriminator = mlp([backbone.out_features, self.hp["disc_hidden"], 1])
+        self.optims["model"] = self.sgd(self.parameters())
+
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        self.anneal(step)
+        x, y = self.labeled_sources(batch)
+        n_src = len(batch.src_x)
+        feats = self.featurizer(torch.cat([x, batch.tgt_x]))
+        cls = F.cross_entropy(self.classifier(feats[: len(x)]), y)
+        lam = self.hp["lambda_max"] * grl_lambda(self.progress(step), self.hp["gamma"])
+        dom_feats = torch.cat([feats[:n_src], feats[len(x):]])
+        logits = self.discriminator(reverse_grad(dom_feats, lam)).squeeze(1)
+        domain = torch.cat([torch.ones(n_src), torch.zeros(len(batch.tgt_x))]).to(logits)
+        dom = F.binary_cross_entropy_with_logits(logits, domain)
+        self.step(cls + dom, self.optims["model"])
+        return {"cls": cls.item(), "dom": dom.item(), "lambda": lam}
+
+    def predict(self, x):
+        return self.classifier(self.featurizer(x))

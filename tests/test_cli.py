@@ -1,0 +1,93 @@
+"""The command line as a user meets it: output, exit codes, and one-paragraph errors."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from dabench.cli import main
+
+TOY = ["--src", "toy-src", "--tgt", "toy-tgt", "--steps", "20", "--eval-every", "10"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_run_prints_a_results_table_and_the_run_folder(tmp_path):
+    r = invoke("run", "--algo", "dann", *TOY, "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "source-val" in r.stdout and "tgt-test" in r.stdout
+    assert f"run folder: {tmp_path}" in r.stdout.replace("\n", "")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algo", "danm", *TOY], "Unknown algorithm 'danm'. Did you mean 'dann'"),
+    (["--algo", "dann", "--src", "toy-scr", "--tgt", "toy-tgt"], "Unknown dataset 'toy-scr'"),
+    (["--algo", "dann", *TOY, "--backbone", "resnet"], "Unknown backbone 'resnet'"),
+    (["--algo", "dann", *TOY, "--backbone", "timm:resnet5"], "timm has no model 'resnet5'"),
+    (["--algo", "ccsa", *TOY], "needs a few labelled target samples. Add --tgt-labeled N"),
+    (["--algo", "toy-seg", *TOY], "'toy-seg' is a segmentation algorithm but toy-src -> toy-tgt is a classification pair"),
+    (["--algo", "dann", *TOY, "-H", "lamda_max=2"], "Unknown hyperparameter 'lamda_max'. Did you mean lambda_max"),
+    (["--algo", "dann", *TOY, "-H", "lr=fast"], "Hyperparameter 'lr' expects a float"),
+    (["--algo", "dann", *TOY, "-H", "lr"], "-H expects key=value"),
+    (["--algo", "dann", *TOY, "--steps", "0"], "--steps must be a positive whole number, got 0"),
+    (["--algo", "dann", *TOY, "--steps", "-5"], "--steps must be a positive whole number, got -5"),
+    (["--algo", "dann", *TOY, "--tgt-labeled", "-1"], "--tgt-labeled must be 0 or a positive number"),
+    (["--algo", "dann", *TOY, "--tgt-labeled", "5000"], "more labelled target samples than target train holds"),
+    (["--algo", "dann", *TOY, "--data-root", "/no/such/dir"], "The data root /no/such/dir does not exist"),
+    (["--algo", "dann", *TOY, "--pretrained", "/no/such.pt"], "--pretrained: no file at /no/such.pt"),
+])
+def test_bad_input_is_one_clear_paragraph_exit_2_and_no_folder(tmp_path, args, message):
+    out = tmp_path / "runs"
+    r = invoke("run", *args, "--out", str(out))
+    assert r.exit_code == 2
+    assert message in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.output
+    assert not out.exists()  # nothing half-written
+
+
+def test_resume_with_a_different_config_exits_2(tmp_path):
+    assert invoke("run", "--algo", "erm", *TOY, "--out", str(tmp_path)).exit_code == 0
+    r = invoke("run", "--algo", "erm", *TOY[:-4], "--steps", "30", "--eval-every", "10", "--resume", "--out", str(tmp_path))
+    assert r.exit_code == 2 and "steps: 20 in the folder vs 30 now" in " ".join(r.stderr.split())
+
+
+def test_list_shows_every_kind_with_descriptions_and_hparams():
+    r = CliRunner().invoke(main, ["list"], terminal_width=250)
+    assert r.exit_code == 0
+    for name in ("dann", "ccsa", "sagnet", "erm", "oracle", "syndigits", "uci-digits", "digit-cnn", "timm"):
+        assert name in r.stdout
+    assert "lambda_max=1.0" in r.stdout and "needs --tgt-labeled" in r.stdout
+    r = CliRunner().invoke(main, ["list", "backbones"], terminal_width=250)
+    assert "digit-cnn" in r.stdout and "dann" not in r.stdout
+
+
+def test_sweep_skips_finished_runs_and_survives_a_failure(tmp_path, monkeypatch):
+    from dabench_plugins.algorithms.dann import DANN
+
+    args = ["sweep", "--algos", "erm,dann", *TOY, "--seeds", "2", "--out", str(tmp_path)]
+    original = DANN.update
+
+    def fails_for_seed_1(self, batch, step):
+        import torch
+
+        if torch.initial_seed() == 1:  # the trainer seeds torch with the run's seed
+            raise RuntimeError("boom")
+        return original(self, batch, step)
+
+    monkeypatch.setattr(DANN, "update", fails_for_seed_1)
+    r = invoke(*args)
+    assert r.exit_code == 1
+    assert "3 finished, 0 already done, 1 failed" in r.stdout
+    assert "RuntimeError: boom" in " ".join(r.stderr.split())
+
+    monkeypatch.setattr(DANN, "update", original)
+    r = invoke(*args)
+    assert r.exit_code == 0
+    assert "1 finished, 3 already done, 0 failed" in r.stdout
+
+
+def test_sweep_leaves_out_supervised_methods_without_a_budget(tmp_path):
+    r = invoke("sweep", "--algos", "ccsa", *TOY, "--seeds", "1", "--out", str(tmp_path))
+    assert r.exit_code == 0
+    assert "ccsa: left out, it needs labelled target samples" in " ".join(r.stderr.split())

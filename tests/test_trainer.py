@@ -1,0 +1,121 @@
+"""The run loop: resume is exact, failures leave no `done`, records are whole JSON lines."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dabench.errors import DabenchError
+from dabench.registry import algorithms
+from dabench.runner import RunConfig, run
+from dabench.trainer import RunFailed, read_records
+from dabench_plugins.algorithms.erm import ERM
+
+
+def cfg(tmp_path, **kw) -> RunConfig:
+    base = dict(algo="dann", src="toy-src", tgt="toy-tgt", steps=40, eval_every=10, out=str(tmp_path))
+    return RunConfig(**(base | kw))
+
+
+def numbers(records):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
+
+
+def test_run_writes_config_results_checkpoint_and_done(tmp_path):
+    result = run(cfg(tmp_path))
+    d = result.run_dir
+    assert (d / "done").exists() and (d / "checkpoint.pt").exists()
+    config = json.loads((d / "config.json").read_text())
+    assert config["algo"] == "dann" and config["seed"] == 0 and config["hparams"]["lr"] == 0.01
+    assert set(config["versions"]) >= {"dabench", "torch", "torchvision", "timm"}
+    assert "git" in config and config["splits"]["tgt_labeled"] == 0
+    records = read_records(d / "results.jsonl")
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert set(records[0]) >= {"src-val", "tgt-val", "tgt-test", "losses"}
+
+
+def test_same_config_gives_same_numbers(tmp_path):
+    a = run(cfg(tmp_path / "a"))
+    b = run(cfg(tmp_path / "b"))
+    assert numbers(a.records) == numbers(b.records)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_identical_numbers(tmp_path, monkeypatch):
+    full = run(cfg(tmp_path / "full", algo="sagnet"))
+
+    original = algorithms.get("sagnet").update
+    calls = {"n": 0}
+
+    def dies_at_step_25(self, batch, step):
+        calls["n"] += 1
+        if step == 25:
+            raise _Killed()
+        return original(self, batch, step)
+
+    monkeypatch.setattr(algorithms.get("sagnet"), "update", dies_at_step_25)
+    with pytest.raises(_Killed):
+        run(cfg(tmp_path / "killed", algo="sagnet"))
+    monkeypatch.setattr(algorithms.get("sagnet"), "update", original)
+    run_dir = full.run_dir.relative_to(tmp_path / "full")
+    killed_dir = tmp_path / "killed" / run_dir
+    assert not (killed_dir / "done").exists()
+    assert [r["step"] for r in read_records(killed_dir / "results.jsonl")] == [10, 20]
+
+    resumed = run(cfg(tmp_path / "killed", algo="sagnet", resume=True))
+    assert (resumed.run_dir / "done").exists()
+    assert numbers(resumed.records) == numbers(full.records)
+    assert numbers(read_records(resumed.run_dir / "results.jsonl")) == numbers(full.records)
+
+
+def test_unfinished_run_needs_resume_or_overwrite(tmp_path, monkeypatch):
+    monkeypatch.setattr(ERM, "update", lambda self, b, s: (_ for _ in ()).throw(_Killed()))
+    with pytest.raises(_Killed):
+        run(cfg(tmp_path, algo="erm"))
+    with pytest.raises(DabenchError, match="--resume"):
+        run(cfg(tmp_path, algo="erm"))
+
+
+def test_resume_with_different_config_is_refused(tmp_path):
+    run(cfg(tmp_path, steps=20))
+    with pytest.raises(DabenchError, match="steps: 20 in the folder vs 30 now"):
+        run(cfg(tmp_path, steps=30, resume=True))
+
+
+def test_finished_run_is_not_run_again(tmp_path):
+    first = run(cfg(tmp_path, steps=10))
+    again = run(cfg(tmp_path, steps=10))
+    assert again.already_done and numbers(again.records) == numbers(first.records)
+
+
+def test_nan_loss_stops_the_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    original = ERM.update
+
+    def nan_after_15(self, batch, step):
+        losses = original(self, batch, step)
+        return losses | {"cls": float("nan")} if step >= 15 else losses
+
+    monkeypatch.setattr(ERM, "update", nan_after_15)
+    with pytest.raises(RunFailed, match="non-finite at step 16.*checkpoint \\(step 10\\)"):
+        run(cfg(tmp_path, algo="erm"))
+    (d,) = (tmp_path / "toy-src_to_toy-tgt" / "erm").iterdir()
+    assert not (d / "done").exists()
+    assert torch.load(d / "checkpoint.pt", weights_only=False)["step"] == 10
+    assert [r["step"] for r in read_records(d / "results.jsonl")] == [10]
+
+
+def test_truncated_results_line_is_ignored(tmp_path):
+    p = tmp_path / "results.jsonl"
+    p.write_text('{"step": 10}\n{"step": 20}\n{"step": 3')
+    assert [r["step"] for r in read_records(p)] == [10, 20]
+
+
+def test_losses_fall_for_every_classification_algorithm(tmp_path):
+    for algo, n in [("erm", 0), ("dann", 0), ("sagnet", 0), ("ccsa", 16), ("oracle", 0)]:
+        result = run(cfg(tmp_path, algo=algo, tgt_labeled=n, steps=60, eval_every=20))
+        first, last = result.records[0]["losses"]["cls"], result.records[-1]["losses"]["cls"]
+        assert last < first, (algo, first, last)
