@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 from dabench.errors import DabenchError
 from dabench.runner import RunConfig, RunResult, run
 from dabench.sweep import plan, sweep  # binds the function over the submodule's name, on purpose
-#TMP from dabench.leaderboard import leaderboard, render  # likewise
+from dabench.leaderboard import leaderboard, render  # likewise
 
 __all__ = ["DabenchError", "RunConfig", "RunResult", "run", "plan", "sweep", "leaderboard", "render"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dabench.errors import DabenchError
@@ -136,15 +137,15 @@ def list_(kind):
             try:
                 obj = reg.get(plugin_name)
             except DabenchError as exc:  # one broken plugin must not hide the others
-                table.add_row(plugin_name, "?", f"[red]cannot be loaded:[/] {exc}")
+                table.add_row(plugin_name, "?", f"[red]cannot be loaded:[/] {escape(str(exc))}")
                 continue
             if name == "algorithms":
                 desc = obj.description()
                 hps = ", ".join(f"{k}={v.default}" for k, v in sorted(obj.hparams.items()))
                 labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
-                table.add_row(plugin_name, obj.task, desc + labels, hps)
+                table.add_row(plugin_name, obj.task, escape(desc + labels), escape(hps))
             else:
-                table.add_row(plugin_name, getattr(obj, "task", "any"), describe(obj))
+                table.add_row(plugin_name, getattr(obj, "task", "any"), escape(describe(obj)))
         console.print(table)
 
 

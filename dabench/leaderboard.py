@@ -1,0 +1,295 @@
+"""Run folders -> tables: target-test results per pair and model-selection method.
+
+Reads only what ``dabench run`` / ``dabench sweep`` leave on disk (``config.json``,
+``results.jsonl``, ``done``) and never imports training code, so a results folder copied from a
+cluster can be tabulated anywhere.
+
+    print(render(leaderboard("runs"), "markdown"))   # or "latex", "csv"
+
+A cell is the target-test metric at the step each selection method chose from validation
+records only (see ``dabench.selection``), as mean ± sample std (ddof=1) over seeds, in percent.
+With several hyperparameter samples per seed, the same method also picks the sample.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from dabench.errors import DabenchError
+from dabench.selection import METHODS, TEST, Method, select_run
+
+REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
+FOOTNOTE = "mean ± sample std (ddof=1) over n seeds, in percent; std is 0 when n = 1"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    records: list[dict]
+    done: bool
+
+
+@dataclass
+class Row:
+    algo: str
+    tgt_labeled: int | str
+    n: int  # seeds
+    mean: float  # target test, percent
+    std: float  # sample std (ddof=1), 0 when n == 1
+    src_val: float  # mean source-validation metric at the chosen steps, percent
+    iou: list[float] | None = None  # segmentation: per-class target-test IoU, mean over seeds, percent
+
+    @property
+    def label(self) -> str:
+        if self.tgt_labeled == "all":
+            return f"{self.algo} (all labels)"
+        return f"{self.algo} (N={self.tgt_labeled})" if self.tgt_labeled else self.algo
+
+
+@dataclass
+class Table:
+    src: str
+    tgt: str
+    task: str
+    metric: str
+    method: Method
+    classes: list[str]
+    eval_sizes: list[str]  # more than one: runs of this pair were evaluated at different sizes
+    rows: list[Row]
+
+    @property
+    def pair(self) -> str:
+        return f"{self.src} -> {self.tgt}"
+
+    @property
+    def title(self) -> str:
+        return f"{self.pair} · {self.method.name}" + (" (oracle: uses target labels)" if self.method.oracle else "")
+
+    @property
+    def iou_caption(self) -> str:
+        size = ", ".join(self.eval_sizes) or "not recorded"
+        return f"Per-class target-test IoU (%), {len(self.classes)} classes, eval size {size}; mIoU as in the table above"
+
+
+@dataclass
+class Leaderboard:
+    root: Path
+    tables: list[Table]
+    incomplete: list[tuple[Path, int | None]]  # (run folder, last step evaluated)
+    skipped: list[tuple[Path, str]]  # (run folder, why it could not be read)
+
+
+def read_records(path: Path) -> list[dict]:
+    """JSON lines up to the first one that is not a whole record (a crash mid-write cuts the last)."""
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(record, dict) or "step" not in record:
+            break
+        out.append(record)
+    return out
+
+
+def load_run(run_dir: Path) -> Run:
+    config = json.loads((run_dir / "config.json").read_text())
+    if not isinstance(config, dict):
+        raise ValueError("config.json is not a JSON object")
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise ValueError(f"config.json lacks {', '.join(missing)}")
+    if not isinstance(config["seed"], int) or not isinstance(config.get("tgt_labeled", 0), (int, str)):
+        raise ValueError("config.json has a seed or tgt_labeled that is not a number (or 'all')")
+    return Run(run_dir, config, read_records(run_dir / "results.jsonl"), (run_dir / "done").exists())
+
+
+def leaderboard(path: str | Path) -> Leaderboard:
+    """Every run folder under ``path``: finished ones as tables, the rest listed with why."""
+    root = Path(path).expanduser()
+    hint = "run folders (each with a config.json) as written by `dabench run` or `dabench sweep`"
+    if not root.is_dir():
+        raise DabenchError(f"{root} does not exist or is not a folder. Expected a folder of {hint}, e.g. runs/.")
+    configs = sorted(root.rglob("config.json"))
+    if not configs:
+        raise DabenchError(f"{root} holds no runs: found no config.json under it. Expected {hint}.")
+    runs, incomplete, skipped = [], [], []
+    for cfg in configs:
+        try:
+            run = load_run(cfg.parent)
+        except (OSError, ValueError) as exc:
+            skipped.append((cfg.parent, f"unreadable config.json: {exc}"))
+            continue
+        if not run.done:
+            incomplete.append((cfg.parent, run.records[-1]["step"] if run.records else None))
+        elif not run.records:
+            skipped.append((cfg.parent, "finished (has done) but results.jsonl has no evaluation records"))
+        else:
+            runs.append(run)
+    return Leaderboard(root, _tables(runs), incomplete, skipped)
+
+
+def _budget_order(n: int | str) -> tuple:
+    return (0, n, "") if isinstance(n, int) else (1, 0, str(n))
+
+
+def _tables(runs: list[Run]) -> list[Table]:
+    pairs: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        c = run.config
+        pairs[(str(c["src"]), str(c["tgt"]), str(c["task"]))].append(run)
+    tables = []
+    for (src, tgt, task), group in sorted(pairs.items()):
+        rows: dict[tuple, list[Run]] = defaultdict(list)
+        for run in group:
+            rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0))].append(run)
+        order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1])))
+        metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
+        sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
+        for method in METHODS.values():
+            body = [_row(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
+            tables.append(Table(src, tgt, task, metric, method, classes, sizes, body))
+    return tables
+
+
+def _row(method: Method, key: tuple, runs: list[Run], metric: str, seg: bool, n_classes: int) -> Row:
+    seeds: dict = defaultdict(list)
+    for run in sorted(runs, key=lambda r: (r.config.get("hparam_index", 0), str(r.path))):
+        seeds[run.config["seed"]].append(run)
+    test, src, ious = [], [], []
+    for candidates in seeds.values():
+        r, i = select_run(method, [c.records for c in candidates], metric)
+        record = candidates[r].records[i]  # the only place a test value is read
+        test.append(100 * _num((record.get(TEST) or {}).get(metric)))
+        src.append(100 * _num((record.get("src-val") or {}).get(metric)))
+        ious.append((record.get(TEST) or {}).get("iou") or [])
+    mean, std = _mean_std(test)
+    iou = [_mean([100 * v[c] for v in ious if c < len(v) and v[c] is not None]) for c in range(n_classes)]
+    return Row(key[0], key[1], len(test), mean, std, _mean(src), iou if seg else None)
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = _mean(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _f(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.1f}"
+
+
+def render(board: Leaderboard, fmt: str) -> str:
+    """The board as ``markdown`` (GitHub tables), ``latex`` (booktabs) or ``csv`` (long format)."""
+    renderers = {"markdown": _markdown, "latex": _latex, "csv": _csv}
+    if fmt not in renderers:
+        raise DabenchError(f"Unknown leaderboard format '{fmt}'. Choose one of: {', '.join(renderers)}.")
+    return renderers[fmt](board)
+
+
+def _rel(board: Leaderboard, path: Path) -> str:
+    return str(path.relative_to(board.root)) if path != board.root else "."
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _markdown(board: Leaderboard) -> str:
+    out = [f"# Leaderboard: {board.root}", "", f"Cells: target-test metric at the step chosen by each model-selection "
+           f"method from validation records only; {FOOTNOTE}.", ""]
+    if not board.tables:
+        out += ["No finished runs yet.", ""]
+    for t in board.tables:
+        out += [f"## {t.title}", "", f"Selection: {t.method.title}. Metric: {t.metric} ({t.task}).", ""]
+        out += [_md_row(["algorithm", f"tgt-test {t.metric} (%)", "n", f"src-val {t.metric} (%)"]), "|---|---:|---:|---:|"]
+        out += [_md_row([r.label, f"{_f(r.mean)} ± {_f(r.std)}", str(r.n), _f(r.src_val)]) for r in t.rows]
+        if t.task == "segmentation":
+            out += ["", f"{t.title}. {t.iou_caption}.", "", _md_row(["algorithm", *t.classes, "mIoU"]),
+                    "|---|" + "---:|" * (len(t.classes) + 1)]
+            out += [_md_row([r.label, *map(_f, r.iou or []), _f(r.mean)]) for r in t.rows]
+        out.append("")
+    if board.incomplete:
+        out += ["## Incomplete runs (no `done`; not averaged)", "", "| run folder | last step |", "|---|---:|"]
+        out += [_md_row([_rel(board, p), "none" if s is None else str(s)]) for p, s in board.incomplete] + [""]
+    if board.skipped:
+        out += ["## Skipped", "", "| run folder | reason |", "|---|---|"]
+        out += [_md_row([_rel(board, p), why]) for p, why in board.skipped] + [""]
+    return "\n".join(out)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def _tex_f(v: float) -> str:
+    return "--" if math.isnan(v) else f"{v:.1f}"
+
+
+def _tex_table(caption: str, label: str, header: list[str], rows: list[list[str]], wide: bool = False) -> list[str]:
+    tabular = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(header) + r" \\",
+               r"\midrule", *(" & ".join(r) + r" \\" for r in rows), r"\bottomrule", r"\end{tabular}"]
+    if wide:  # many classes: scale to the text width (needs \usepackage{graphicx})
+        tabular = [r"\resizebox{\linewidth}{!}{%", *tabular, "}"]
+    return [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}", *tabular,
+            r"\end{table}", ""]
+
+
+def _latex(board: Leaderboard) -> str:
+    out = ["% dabench leaderboard: " + tex(board.root), r"% needs \usepackage{booktabs} (and graphicx for per-class tables)", ""]
+    footnote = tex(FOOTNOTE).replace("±", r"$\pm$")
+    for t in board.tables:
+        pair = rf"{tex(t.src)} $\rightarrow$ {tex(t.tgt)}"
+        oracle = " (oracle: uses target labels)" if t.method.oracle else ""
+        label = "tab:" + "".join(ch if ch.isalnum() else "-" for ch in f"{t.src}-{t.tgt}-{t.method.name}")
+        caption = (f"{pair}, model selection: {tex(t.method.name)}{oracle}. Target-test {tex(t.metric)} (\\%) at the "
+                   f"step chosen from validation records only; {footnote}.")
+        rows = [[tex(r.label), f"{_tex_f(r.mean)} $\\pm$ {_tex_f(r.std)}", str(r.n), _tex_f(r.src_val)] for r in t.rows]
+        out += _tex_table(caption, label, ["Algorithm", f"tgt-test {tex(t.metric)} (\\%)", "$n$",
+                                           f"src-val {tex(t.metric)} (\\%)"], rows)
+        if t.task == "segmentation":
+            rows = [[tex(r.label), *map(_tex_f, r.iou or []), _tex_f(r.mean)] for r in t.rows]
+            out += _tex_table(f"{pair}, model selection: {tex(t.method.name)}{oracle}. {tex(t.iou_caption)}.",
+                              label + "-iou", ["Algorithm", *map(tex, t.classes), "mIoU"], rows, wide=True)
+    for p, step in board.incomplete:
+        out.append(f"% incomplete (not averaged): {tex(_rel(board, p))}, last step {step}")
+    for p, why in board.skipped:
+        out.append(f"% skipped: {tex(_rel(board, p))}: {tex(why)}")
+    return "\n".join(out) + "\n"
+
+
+def _csv(board: Leaderboard) -> str:
+    """One long table, values in percent; per-class IoU columns (iou_<class>) for segmentation pairs."""
+    classes = list(dict.fromkeys(c for t in board.tables if t.task == "segmentation" for c in t.classes))
+    fields = ["pair", "src", "tgt", "task", "metric", "selection", "oracle", "algorithm", "tgt_labeled", "n",
+              "mean", "std", "src_val", *(f"iou_{c}" for c in classes)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fields, restval="", lineterminator="\n")
+    writer.writeheader()
+    num = lambda v: "" if math.isnan(v) else round(v, 4)  # noqa: E731
+    for t in board.tables:
+        for r in t.rows:
+            row = dict(pair=t.pair, src=t.src, tgt=t.tgt, task=t.task, metric=t.metric, selection=t.method.name,
+                       oracle=t.method.oracle, algorithm=r.algo, tgt_labeled=r.tgt_labeled, n=r.n, mean=num(r.mean),
+                       std=num(r.std), src_val=num(r.src_val))
+            writer.writerow(row | {f"iou_{c}": num(v) for c, v in zip(t.classes, r.iou or [])})
+    return buf.getvalue()

@@ -1,0 +1,98 @@
+"""Model selection: which evaluation of a run (and which hyperparameter sample) to report.
+
+DomainBed's idea (Gulrajani & Lopez-Paz, "In Search of Lost Domain Generalization", 2021):
+the number in a table is the target-test value at a step chosen from validation data only.
+Here that is structural, not a convention: ``select`` hands a method copies of the records
+with the ``tgt-test`` split removed, and only the caller looks the test value up at the step
+the method returned.
+
+    record = choose("source-val", records, "acc")      # the caller may read record["tgt-test"]
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
+
+from dabench.errors import DabenchError
+
+TEST = "tgt-test"  # the one split no selection method is ever given
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str  # what it chooses, for captions
+    oracle: bool  # True: uses target labels, so tables must flag it
+    split: str  # the validation split that ranks hyperparameter samples
+    choose: Callable[[Sequence[Mapping], str], int]  # (records without tgt-test, metric) -> index
+
+
+def value(record: Mapping, split: str, metric: str) -> float:
+    """``record[split][metric]``, or -inf when absent, null or NaN (so it never wins a max)."""
+    v = (record.get(split) or {}).get(metric)
+    return -math.inf if v is None or v != v else float(v)
+
+
+def _best(split: str) -> Callable[[Sequence[Mapping], str], int]:
+    def choose(records: Sequence[Mapping], metric: str) -> int:
+        return max(range(len(records)), key=lambda i: (value(records[i], split, metric), i))  # ties: later step
+
+    return choose
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("source-val", "best source validation", False, "src-val", _best("src-val")),
+    Method("target-oracle", "best labelled target validation (held out of target train, not the test split)", True, "tgt-val", _best("tgt-val")),
+    Method("last", "last evaluation", False, "src-val", lambda records, metric: len(records) - 1),
+]}
+
+
+def get(method: str | Method) -> Method:
+    if isinstance(method, Method):
+        return method
+    if method not in METHODS:
+        raise DabenchError(f"Unknown model selection method '{method}'. Known: {', '.join(METHODS)}.")
+    return METHODS[method]
+
+
+def without_test(records: Sequence[Mapping]) -> tuple[Mapping, ...]:
+    """Read-only copies of ``records`` that have no ``tgt-test`` key: all a method is given."""
+    return tuple(MappingProxyType(copy.deepcopy({k: v for k, v in r.items() if k != TEST})) for r in records)
+
+
+def _pick(method: Method, visible: tuple[Mapping, ...], metric: str) -> int:
+    if not visible:
+        raise DabenchError("Model selection needs at least one evaluation record; this run has none.")
+    index = method.choose(visible, metric)
+    if not isinstance(index, int) or not 0 <= index < len(visible):
+        raise ValueError(f"selection method '{method.name}' returned {index!r}, not an index below {len(visible)}")
+    return index
+
+
+def select(method: str | Method, records: Sequence[Mapping], metric: str) -> int:
+    """Index of the record ``method`` chooses; the method never sees ``tgt-test``."""
+    return _pick(get(method), without_test(records), metric)
+
+
+def choose(method: str | Method, records: Sequence[dict], metric: str) -> dict:
+    """The record ``method`` chooses, whole: the caller, not the method, reads its test value."""
+    return records[select(method, records, metric)]
+
+
+def select_run(method: str | Method, runs: Sequence[Sequence[Mapping]], metric: str) -> tuple[int, int]:
+    """(run index, record index) for a hyperparameter sweep of one trial seed.
+
+    Each run (one hyperparameter sample) gets its record chosen by ``method``; the run whose
+    chosen record is best on the method's validation split wins (``last``: source validation of
+    the final record), as DomainBed selects per trial seed. Ties go to the earlier run.
+    """
+    m = get(method)
+    if not runs:
+        raise DabenchError("Hyperparameter selection needs at least one run.")
+    visible = [without_test(records) for records in runs]
+    picks = [_pick(m, v, metric) for v in visible]
+    best = max(range(len(runs)), key=lambda r: (value(visible[r][picks[r]], m.split, metric), -r))
+    return best, picks[best]

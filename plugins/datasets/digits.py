@@ -1,0 +1,219 @@
+"""Digit domains built from data that ships inside installed packages, so a run needs no download.
+
+- ``syndigits`` (simulation): digits rendered from the TrueType fonts bundled with matplotlib and
+  Pillow, with random pose, stroke, colours and textured backgrounds, in the spirit of the
+  Syn Numbers of Ganin & Lempitsky (ICML 2015).
+- ``uci-digits`` (real): scikit-learn's copy of the UCI handwritten digits (1,797 images, 8x8).
+- ``digits-m``: uci-digits blended with crops of colour photographs by the MNIST-M recipe of
+  Ganin et al. (JMLR 2016): output = |patch - digit| per channel.
+"""
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from dabench.data import CLASSIFICATION, Domain, TensorImages
+from dabench.errors import DabenchError
+from dabench.registry import plugin
+
+CLASSES = [str(d) for d in range(10)]
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DEFAULT_SIZE = 28
+SEED = 0
+# Colour photographs inside the scikit-image wheel (no fetch needed). hubble_deep_field and retina
+# are left out: most of their crops are black, which would leave the digit untouched.
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "stereo_motorcycle")
+
+
+def to_rgb_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """(N, C, H, W) images with values in 0-255 -> uint8 (N, 3, size, size): bilinear resize
+    (antialiased when shrinking), grayscale replicated to three channels."""
+    out = []
+    for part in x.split(chunk):
+        part = part.float()
+        if part.shape[-2:] != (size, size):
+            part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out.append(part.round_().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1))
+    return torch.cat(out) if out else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+
+
+def _no_arg(name: str, arg: str | None) -> None:
+    if arg:
+        raise DabenchError(f"The data set '{name}' takes no argument, got '{name}:{arg}'. Write just '{name}'.")
+
+
+def digit_fonts() -> dict[str, str | bytes]:
+    """Font name -> file path (or bytes, for Pillow's built-in font) of every bundled font whose
+    cmap maps '0'..'9' to digit glyphs. Symbol fonts map those code points to other shapes
+    (cmex10: parentheses, cmsy10: primes and arrows) and LastResort to one placeholder box;
+    their glyph names give them away."""
+    import matplotlib
+    from fontTools.ttLib import TTFont
+
+    sources: dict[str, str | bytes] = {
+        p.stem: str(p) for p in sorted((Path(matplotlib.get_data_path()) / "fonts" / "ttf").glob("*.ttf"))}
+    default = ImageFont.load_default(size=DEFAULT_SIZE)
+    if isinstance(default, ImageFont.FreeTypeFont) and isinstance(default.path, BytesIO):
+        sources["pillow-default"] = default.path.getvalue()
+
+    def draws_digits(src: str | bytes) -> bool:
+        table = TTFont(BytesIO(src) if isinstance(src, bytes) else src, lazy=True)["cmap"]
+        cmap = getattr(table.getcmap(3, 1) or table.getcmap(0, 3), "cmap", {})  # the Unicode BMP subtable
+        names = [cmap.get(ord(d), "") for d in CLASSES]
+        return all(n.startswith(w) or n == f"uni{ord(d):04X}" for n, w, d in zip(names, DIGIT_NAMES, CLASSES))
+
+    return {name: src for name, src in sources.items() if draws_digits(src)}
+
+
+def _glyphs(fonts: dict[str, str | bytes], px: int) -> list[list[Image.Image]]:
+    """Tightly cropped 8-bit masks of the ten digits, for each font at three stroke widths."""
+    out = []
+    for src in fonts.values():
+        font = ImageFont.truetype(BytesIO(src) if isinstance(src, bytes) else src, px)
+        for stroke in (0, round(px / 40), round(px / 20)):
+            row = []
+            for d in CLASSES:
+                canvas = Image.new("L", (3 * px, 3 * px))
+                ImageDraw.Draw(canvas).text((1.5 * px, 1.5 * px), d, font=font, fill=255, anchor="mm",
+                                            stroke_width=stroke, stroke_fill=255)
+                row.append(canvas.crop(canvas.getbbox()))
+            out.append(row)
+    return out
+
+
+def _masks(labels: np.ndarray, fonts: dict[str, str | bytes], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Digit coverage, uint8 (N, size, size): each glyph placed by a random affine map (height
+    55-90% of the frame, rotation +-15 degrees, shear, aspect, shift) at twice the size, then
+    averaged down 2x2."""
+    big, n = 2 * size, len(labels)
+    glyphs = _glyphs(fonts, big)
+    style = rng.integers(len(glyphs), size=n)
+    height, aspect = rng.uniform(0.55, 0.9, n) * big, np.exp(rng.uniform(-0.15, 0.15, n))
+    angle, shear = np.deg2rad(rng.uniform(-15, 15, n)), rng.uniform(-0.2, 0.2, n)
+    centre = big / 2 + rng.uniform(-0.12, 0.12, (n, 2)) * big
+    cos, sin, zero, one = np.cos(angle), np.sin(angle), np.zeros(n), np.ones(n)
+    rot = np.stack([cos, -sin, sin, cos], 1).reshape(n, 2, 2)
+    skew = np.stack([one, shear, zero, one], 1).reshape(n, 2, 2)
+    inv = np.linalg.inv(rot @ skew @ np.stack([aspect, zero, zero, one], 1).reshape(n, 2, 2))  # output -> glyph
+    out = np.empty((n, size, size), dtype=np.uint8)
+    for i in range(n):
+        g = glyphs[style[i]][labels[i]]
+        a = inv[i] * (g.height / height[i])
+        off = np.array([g.width / 2, g.height / 2]) - a @ centre[i]
+        m = g.transform((big, big), Image.AFFINE, (*a[0], off[0], *a[1], off[1]), resample=Image.BILINEAR)
+        out[i] = np.asarray(m.reduce(2))
+    return out
+
+
+def _smooth(rng: np.random.Generator, n: int, cells: int, size: int) -> torch.Tensor:
+    """Smooth random fields (n, 3, size, size) with unit-variance values at a cells x cells grid."""
+    grid = torch.from_numpy(rng.standard_normal((n, 3, cells, cells), dtype=np.float32))
+    return F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=False)
+
+
+def _paint(mask: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """Colour digit masks: a random digit colour over a textured background of a random colour
+    (smooth noise at two scales plus a gradient), at least 0.5 apart in luma."""
+    n, size = mask.shape[0], mask.shape[-1]
+    luma = np.array([0.299, 0.587, 0.114])
+    bg, fg = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
+    while (low := np.abs((fg - bg) @ luma) < 0.5).any():
+        bg[low], fg[low] = rng.uniform(0, 1, (2, low.sum(), 3))
+    ramp = torch.linspace(-0.5, 0.5, size)
+    phi = torch.from_numpy(rng.uniform(0, 2 * np.pi, (n, 1, 1, 1))).float()
+    grad = ramp.view(1, 1, 1, -1) * phi.cos() + ramp.view(1, 1, -1, 1) * phi.sin()
+
+    def amp(hi: float, channels: int = 1) -> torch.Tensor:
+        return torch.from_numpy(rng.uniform(0, hi, (n, channels, 1, 1))).float()
+
+    back = (torch.from_numpy(bg).float().view(n, 3, 1, 1) + amp(0.12) * _smooth(rng, n, 4, size)
+            + amp(0.08) * _smooth(rng, n, 10, size) + amp(0.35, 3) * grad)
+    front = torch.from_numpy(fg).float().view(n, 3, 1, 1) + amp(0.08) * _smooth(rng, n, 6, size)
+    m = torch.from_numpy(mask).unsqueeze(1).float().div_(255)
+    grain = torch.from_numpy(rng.standard_normal((n, 3, size, size), dtype=np.float32))
+    img = back * (1 - m) + front * m + amp(0.04) * grain
+    return img.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+
+def render_syndigits(n: int, size: int, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """n class-balanced rendered digits: uint8 images (n, 3, size, size), labels, the fonts used."""
+    fonts = digit_fonts()
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    masks = _masks(labels, fonts, size, rng)
+    images = torch.cat([_paint(part, rng) for part in np.array_split(masks, max(1, n // 2000))])
+    return images, torch.from_numpy(labels), list(fonts)
+
+
+@plugin(task=CLASSIFICATION, description="fonts' digits, random pose/colour/texture (simulation; syndigits:N for N images, default 10000)")
+def syndigits(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
+    """Synthetic source domain: rendered digits, no download, seed 0 (the same images every time).
+    Deliberately unlike the handwritten targets (printed shapes, colour, texture), so the pair
+    syndigits -> uci-digits has a real gap. 10,000 images take about 2 s on one core: no cache."""
+    try:
+        n = int(arg) if arg else 10_000
+    except ValueError:
+        n = 0
+    if n < 10:
+        raise DabenchError(f"syndigits:{arg} - the argument is the number of images, at least 10 (e.g. syndigits:20000).")
+    size = image_size or DEFAULT_SIZE
+    images, labels, fonts = render_syndigits(n, size)
+    return Domain("syndigits", CLASSIFICATION, CLASSES, TensorImages(images, labels), None, size,
+                  info={"images": n, "seed": SEED, "fonts": len(fonts), "font_names": fonts})
+
+
+def _uci(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().mul_(255 / 16).unsqueeze(1)
+    return to_rgb_uint8(x, size), torch.from_numpy(d.target).long()
+
+
+@plugin(task=CLASSIFICATION, description="scikit-learn's UCI handwritten digits, 1,797 8x8 images upscaled (real)")
+def uci_digits(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
+    """Real target domain: the UCI optical-recognition digits (Alpaydin & Kaynak, 1998) as shipped
+    by scikit-learn, values 0-16 scaled to 0-255, bilinear to the common size. No official test split."""
+    _no_arg("uci-digits", arg)
+    size = image_size or DEFAULT_SIZE
+    images, labels = _uci(size)
+    return Domain("uci-digits", CLASSIFICATION, CLASSES, TensorImages(images, labels), None, size,
+                  info={"images": len(labels), "source": "sklearn.datasets.load_digits"})
+
+
+def _photos(size: int) -> list[np.ndarray]:
+    import skimage.data
+
+    out = []
+    for name in PHOTOS:
+        img = getattr(skimage.data, name)()
+        img = Image.fromarray(img[0] if isinstance(img, tuple) else img).convert("RGB")
+        if min(img.size) < size:
+            scale = size / min(img.size)
+            img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BILINEAR)
+        out.append(np.asarray(img))
+    return out
+
+
+@plugin(task=CLASSIFICATION, description="uci-digits blended with crops of colour photographs, the MNIST-M recipe")
+def digits_m(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
+    """uci-digits made colourful as MNIST-M was made from MNIST (Ganin et al., JMLR 2016): each
+    digit d (0-255 gray) becomes |patch - d| per channel, the patch a random crop of one of
+    scikit-image's bundled colour photographs (instead of BSDS500). Seed 0."""
+    _no_arg("digits-m", arg)
+    size = image_size or DEFAULT_SIZE
+    digits, labels = _uci(size)
+    photos, rng = _photos(size), np.random.default_rng(SEED)
+    patches = np.empty((len(labels), size, size, 3), dtype=np.uint8)
+    for i, k in enumerate(rng.integers(len(photos), size=len(labels))):
+        h, w, _ = photos[k].shape
+        y, x = rng.integers(h - size + 1), rng.integers(w - size + 1)
+        patches[i] = photos[k][y : y + size, x : x + size]
+    images = (torch.from_numpy(patches).permute(0, 3, 1, 2).short() - digits.short()).abs_().to(torch.uint8)
+    return Domain("digits-m", CLASSIFICATION, CLASSES, TensorImages(images.contiguous(), labels), None, size,
+                  info={"images": len(labels), "photos": list(PHOTOS), "seed": SEED})

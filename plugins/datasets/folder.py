@@ -1,0 +1,103 @@
+"""The user's own images in ImageFolder layout: ``PATH/<class>/*.png`` (one sub-folder per class)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dabench.data import CLASSIFICATION, Domain
+from dabench.errors import DabenchError
+from dabench.registry import plugin
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DEFAULT_SIZE = 64
+
+
+class ImageFiles(Dataset):
+    """Labelled image files, decoded on demand: RGB, bilinear to (size, size), floats in [-1, 1]."""
+
+    def __init__(self, files: list[Path], labels: list[int], size: int):
+        self.files, self.targets, self.size = list(files), np.asarray(labels, dtype=np.int64), size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path = self.files[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files in all three
+            raise DabenchError(f"Cannot read the image {path} ({type(exc).__name__}: {exc}). "
+                               "Replace or delete the file and run again.") from None
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        return x, int(self.targets[i])
+
+    def labels(self) -> np.ndarray:
+        return self.targets
+
+
+def _class_dirs(path: Path) -> list[Path]:
+    return sorted((d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def scan(path: Path, what: str) -> tuple[list[str], list[Path], list[int]]:
+    """Class names (sorted folder names), image files and labels of an ImageFolder tree at ``path``
+    (images anywhere below each class folder). ``what`` names the data in error messages."""
+    if not path.exists():
+        raise DabenchError(f"{what}: {path} does not exist. Expected a folder with one sub-folder of images "
+                           "per class (PATH/<class>/*.png, .jpg, ...). Check the path.")
+    if not path.is_dir():
+        raise DabenchError(f"{what}: {path} is a file, not a folder. Give the folder that holds one "
+                           "sub-folder per class.")
+    dirs = _class_dirs(path)
+    if not dirs:
+        raise DabenchError(f"{what}: {path} has no sub-folders. Expected one sub-folder of images per class "
+                           f"(e.g. {path}/cat/1.png, {path}/dog/1.png).")
+    files: list[Path] = []
+    labels: list[int] = []
+    empty = []
+    for label, d in enumerate(dirs):
+        found = sorted(f for f in d.rglob("*") if f.suffix.lower() in EXTENSIONS and f.is_file())
+        empty += [] if found else [d.name]
+        files += found
+        labels += [label] * len(found)
+    if empty:
+        raise DabenchError(f"{what}: these class folders under {path} hold no images: {', '.join(empty)}. "
+                           f"Images must end in {', '.join(EXTENSIONS)}. Add images or remove the folders.")
+    return [d.name for d in dirs], files, labels
+
+
+def _has_split(path: Path) -> bool:
+    return all((path / s).is_dir() and _class_dirs(path / s) for s in ("train", "test"))
+
+
+@plugin(task=CLASSIFICATION, description="your own images: folder:PATH with PATH/<class>/*.jpg (or PATH/train, PATH/test)")
+def folder(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
+    """Images in ImageFolder layout, one sub-folder per class, classes sorted by name. When PATH
+    holds ``train/`` and ``test/`` (each with the class folders) they are the official splits;
+    otherwise all images form one pool and the protocol holds out a test split."""
+    if not arg:
+        raise DabenchError("The folder data set needs a path: write folder:PATH (e.g. --tgt folder:/data/mine), "
+                           "where PATH holds one sub-folder of images per class.")
+    path, size = Path(arg).expanduser(), image_size or DEFAULT_SIZE
+    info: dict = {"path": str(path.resolve())}
+    if _has_split(path):
+        classes, files, labels = scan(path / "train", f"folder:{arg} (train)")
+        test_classes, test_files, test_labels = scan(path / "test", f"folder:{arg} (test)")
+        if classes != test_classes:
+            only_train, only_test = sorted(set(classes) - set(test_classes)), sorted(set(test_classes) - set(classes))
+            raise DabenchError(f"folder:{arg}: train/ and test/ must hold the same class folders. Only in train: "
+                               f"{only_train or 'none'}; only in test: {only_test or 'none'}. "
+                               "Rename or add folders so they match.")
+        test: Dataset | None = ImageFiles(test_files, test_labels, size)
+        info |= {"train_images": len(files), "test_images": len(test_files)}
+    else:
+        classes, files, labels = scan(path, f"folder:{arg}")
+        test = None
+        info |= {"images": len(files)}
+    info["classes"] = len(classes)
+    return Domain(f"folder:{arg}", CLASSIFICATION, classes, ImageFiles(files, labels, size), test, size, info)

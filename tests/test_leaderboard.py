@@ -1,0 +1,195 @@
+"""Model selection and the leaderboard, on run folders written by hand with numbers you can check."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from dabench import selection
+from dabench.errors import DabenchError
+from dabench.leaderboard import leaderboard, render
+
+
+def rec(step, src, val, test):
+    return {"step": step, "time_s": 1.0, "losses": {"cls": 0.5},
+            "src-val": {"acc": src}, "tgt-val": {"acc": val}, "tgt-test": {"acc": test}}
+
+
+def make_run(root, records, *, algo="dann", seed=0, done=True, tgt_labeled=0, hparam_index=0,
+             src="syndigits", tgt="uci-digits", task="classification", tail="", **config):
+    run_dir = root / f"{src}_to_{tgt}" / algo / f"seed{seed}-n{tgt_labeled}-hp{hparam_index}"
+    run_dir.mkdir(parents=True)
+    config = {"algo": algo, "src": src, "tgt": tgt, "backbone": "digit-cnn", "seed": seed, "steps": 600,
+              "eval_every": 200, "tgt_labeled": tgt_labeled, "hparam_index": hparam_index, "hparams": {},
+              "task": task, "metric": "acc" if task == "classification" else "miou",
+              "classes": [str(i) for i in range(10)], "eval_size": "28x28"} | config
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    if done:
+        (run_dir / "done").touch()
+    return run_dir
+
+
+# step:          200         400          600          800
+CURVE = [rec(200, 0.90, 0.50, 0.80), rec(400, 0.95, 0.60, 0.50), rec(600, 0.80, 0.70, 0.60), rec(800, 0.70, 0.65, 0.55)]
+
+
+def cell(board, method, label="dann"):
+    table = next(t for t in board.tables if t.method.name == method)
+    return next(r for r in table.rows if r.label == label)
+
+
+def test_each_method_picks_its_step_and_never_the_best_test():
+    assert selection.choose("source-val", CURVE, "acc")["step"] == 400  # best src-val, though its test is the worst
+    assert selection.choose("target-oracle", CURVE, "acc")["step"] == 600
+    assert selection.choose("last", CURVE, "acc")["step"] == 800
+
+
+def test_ties_go_to_the_later_step():
+    records = [rec(200, 0.9, 0.5, 0.1), rec(400, 0.9, 0.5, 0.2), rec(600, 0.8, 0.4, 0.3)]
+    assert selection.select("source-val", records, "acc") == 1
+    assert selection.select("target-oracle", records, "acc") == 1
+
+
+def test_selection_methods_never_see_the_target_test_split():
+    seen = []
+
+    def spy(records, metric):
+        seen.extend(records)
+        return 0
+
+    method = selection.Method("spy", "spy", False, "src-val", spy)
+    assert selection.choose(method, CURVE, "acc")["tgt-test"] == {"acc": 0.80}  # the caller still gets it
+    selection.select_run(method, [CURVE, CURVE], "acc")
+    assert len(seen) == 3 * len(CURVE)
+    assert all("tgt-test" not in r and "src-val" in r for r in seen)
+    with pytest.raises(TypeError):
+        seen[0]["tgt-test"] = {"acc": 1.0}  # read-only
+    assert all("tgt-test" in r for r in CURVE)  # the caller's records are untouched
+
+
+def test_selected_test_values_averaged_over_seeds_with_sample_std(tmp_path):
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.60)], seed=0)
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.70)], seed=1)
+    board = leaderboard(tmp_path)
+    row = cell(board, "source-val")
+    assert (row.n, row.mean, round(row.std, 2), row.src_val) == (2, 65.0, 7.07, 90.0)
+    assert "| dann | 65.0 ± 7.1 | 2 | 90.0 |" in render(board, "markdown")
+    assert "ddof=1" in render(board, "markdown")
+
+
+def test_table_cells_follow_each_selection_method(tmp_path):
+    make_run(tmp_path, CURVE)
+    board = leaderboard(tmp_path)
+    assert cell(board, "source-val").mean == 50.0
+    assert cell(board, "target-oracle").mean == 60.0
+    assert cell(board, "last").mean == pytest.approx(55.0)
+
+
+def test_hparam_sweep_picks_the_sample_with_the_better_validation_score(tmp_path):
+    hp0 = [rec(200, 0.80, 0.70, 0.90)]  # better target validation, better test
+    hp1 = [rec(200, 0.90, 0.60, 0.50)]  # better source validation
+    assert selection.select_run("source-val", [hp0, hp1], "acc") == (1, 0)
+    assert selection.select_run("target-oracle", [hp0, hp1], "acc") == (0, 0)
+    make_run(tmp_path, hp0, hparam_index=0)
+    make_run(tmp_path, hp1, hparam_index=1)
+    board = leaderboard(tmp_path)
+    assert (cell(board, "source-val").mean, cell(board, "source-val").n) == (50.0, 1)  # one seed, not two runs
+    assert cell(board, "target-oracle").mean == 90.0
+    assert cell(board, "last").mean == 50.0  # last: hparams by src-val of the last record
+
+
+def test_incomplete_runs_are_listed_and_not_averaged(tmp_path):
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.60)], seed=0)
+    unfinished = make_run(tmp_path, [rec(200, 0.9, 0.5, 0.99), rec(400, 0.9, 0.5, 0.99)], seed=1, done=False)
+    board = leaderboard(tmp_path)
+    assert board.incomplete == [(unfinished, 400)]
+    row = cell(board, "source-val")
+    assert (row.n, row.mean, row.std) == (1, 60.0, 0.0)
+    md = render(board, "markdown")
+    assert "Incomplete runs" in md and f"| {unfinished.relative_to(tmp_path)} | 400 |" in md
+
+
+def test_a_truncated_last_line_is_ignored(tmp_path):
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.60), rec(400, 0.8, 0.4, 0.70)], tail='{"step": 600, "src-val": {"a')
+    board = leaderboard(tmp_path)
+    assert cell(board, "last").mean == 70.0
+
+
+def test_malformed_config_is_skipped_with_its_reason(tmp_path):
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.60)])
+    bad = make_run(tmp_path, [], algo="broken")
+    (bad / "config.json").write_text("{not json")
+    no_metric = make_run(tmp_path, [], algo="old", metric=None)
+    cfg = json.loads((no_metric / "config.json").read_text())
+    (no_metric / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "metric"}))
+    board = leaderboard(tmp_path)
+    reasons = dict(board.skipped)
+    assert set(reasons) == {bad, no_metric}
+    assert "unreadable config.json" in reasons[bad] and "metric" in reasons[no_metric]
+    assert "Skipped" in render(board, "markdown") and cell(board, "last").mean == 60.0
+
+
+def test_rows_name_budgets_and_the_oracle_table_is_marked(tmp_path):
+    make_run(tmp_path, CURVE, algo="oracle", tgt_labeled="all")
+    make_run(tmp_path, CURVE, algo="ccsa", tgt_labeled=100)
+    make_run(tmp_path, CURVE, algo="ccsa", tgt_labeled=10)
+    make_run(tmp_path, CURVE, algo="dann")
+    board = leaderboard(tmp_path)
+    assert [r.label for r in board.tables[0].rows] == ["ccsa (N=10)", "ccsa (N=100)", "dann", "oracle (all labels)"]
+    md = render(board, "markdown")
+    assert "## syndigits -> uci-digits · target-oracle (oracle: uses target labels)" in md
+    assert "## syndigits -> uci-digits · source-val\n" in md
+    assert md.count("oracle: uses target labels") == 1
+
+
+def test_latex_escapes_and_has_one_captioned_table_per_table(tmp_path):
+    make_run(tmp_path, CURVE, algo="my_algo", tgt="office_31")
+    tex = render(leaderboard(tmp_path), "latex")
+    assert tex.count(r"\begin{table}") == 3 and tex.count(r"\caption{") == 3 and r"\toprule" in tex
+    assert r"my\_algo & 50.0 $\pm$ 0.0 & 1 & 95.0 \\" in tex
+    assert r"office\_31" in tex and r"(\%)" in tex and "my_algo" not in tex
+    assert "(oracle: uses target labels)" in tex
+
+
+def test_csv_is_one_long_table(tmp_path):
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.60)], seed=0)
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.70)], seed=1)
+    rows = list(csv.DictReader(io.StringIO(render(leaderboard(tmp_path), "csv"))))
+    assert [r["selection"] for r in rows] == ["source-val", "target-oracle", "last"]
+    first = rows[0]
+    assert (first["pair"], first["algorithm"], first["oracle"], first["n"]) == ("syndigits -> uci-digits", "dann", "False", "2")
+    assert (float(first["mean"]), float(first["std"])) == (65.0, 7.0711)
+    assert rows[1]["oracle"] == "True"
+
+
+def seg(step, src, val, miou, iou):
+    return {"step": step, "src-val": {"miou": src, "pixacc": 0.9, "iou": [0.5, 0.5, 0.5]},
+            "tgt-val": {"miou": val}, "tgt-test": {"miou": miou, "pixacc": 0.8, "iou": iou}}
+
+
+def test_segmentation_per_class_table(tmp_path):
+    kw = dict(src="gta5", tgt="cityscapes", task="segmentation", algo="adaptsegnet", classes=["road", "car", "sky"],
+              eval_size="64x128")
+    make_run(tmp_path, [seg(200, 0.5, 0.3, 0.35, [0.5, 0.2, None])], seed=0, **kw)
+    make_run(tmp_path, [seg(200, 0.5, 0.3, 0.55, [0.7, 0.4, None])], seed=1, **kw)
+    board = leaderboard(tmp_path)
+    row = cell(board, "source-val", "adaptsegnet")
+    assert row.mean == 45.0 and [round(v, 6) for v in row.iou[:2]] == [60.0, 30.0]
+    md = render(board, "markdown")
+    assert "3 classes, eval size 64x128" in md
+    assert "| algorithm | road | car | sky | mIoU |" in md and "| adaptsegnet | 60.0 | 30.0 | – | 45.0 |" in md
+    rows = list(csv.DictReader(io.StringIO(render(board, "csv"))))
+    assert (rows[0]["iou_road"], rows[0]["iou_car"], rows[0]["iou_sky"], rows[0]["mean"]) == ("60.0", "30.0", "", "45.0")
+    assert render(board, "latex").count(r"\begin{table}") == 6  # main + per-class, per method
+
+
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DabenchError, match="does not exist.*config.json.*dabench run"):
+        leaderboard(tmp_path / "nope")
+    with pytest.raises(DabenchError, match="holds no runs.*config.json"):
+        leaderboard(tmp_path)
+    with pytest.raises(DabenchError, match="markdown, latex, csv"):
+        render(leaderboard(make_run(tmp_path, CURVE).parent), "html")
