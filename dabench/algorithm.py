@@ -12,8 +12,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from dabench.data import CLASSIFICATION, Batch
-from dabench.hparams import HParam, int_log2, log_uniform
+import torch.nn.functional as F
+
+from dabench.data import CLASSIFICATION, SEGMENTATION, Batch
+from dabench.hparams import HParam, choice, int_log2, log_uniform
+from dabench.metrics import IGNORE_INDEX
+from dabench.nets import SegNet
 
 # Who may see target labels, and how many. The protocol enforces these before training starts.
 TARGET_LABELS = {
@@ -34,13 +38,34 @@ class Algorithm(nn.Module):
         "weight_decay": HParam(0.0, lambda rng: float(10 ** rng.uniform(-6, -2)), "L2 penalty"),
     }
 
+    # The segmentation defaults of DeepLab and AdaptSegNet (Tsai et al. 2018): SGD 2.5e-4 with
+    # momentum 0.9 and weight decay 5e-4, heads at 10x, poly decay with power 0.9, batch 1.
+    segmentation_hparams: ClassVar[dict[str, HParam]] = {
+        "lr": HParam(2.5e-4, log_uniform(-4.5, -3), "initial SGD learning rate of the segmenter, poly decay"),
+        "batch_size": HParam(1, choice([1, 2]), "images per domain per step"),
+        "weight_decay": HParam(5e-4, log_uniform(-5, -3), "L2 penalty of the segmenter"),
+        "power": HParam(0.9, None, "poly decay: lr * (1 - p) ** power"),
+        "head_lr_mult": HParam(10.0, None, "learning-rate multiplier of the freshly initialised heads"),
+        "aux_weight": HParam(0.1, None, "weight of the auxiliary head's loss (lambda_seg), when the network has one"),
+    }
+
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict[str, Any], steps: int):
         super().__init__()
         self.hp = dict(hparams)
         self.num_classes = num_classes
         self.steps = steps
+        self.segmentation = isinstance(backbone, SegNet)
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.scaler = torch.amp.GradScaler("cpu", enabled=False)  # the trainer swaps in an enabled one for fp16
+
+    @classmethod
+    def space(cls, task: str) -> dict[str, HParam]:
+        """The hyperparameter space on a pair of ``task``. An algorithm for both tasks (``task =
+        "any"``, e.g. erm) keeps its classification space in ``hparams`` and its segmentation one in
+        ``segmentation_hparams``; a one-task algorithm declares ``hparams`` only."""
+        if cls.task == "any" and task == SEGMENTATION:
+            return cls.segmentation_hparams
+        return cls.hparams
 
     @classmethod
     def description(cls) -> str:
@@ -81,11 +106,50 @@ class Algorithm(nn.Module):
             self.scaler.step(o)
         self.scaler.update()
 
+    # Segmentation helpers ---------------------------------------------------------------------
+
+    def seg_sgd(self, net: SegNet) -> torch.optim.Optimizer:
+        """SGD over a SegNet's parameter groups (heads at ``head_lr_mult`` x lr); frozen ones left out."""
+        groups = net.param_groups(self.hp["head_lr_mult"])
+        for g in groups:
+            g["lr"] = self.hp["lr"] * g["lr_mult"]
+        return torch.optim.SGD(groups, lr=self.hp["lr"], momentum=0.9, weight_decay=self.hp["weight_decay"])
+
+    def poly(self, step: int) -> None:
+        """Poly decay of every optimiser: lr_0 * (1 - step/steps) ** power, where lr_0 is the rate each
+        param group was built with (so an Adam discriminator at 1e-4 decays alongside SGD at 2.5e-4)."""
+        factor = (1 - step / self.steps) ** self.hp["power"]
+        for optim in self.optims.values():
+            for group in optim.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor
+
+    def labeled_parts(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Labelled (images, labels) groups, source first. Segmentation domains differ in image
+        size, so labelled target images are a second group rather than concatenated."""
+        parts = [(batch.src_x, batch.src_y)]
+        if batch.tgt_labeled is not None:
+            parts.append((batch.tgt_labeled.x, batch.tgt_labeled.y))
+        return parts
+
     def labeled_sources(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Source images and labels, plus the labelled target samples when there are any."""
         if batch.tgt_labeled is None:
             return batch.src_x, batch.src_y
         return torch.cat([batch.src_x, batch.tgt_labeled.x]), torch.cat([batch.src_y, batch.tgt_labeled.y])
+
+
+def upsample(logits: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (N, K, h, w) logits to ``size`` (H, W); identity when already there."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropy at label resolution (logits upsampled first, as AdaptSegNet does),
+    mean over the pixels that are not ignored (255)."""
+    return F.cross_entropy(upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=IGNORE_INDEX)
 
 
 def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:

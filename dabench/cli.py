@@ -141,7 +141,9 @@ def list_(kind):
                 continue
             if name == "algorithms":
                 desc = obj.description()
-                hps = ", ".join(f"{k}={v.default}" for k, v in sorted(obj.hparams.items()))
+                tasks = ["classification", "segmentation"] if obj.task == "any" else [obj.task]
+                hps = "\n".join((f"{t}: " if len(tasks) > 1 else "")
+                                 + ", ".join(f"{k}={v.default}" for k, v in sorted(obj.space(t).items())) for t in tasks)
                 labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
                 table.add_row(plugin_name, obj.task, escape(desc + labels), escape(hps))
             else:
@@ -207,6 +209,19 @@ def leaderboard(path, fmt):
     from dabench.leaderboard import leaderboard as board, render
 
     click.echo(render(board(Path(path)), fmt))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--images", required=True, type=click.Path(), help="folder of images to predict")
+@click.option("--out", required=True, type=click.Path(), help="folder for the predictions")
+@click.option("--device", default="auto", show_default=True)
+def predict(run_dir, images, out, device):
+    """Apply a run's model to a folder of images: coloured masks and overlays (segmentation) or a CSV."""
+    from dabench.predict import predict as predict_api
+
+    written = predict_api(run_dir, images, out, device)
+    console.print(f"wrote {len(written)} files to {out}")
 
 
 @main.group()

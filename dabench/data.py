@@ -40,7 +40,9 @@ class TensorImages(Dataset):
     """Images kept in memory as uint8 (N, C, H, W) with integer labels; served as floats in [-1, 1]."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        assert images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(labels)
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"TensorImages wants uint8 images (N, C, H, W) and N labels; got {images.dtype} "
+                             f"{tuple(images.shape)} and {len(labels)} labels")
         self.images, self.targets = images, labels.long()
 
     def __len__(self) -> int:
@@ -72,6 +74,9 @@ class Subset(Dataset):
     def get_batch(self, idx: Sequence[int]):
         return get_batch(self.base, self.indices[np.asarray(idx, dtype=np.int64)].tolist())
 
+    def image(self, i: int) -> torch.Tensor:
+        return image_of(self.base, int(self.indices[i]))
+
     def labels(self) -> np.ndarray:
         return labels_of(self.base)[self.indices]
 
@@ -86,10 +91,24 @@ class ImagesOnly(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.base[i][0]
+        return image_of(self.base, i)
 
     def get_batch(self, idx: Sequence[int]) -> torch.Tensor:
         return get_batch(self.base, idx)[0]
+
+
+def image_of(ds: Dataset, i: int) -> torch.Tensor:
+    """Item ``i``'s image alone: through ``ds.image(i)`` when the dataset has one (file-backed
+    segmentation data then skips decoding the label), else ``ds[i][0]``."""
+    return ds.image(i) if hasattr(ds, "image") else ds[i][0]
+
+
+def in_memory(ds: Dataset) -> bool:
+    """Whether ``ds`` serves whole batches by indexing (no DataLoader worth its start-up): true for
+    ``TensorImages``, for views on one, and for any dataset of its own with a ``get_batch``."""
+    if isinstance(ds, (Subset, ImagesOnly)):
+        return in_memory(ds.base)
+    return hasattr(ds, "get_batch")
 
 
 def get_batch(ds: Dataset, idx: Sequence[int]):
@@ -171,7 +190,7 @@ def stream(ds: Dataset, batch_size: int, seed: int, stream_id: int, start: int, 
     """Batches ``start .. stop-1`` of a seeded endless stream. In-memory datasets are indexed
     directly; file-backed ones go through a DataLoader with ``workers`` processes."""
     sampler = _StepSampler(len(ds), batch_size, seed, stream_id, start, stop)
-    if hasattr(ds, "get_batch"):
+    if in_memory(ds):
         return (ds.get_batch(idx) for idx in sampler)
     return iter(DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
                            persistent_workers=False))
@@ -180,6 +199,6 @@ def stream(ds: Dataset, batch_size: int, seed: int, stream_id: int, start: int, 
 def ordered_batches(ds: Dataset, batch_size: int, workers: int = 0) -> Iterator:
     """Every item once, in order: for evaluation."""
     n = len(ds)
-    if hasattr(ds, "get_batch"):
+    if in_memory(ds):
         return (ds.get_batch(list(range(i, min(i + batch_size, n)))) for i in range(0, n, batch_size))
     return iter(DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dabench.errors import DabenchError
+from dabench.segmentation import SYNTHIA_13
 from dabench.selection import METHODS, TEST, Method, select_run
 
 REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
@@ -74,7 +75,19 @@ class Table:
     @property
     def iou_caption(self) -> str:
         size = ", ".join(self.eval_sizes) or "not recorded"
-        return f"Per-class target-test IoU (%), {len(self.classes)} classes, eval size {size}; mIoU as in the table above"
+        extra = "".join(f"; {name} = mean IoU over the {len(names)}-class subset" for name, names in self.subsets.items())
+        return (f"Per-class target-test IoU (%), {len(self.classes)} classes, eval size {size} (input; scored at the "
+                f"labels' full resolution); mIoU as in the table above{extra}")
+
+    @property
+    def subsets(self) -> dict[str, list[int]]:
+        """Standard class subsets a paper reports beside the full mIoU: mIoU13 on the SYNTHIA 16 classes."""
+        if len(self.classes) > len(SYNTHIA_13) and set(SYNTHIA_13) <= set(self.classes):
+            return {"mIoU13": [self.classes.index(c) for c in SYNTHIA_13]}
+        return {}
+
+    def subset_means(self, row: "Row") -> list[float]:
+        return [_mean([row.iou[i] for i in idx if not math.isnan(row.iou[i])]) for idx in self.subsets.values()]
 
 
 @dataclass
@@ -220,9 +233,9 @@ def _markdown(board: Leaderboard) -> str:
         out += [_md_row(["algorithm", f"tgt-test {t.metric} (%)", "n", f"src-val {t.metric} (%)"]), "|---|---:|---:|---:|"]
         out += [_md_row([r.label, f"{_f(r.mean)} ± {_f(r.std)}", str(r.n), _f(r.src_val)]) for r in t.rows]
         if t.task == "segmentation":
-            out += ["", f"{t.title}. {t.iou_caption}.", "", _md_row(["algorithm", *t.classes, "mIoU"]),
-                    "|---|" + "---:|" * (len(t.classes) + 1)]
-            out += [_md_row([r.label, *map(_f, r.iou or []), _f(r.mean)]) for r in t.rows]
+            out += ["", f"{t.title}. {t.iou_caption}.", "", _md_row(["algorithm", *t.classes, "mIoU", *t.subsets]),
+                    "|---|" + "---:|" * (len(t.classes) + 1 + len(t.subsets))]
+            out += [_md_row([r.label, *map(_f, r.iou or []), _f(r.mean), *map(_f, t.subset_means(r))]) for r in t.rows]
         out.append("")
     if board.incomplete:
         out += ["## Incomplete runs (no `done`; not averaged)", "", "| run folder | last step |", "|---|---:|"]
@@ -267,9 +280,10 @@ def _latex(board: Leaderboard) -> str:
         out += _tex_table(caption, label, ["Algorithm", f"tgt-test {tex(t.metric)} (\\%)", "$n$",
                                            f"src-val {tex(t.metric)} (\\%)"], rows)
         if t.task == "segmentation":
-            rows = [[tex(r.label), *map(_tex_f, r.iou or []), _tex_f(r.mean)] for r in t.rows]
+            rows = [[tex(r.label), *map(_tex_f, r.iou or []), _tex_f(r.mean), *map(_tex_f, t.subset_means(r))]
+                    for r in t.rows]
             out += _tex_table(f"{pair}, model selection: {tex(t.method.name)}{oracle}. {tex(t.iou_caption)}.",
-                              label + "-iou", ["Algorithm", *map(tex, t.classes), "mIoU"], rows, wide=True)
+                              label + "-iou", ["Algorithm", *map(tex, t.classes), "mIoU", *t.subsets], rows, wide=True)
     for p, step in board.incomplete:
         out.append(f"% incomplete (not averaged): {tex(_rel(board, p))}, last step {step}")
     for p, why in board.skipped:

@@ -24,6 +24,36 @@ class Backbone(nn.Module):
         return self.upper(self.lower(x))
 
 
+class SegNet(nn.Module):
+    """A segmentation network: ``forward(x)`` -> ``(main, aux)`` logits, each (N, K, h, w) at the
+    network's own output stride (algorithms upsample them), ``aux`` None when there is no
+    auxiliary head.
+
+    ``encoder(x)`` returns two feature maps ``(low, high)``; ``head`` maps ``high`` to the main
+    logits and ``aux_head`` (optional) maps ``low`` to the auxiliary ones, as DeepLabv2's two ASPP
+    classifiers on layer3 and layer4 do for multi-level methods (AdaptSegNet).
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, aux_head: nn.Module | None = None):
+        super().__init__()
+        self.encoder, self.head, self.aux_head = encoder, head, aux_head
+
+    @property
+    def has_aux(self) -> bool:
+        return self.aux_head is not None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        low, high = self.encoder(x)
+        return self.head(high), (self.aux_head(low) if self.aux_head is not None else None)
+
+    def param_groups(self, head_lr_mult: float = 10.0) -> list[dict]:
+        """Trainable parameters: the encoder at the base rate, the heads at ``head_lr_mult`` times it
+        (DeepLab's 10x for freshly initialised classifiers). Frozen parameters are left out."""
+        heads = [p for m in (self.head, self.aux_head) if m is not None for p in m.parameters() if p.requires_grad]
+        return [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr_mult": 1.0},
+                {"params": heads, "lr_mult": head_lr_mult}]
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local state dict (``--pretrained PATH``); keys that do not fit are named, not ignored silently."""
     path = Path(path).expanduser()

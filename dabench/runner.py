@@ -24,6 +24,7 @@ import torch
 
 from dabench import hparams as hp
 from dabench.algorithm import Algorithm
+from dabench.data import SEGMENTATION
 from dabench.errors import DabenchError
 from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import Splits, build_splits, load_domain
@@ -94,6 +95,11 @@ def run_dir_of(config: dict[str, Any], out: str | Path) -> Path:
     return Path(out) / f"{slug(config['src'])}_to_{slug(config['tgt'])}" / slug(config["algo"]) / f"seed{config['seed']}-{digest}"
 
 
+def size_text(size: int | tuple[int, int]) -> str:
+    """28 -> "28x28"; (1024, 512) -> "1024x512" (width x height)."""
+    return "x".join(map(str, size if isinstance(size, tuple) else (size, size)))
+
+
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value <= 0:
         raise DabenchError(f"{name} must be a positive whole number, got {value!r}.")
@@ -131,6 +137,24 @@ def environment() -> dict[str, Any]:
     return {"versions": versions, "git": git}
 
 
+def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pretrained: str | None = None) -> Algorithm:
+    """The untrained algorithm a recorded config describes (seeded as the run was)."""
+    torch.manual_seed(config["seed"])
+    import numpy as np, random
+
+    np.random.seed(config["seed"])
+    random.seed(config["seed"])
+    spec = Spec.parse(config["backbone"])
+    backbone = backbones.get(spec.name)(spec.arg, in_channels=3, image_size=image_size, pretrained=pretrained,
+                                        num_classes=len(config["classes"]))
+    algorithm = algorithms.get(config["algo"])(backbone, len(config["classes"]), config["hparams"], config["steps"]).to(device)
+    if config.get("channels_last"):
+        algorithm = algorithm.to(memory_format=torch.channels_last)
+    if config.get("precision") == "fp16":
+        algorithm.scaler = torch.amp.GradScaler(device.type)
+    return algorithm
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     """Check the config, build data, backbone and algorithm; create nothing on disk."""
     _positive("--steps", cfg.steps)
@@ -143,7 +167,6 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise DabenchError(f"--tgt-labeled must be 0 or a positive number of target samples, got {cfg.tgt_labeled!r}.")
     device = resolve_device(cfg.device)
     algo_cls = algorithms.get(cfg.algo)
-    values = hp.apply_overrides(algo_cls.hparams, hp.sample(algo_cls.hparams, cfg.algo, cfg.hparam_index), cfg.hparams)
 
     tgt_labeled = cfg.tgt_labeled
     if algo_cls.target_labels == "all":
@@ -160,12 +183,16 @@ def prepare(cfg: RunConfig) -> Prepared:
     if root is not None and not root.is_dir():
         raise DabenchError(f"The data root {root} does not exist or is not a folder. Pass --data-root DIR (or set DABENCH_DATA) to the folder that holds your data sets.")
     src = load_domain(cfg.src, root, cfg.image_size)
-    tgt = load_domain(cfg.tgt, root, src.image_size)
+    # Classification domains share one resolution; segmentation domains keep their own sizes
+    # (GTA5 1280x720, Cityscapes 1024x512), scaled by the same --image-size (a height).
+    tgt = load_domain(cfg.tgt, root, cfg.image_size if src.task == SEGMENTATION else src.image_size)
     if algo_cls.task not in ("any", src.task):
         raise DabenchError(
             f"'{cfg.algo}' is a {algo_cls.task} algorithm but {cfg.src} -> {cfg.tgt} is a {src.task} pair. "
             f"See 'dabench list algorithms' for the {src.task} ones."
         )
+    space = algo_cls.space(src.task)
+    values = hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams)
     backbone_name = cfg.backbone or DEFAULT_BACKBONE[src.task]
     factory = backbones.get(Spec.parse(backbone_name).name)
     if getattr(factory, "task", "any") not in ("any", src.task):
@@ -177,23 +204,14 @@ def prepare(cfg: RunConfig) -> Prepared:
         config.pop(transient)
     config |= {
         "task": src.task, "metric": PRIMARY_METRIC[src.task], "classes": src.classes,
-        "eval_size": "x".join(map(str, src.image_size if isinstance(src.image_size, tuple) else (src.image_size,) * 2)),
+        "eval_size": size_text(tgt.image_size),  # the target images' input size (W x H)
+        "image_sizes": {"src": size_text(src.image_size), "tgt": size_text(tgt.image_size)},
         "splits": splits.sizes(), "data": {"src": src.info, "tgt": tgt.info},
     }
     run_dir = run_dir_of(config, cfg.out)
     config["run_id"] = run_dir.name
 
-    torch.manual_seed(cfg.seed)
-    import numpy as np, random
-
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    backbone = factory(Spec.parse(backbone_name).arg, in_channels=3, image_size=src.image_size, pretrained=cfg.pretrained)
-    algorithm = algo_cls(backbone, len(src.classes), values, cfg.steps).to(device)
-    if cfg.channels_last:
-        algorithm = algorithm.to(memory_format=torch.channels_last)
-    if cfg.precision == "fp16":
-        algorithm.scaler = torch.amp.GradScaler(device.type)
+    algorithm = build_algorithm(config, src.image_size, device, cfg.pretrained)
     return Prepared(config, splits, algorithm, device, run_dir)
 
 

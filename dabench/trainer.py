@@ -47,12 +47,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+EVAL_BATCH = {"classification": 256, "segmentation": 2}  # full-resolution label maps are large
+
+
 @torch.no_grad()
 def evaluate(algo: Algorithm, dataset, task: str, num_classes: int, device: torch.device, precision: str,
-             batch_size: int = 256, channels_last: bool = False) -> dict:
+             batch_size: int = 256, channels_last: bool = False, workers: int = 0) -> dict:
     algo.eval()
     cm = ConfusionMatrix(num_classes, device)
-    for x, y in ordered_batches(dataset, batch_size):
+    for x, y in ordered_batches(dataset, batch_size, workers):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -160,7 +163,8 @@ def fit(algo: Algorithm, splits: Splits, *, steps: int, eval_every: int, seed: i
                 record = {"step": step + 1, "time_s": round(time.perf_counter() - t0, 3),
                           "losses": {k: v / count for k, v in sums.items()}}
                 for name, ds in evals.items():
-                    record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision, channels_last=channels_last)
+                    record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
+                                            EVAL_BATCH[splits.task], channels_last, workers)
                 append_record(results, record)
                 save_checkpoint(ckpt, algo, step + 1)
                 records.append(record)

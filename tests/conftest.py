@@ -54,3 +54,55 @@ class ToySegmenter(Algorithm):
     """Test-only segmentation algorithm, to check that task mismatches are refused."""
 
     task = "segmentation"
+
+
+# A tiny segmentation pair and network, for the segmentation path of the core ----------------
+from torch import nn  # noqa: E402
+
+from dabench.nets import SegNet  # noqa: E402
+from dabench.registry import backbones  # noqa: E402
+
+TOY_SEG_CLASSES = ["road", "sky", "car"]
+
+
+def toy_scenes(n: int, h: int, w: int, shift: float, seed: int) -> TensorImages:
+    """Sky above a random horizon, road below, one car box on the road; flat colours + noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(n, h, w, dtype=torch.long)
+    for i in range(n):
+        horizon = int(torch.randint(h // 4, h // 2, (1,), generator=g))
+        labels[i, :horizon] = 1
+        x0 = int(torch.randint(0, w - w // 4, (1,), generator=g))
+        labels[i, horizon + 2 : horizon + 2 + h // 4, x0 : x0 + w // 4] = 2
+    colours = torch.tensor([[0.4, 0.4, 0.4], [0.3, 0.5, 0.9], [0.8, 0.1, 0.1]]) + shift
+    img = colours[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(n, 3, h, w, generator=g)
+    return TensorImages((img.clamp(0, 1) * 255).to(torch.uint8), labels)
+
+
+@datasets.register("toyseg-src")
+@plugin(task="segmentation", description="test-only toy segmentation source")
+def toyseg_src(arg=None, *, root=None, image_size=None) -> Domain:
+    return Domain("toyseg-src", "segmentation", TOY_SEG_CLASSES, toy_scenes(24, 64, 96, 0.0, 3), image_size=(96, 64))
+
+
+@datasets.register("toyseg-tgt")
+@plugin(task="segmentation", description="test-only toy segmentation target")
+def toyseg_tgt(arg=None, *, root=None, image_size=None) -> Domain:
+    return Domain("toyseg-tgt", "segmentation", TOY_SEG_CLASSES, toy_scenes(24, 32, 64, 0.15, 4), image_size=(64, 32))
+
+
+class _ToyEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.low = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.high = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+
+    def forward(self, x):
+        low = self.low(x)
+        return low, self.high(low)
+
+
+@backbones.register("toy-segnet")
+@plugin(task="segmentation", description="test-only tiny segmenter with an auxiliary head")
+def toy_segnet(arg=None, *, in_channels=3, image_size=None, pretrained=None, num_classes=3):
+    return SegNet(_ToyEncoder(), nn.Conv2d(8, num_classes, 1), nn.Conv2d(8, num_classes, 1))

@@ -61,7 +61,8 @@ def test_list_shows_every_kind_with_descriptions_and_hparams(monkeypatch):
     assert r.exit_code == 0
     for name in ("dann", "ccsa", "sagnet", "erm", "oracle", "syndigits", "uci-digits", "digit-cnn", "timm"):
         assert name in r.stdout
-    assert "lambda_max=1.0" in r.stdout and "needs --tgt-labeled" in r.stdout
+    assert "lambda_max=1.0" in r.stdout and "[needs" in r.stdout and "--tgt-labeled]" in r.stdout
+    assert "segmentation: aux_weight=0.1" in r.stdout  # erm is task-aware: both spaces are listed
     r = CliRunner().invoke(main, ["list", "backbones"])
     assert "digit-cnn" in r.stdout and "dann" not in r.stdout
 

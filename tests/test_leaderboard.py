@@ -193,3 +193,15 @@ def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
         leaderboard(tmp_path)
     with pytest.raises(DabenchError, match="markdown, latex, csv"):
         render(leaderboard(make_run(tmp_path, CURVE).parent), "html")
+
+
+def test_synthia_16_class_table_adds_the_13_class_mean(tmp_path):
+    from dabench.segmentation import SYNTHIA_16
+
+    iou = [0.1 * (i % 5) for i in range(16)]  # wall, fence, pole are indices 3, 4, 5 -> 0.3, 0.4, 0.0
+    make_run(tmp_path, [seg(200, 0.5, 0.3, sum(iou) / 16, iou)], seed=0, src="synthia", tgt="cityscapes:16",
+             task="segmentation", algo="erm", classes=SYNTHIA_16, eval_size="1024x512")
+    md = render(leaderboard(tmp_path), "markdown")
+    by_hand = 100 * (sum(iou) - 0.3 - 0.4 - 0.0) / 13  # = 100 * 2.5 / 13
+    assert "| mIoU | mIoU13 |" in md and f"| {100 * sum(iou) / 16:.1f} | {by_hand:.1f} |" in md
+    assert "mIoU13 = mean IoU over the 13-class subset" in md

@@ -72,3 +72,28 @@ def test_batches_are_a_function_of_seed_and_step():
     flat = sum(first[:5], [])[:20]
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # epochs cover all
     assert step_indices(10, 4, 4, 0, 0) != first[0]
+
+
+class _ItemByItem(torch.utils.data.Dataset):
+    """A file-backed dataset stand-in: items only, no get_batch."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.full((1, 2, 2), float(i)), i % 3
+
+
+def test_views_on_item_by_item_data_go_through_a_dataloader_with_the_same_batches():
+    from dabench.data import ImagesOnly, Subset, TensorImages, in_memory, step_indices, stream
+
+    base = _ItemByItem(10)
+    view = ImagesOnly(Subset(base, [9, 8, 7, 6, 5]))
+    assert not in_memory(view) and in_memory(Subset(TensorImages(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3)), [0]))
+    got = list(stream(view, batch_size=3, seed=1, stream_id=1, start=2, stop=4))
+    for step, x in zip(range(2, 4), got):
+        want = [9 - i for i in step_indices(5, 3, 1, 1, step)]
+        assert x[:, 0, 0, 0].tolist() == want

@@ -1,10 +1,11 @@
 """Source only: empirical risk minimisation on the labelled data, no adaptation."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, mlp
+from dabench.algorithm import Algorithm, mlp, seg_loss
 from dabench.data import Batch
 
 
@@ -13,20 +14,40 @@ class ERM(Algorithm):
 
     Trains on source labels (plus labelled target samples when --tgt-labeled N is given). No
     target image passes through the network, so batch-norm statistics never see the target.
+    Classification: the backbone's features, an MLP head, SGD with the DANN annealed rate.
+    Segmentation: the segmenter's main logits (plus ``aux_weight`` x its auxiliary head, as
+    multi-level AdaptSegNet trains it), SGD with poly decay, heads at 10x.
     """
+
+    task = "any"
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
         super().__init__(backbone, num_classes, hparams, steps)
         self.featurizer = backbone
-        self.classifier = mlp([backbone.out_features, 100, num_classes])
-        self.optims["model"] = self.sgd(self.parameters())
+        if self.segmentation:
+            self.optims["model"] = self.seg_sgd(backbone)
+        else:
+            self.classifier = mlp([backbone.out_features, 100, num_classes])
+            self.optims["model"] = self.sgd(self.parameters())
+
+    def supervised_loss(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The summed supervised loss over labelled groups; one forward per group."""
+        if not self.segmentation:
+            x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            return F.cross_entropy(self.predict(x), y)
+        total = 0.0
+        for x, y in parts:
+            main, aux = self.featurizer(x)
+            total = total + seg_loss(main, y) + (self.hp["aux_weight"] * seg_loss(aux, y) if aux is not None else 0.0)
+        return total
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
-        self.anneal(step)
-        x, y = self.labeled_sources(batch)
-        loss = F.cross_entropy(self.predict(x), y)
+        self.poly(step) if self.segmentation else self.anneal(step)
+        loss = self.supervised_loss(self.labeled_parts(batch))
         self.step(loss, self.optims["model"])
-        return {"cls": loss.item()}
+        return {"seg" if self.segmentation else "cls": loss.item()}
 
     def predict(self, x):
+        if self.segmentation:
+            return self.featurizer(x)[0]
         return self.classifier(self.featurizer(x))

@@ -1,8 +1,6 @@
 """Trained on labelled target data: the upper bound adaptation methods are measured against."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from dabench.data import Batch
 from dabench_plugins.algorithms.erm import ERM
 
@@ -17,8 +15,7 @@ class Oracle(ERM):
     target_labels = "all"
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
-        self.anneal(step)
-        x, y = batch.tgt_labeled.x, batch.tgt_labeled.y
-        loss = F.cross_entropy(self.predict(x), y)
+        self.poly(step) if self.segmentation else self.anneal(step)
+        loss = self.supervised_loss([(batch.tgt_labeled.x, batch.tgt_labeled.y)])
         self.step(loss, self.optims["model"])
-        return {"cls": loss.item()}
+        return {"seg" if self.segmentation else "cls": loss.item()}

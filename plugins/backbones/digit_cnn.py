@@ -3,23 +3,25 @@ from __future__ import annotations
 
 from torch import nn
 
+from dabench.errors import DabenchError
 from dabench.nets import Backbone, load_weights
 from dabench.registry import plugin
 
 
 @plugin(task="classification", description="DANN paper digit CNN: conv5x5-32, pool, conv5x5-48, pool, fc-100 (fast on CPU)")
-def digit_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int = 28, pretrained: str | None = None) -> Backbone:
+def digit_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int = 28, pretrained: str | None = None,
+              num_classes: int | None = None) -> Backbone:
     """Ganin et al. (JMLR 2016), MNIST architecture: conv 5x5x32 -> maxpool 2 -> conv 5x5x48 ->
     maxpool 2, then the first fully connected layer (100 units) as the feature vector. The rest of
     the paper's label head (fc-100 -> fc-10) and domain head are the algorithm's heads."""
+    if arg:
+        raise DabenchError(f"digit-cnn takes no argument, got 'digit-cnn:{arg}'. Write just 'digit-cnn'.")
     lower = nn.Sequential(
         nn.Conv2d(in_channels, 32, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(32, 48, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
     )
     side = ((image_size - 4) // 2 - 4) // 2
     if side < 1:
-        from dabench.errors import DabenchError
-
         raise DabenchError(f"digit-cnn needs images of at least 16x16 pixels, got {image_size}.")
     upper = nn.Sequential(nn.Flatten(), nn.Linear(48 * side * side, 100), nn.ReLU(inplace=True))
     net = Backbone(lower, upper, 100)

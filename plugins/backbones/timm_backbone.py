@@ -30,7 +30,8 @@ class _PooledHead(nn.Module):
 
 
 @plugin(task="classification", description="any timm model by name, e.g. timm:resnet50 (random init unless --pretrained PATH)")
-def timm_backbone(arg: str | None = None, *, in_channels: int = 3, image_size: int = 224, pretrained: str | None = None) -> Backbone:
+def timm_backbone(arg: str | None = None, *, in_channels: int = 3, image_size: int = 224, pretrained: str | None = None,
+              num_classes: int | None = None) -> Backbone:
     """A timm model without its classifier; ``lower`` = ``forward_features`` (the last feature
     map), ``upper`` = timm's pooling head. Weights come only from a local file."""
     import timm

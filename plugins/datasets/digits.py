@@ -88,14 +88,20 @@ def _glyphs(fonts: dict[str, str | bytes], px: int) -> list[list[Image.Image]]:
 
 def _masks(labels: np.ndarray, fonts: dict[str, str | bytes], size: int, rng: np.random.Generator) -> np.ndarray:
     """Digit coverage, uint8 (N, size, size): each glyph placed by a random affine map (height
-    55-90% of the frame, rotation +-15 degrees, shear, aspect, shift) at twice the size, then
-    averaged down 2x2."""
+    80-100% of the frame, rotation +-15 degrees, shear, aspect, shift +-5%) at twice the size,
+    then averaged down 2x2.
+
+    The framing copies the real targets': the UCI bitmaps were normalised so that each digit
+    fills its box. With smaller, off-centre glyphs (55-90% high, +-12% shift) the main gap was
+    geometric and class-specific (handwritten 2s, 3s and 8s read as 1s), which feature alignment
+    cannot close: ERM 60-64% vs DANN 61% on uci-digits. Framed like the target, what is left is
+    appearance (colour, texture, blur, stroke), the shift DANN is built for."""
     big, n = 2 * size, len(labels)
     glyphs = _glyphs(fonts, big)
     style = rng.integers(len(glyphs), size=n)
-    height, aspect = rng.uniform(0.55, 0.9, n) * big, np.exp(rng.uniform(-0.15, 0.15, n))
+    height, aspect = rng.uniform(0.8, 1.0, n) * big, np.exp(rng.uniform(-0.15, 0.15, n))
     angle, shear = np.deg2rad(rng.uniform(-15, 15, n)), rng.uniform(-0.2, 0.2, n)
-    centre = big / 2 + rng.uniform(-0.12, 0.12, (n, 2)) * big
+    centre = big / 2 + rng.uniform(-0.05, 0.05, (n, 2)) * big
     cos, sin, zero, one = np.cos(angle), np.sin(angle), np.zeros(n), np.ones(n)
     rot = np.stack([cos, -sin, sin, cos], 1).reshape(n, 2, 2)
     skew = np.stack([one, shear, zero, one], 1).reshape(n, 2, 2)

@@ -1,0 +1,118 @@
+"""AdaptSegNet: adversarial adaptation in the output space of a segmentation network."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dabench.algorithm import Algorithm, seg_loss, upsample
+from dabench.data import SEGMENTATION, Batch
+from dabench.hparams import HParam, choice, log_uniform
+
+SOURCE, TARGET = 0.0, 1.0  # the domain labels of the authors' code
+
+
+def discriminator(num_classes: int, width: int = 64) -> nn.Sequential:
+    """The fully-convolutional discriminator: 4x4 convs of stride 2, 64-128-256-512-1 channels,
+    LeakyReLU 0.2, no normalisation; one logit per patch at 1/32 of the input size."""
+    chans = [num_classes, width, 2 * width, 4 * width, 8 * width]
+    layers: list[nn.Module] = []
+    for a, b in zip(chans[:-1], chans[1:]):
+        layers += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+    layers.append(nn.Conv2d(chans[-1], 1, 4, stride=2, padding=1))
+    return nn.Sequential(*layers)
+
+
+def gan_loss(logits: torch.Tensor, label: float, kind: str) -> torch.Tensor:
+    """Mean over patches of BCE-with-logits (vanilla GAN) or squared error (LS-GAN) to ``label``."""
+    target = torch.full_like(logits, label)
+    if kind == "ls":
+        return F.mse_loss(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+class AdaptSegNet(Algorithm):
+    """AdaptSegNet: output-space adversarial adaptation, multi-level (Tsai et al., CVPR 2018).
+
+    A discriminator per output level learns to tell source from target softmax maps (source 0,
+    target 1, on detached predictions); the segmenter is trained on source labels and to make
+    its target maps pass for source (label 0), weighted by lambda_adv. Multi-level: the auxiliary
+    head on layer3 gets its own discriminator and the seg loss weight aux_weight (lambda_seg).
+    Logits are upsampled to the input size before both losses; D sees softmax maps.
+    """
+
+    task = SEGMENTATION
+    hparams = {
+        **Algorithm.segmentation_hparams,
+        "lr_d": HParam(1e-4, log_uniform(-5, -3.5), "Adam learning rate of the discriminators, poly decay"),
+        "lambda_adv": HParam(0.001, log_uniform(-4, -2), "weight of the adversarial loss on the main output"),
+        "lambda_adv_aux": HParam(0.0002, log_uniform(-4.7, -2.7), "weight of the adversarial loss on the auxiliary output"),
+        "gan": HParam("vanilla", choice(["vanilla", "ls"]), "discriminator loss: BCE (vanilla) or least squares (ls)",
+                      choices=("vanilla", "ls")),
+    }
+    multi_level = True
+
+    def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
+        super().__init__(backbone, num_classes, hparams, steps)
+        self.segmenter = backbone
+        self.use_aux = self.multi_level and backbone.has_aux
+        self.discriminators = nn.ModuleDict({"main": discriminator(num_classes)})
+        if self.use_aux:
+            self.discriminators["aux"] = discriminator(num_classes)
+        self.optims["seg"] = self.seg_sgd(backbone)
+        self.optims["disc"] = torch.optim.Adam(self.discriminators.parameters(), lr=self.hp["lr_d"], betas=(0.9, 0.99))
+
+    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The levels this variant adapts, upsampled to the input size."""
+        main, aux = self.segmenter(x)
+        out = {"main": upsample(main, x.shape[-2:])}
+        if self.use_aux:
+            out["aux"] = upsample(aux, x.shape[-2:])
+        return out
+
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        self.poly(step)
+        weight = {"main": 1.0, "aux": self.hp["aux_weight"]}
+        adv_weight = {"main": self.hp["lambda_adv"], "aux": self.hp["lambda_adv_aux"]}
+        gan = self.hp["gan"]
+        for o in self.optims.values():
+            o.zero_grad(set_to_none=True)
+
+        # 1. segmentation on the labelled images (source, plus labelled target when given).
+        seg = 0.0
+        src_out = None
+        for x, y in self.labeled_parts(batch):
+            out = self.outputs(x)
+            if src_out is None:
+                src_out = out
+            seg = seg + sum(weight[k] * seg_loss(v, y) for k, v in out.items())
+        # 2. target maps should pass for source: the discriminators are frozen for this loss.
+        tgt_out = self.outputs(batch.tgt_x)
+        self.discriminators.requires_grad_(False)
+        adv = sum(adv_weight[k] * gan_loss(self.discriminators[k](F.softmax(v.float(), 1)), SOURCE, gan)
+                  for k, v in tgt_out.items())
+        self.scaler.scale(seg + adv).backward()
+        self.discriminators.requires_grad_(True)
+        # 3. the discriminators, on detached predictions: source 0, target 1, each half the loss.
+        disc = sum(
+            (gan_loss(d(F.softmax(src_out[k].detach().float(), 1)), SOURCE, gan)
+             + gan_loss(d(F.softmax(tgt_out[k].detach().float(), 1)), TARGET, gan)) / 2
+            for k, d in self.discriminators.items())
+        self.scaler.scale(disc).backward()
+        for o in self.optims.values():
+            self.scaler.step(o)
+        self.scaler.update()
+        return {"seg": seg.item(), "adv": adv.item(), "disc": disc.item()}
+
+    def predict(self, x):
+        return self.segmenter(x)[0]
+
+
+class AdaptSegNetSingle(AdaptSegNet):
+    """AdaptSegNet, single level: one discriminator on the main output (Tsai et al., CVPR 2018).
+
+    The paper's single-level variant: lambda_adv 0.001 on the layer4 output only; the auxiliary
+    head, if the network has one, is neither trained nor adapted.
+    """
+
+    multi_level = False

@@ -1,0 +1,109 @@
+"""AdaptSegNet: the adversarial losses by hand, which network each loss may move, and a run."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dabench.data import Batch
+from dabench.hparams import defaults
+from dabench.nets import SegNet
+from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet, AdaptSegNetSingle, discriminator, gan_loss
+from dabench_plugins.algorithms.erm import ERM
+
+K = 3
+
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        low = torch.relu(self.a(x))
+        return low, torch.relu(self.b(low))
+
+
+def tiny_segnet(seed=0):
+    torch.manual_seed(seed)
+    return SegNet(_Encoder(), nn.Conv2d(8, K, 1), nn.Conv2d(8, K, 1))
+
+
+def batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.randn(1, 3, 64, 96, generator=g), torch.randint(0, K, (1, 64, 96), generator=g),
+                 torch.randn(1, 3, 32, 64, generator=g))
+
+
+def test_gan_loss_by_hand():
+    c = torch.full((1, 1, 2, 2), 0.5)
+    assert gan_loss(c, 0.0, "vanilla").item() == pytest.approx(math.log(1 + math.exp(0.5)))
+    assert gan_loss(c, 1.0, "vanilla").item() == pytest.approx(math.log(1 + math.exp(-0.5)))
+    assert gan_loss(c, 1.0, "ls").item() == pytest.approx(0.25)
+
+
+def test_discriminator_shape_is_the_paper_one():
+    d = discriminator(19)
+    assert [m.out_channels for m in d if isinstance(m, nn.Conv2d)] == [64, 128, 256, 512, 1]
+    assert all(m.kernel_size == (4, 4) and m.stride == (2, 2) for m in d if isinstance(m, nn.Conv2d))
+    assert d(torch.zeros(1, 19, 64, 128)).shape == (1, 1, 2, 4)  # 1/32 of the input
+
+
+def _constant(algo, c):
+    """Make every discriminator output the logit c everywhere."""
+    for d in algo.discriminators.values():
+        for m in d:
+            if isinstance(m, nn.Conv2d):
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(d[-1].bias, c)
+
+
+def test_reported_losses_match_the_hand_computed_values():
+    hp = defaults(AdaptSegNet.hparams)
+    algo = AdaptSegNet(tiny_segnet(), K, hp, steps=10)
+    _constant(algo, 0.5)
+    losses = algo.update(batch(), 0)
+    fool = math.log(1 + math.exp(0.5))  # target maps labelled source (0)
+    assert losses["adv"] == pytest.approx((hp["lambda_adv"] + hp["lambda_adv_aux"]) * fool, rel=1e-5)
+    per_level = (math.log(1 + math.exp(0.5)) + math.log(1 + math.exp(-0.5))) / 2
+    assert losses["disc"] == pytest.approx(2 * per_level, rel=1e-5)
+    single = AdaptSegNetSingle(tiny_segnet(), K, defaults(AdaptSegNetSingle.hparams), steps=10)
+    _constant(single, 0.5)
+    assert list(single.discriminators) == ["main"]
+    assert single.update(batch(), 0)["adv"] == pytest.approx(hp["lambda_adv"] * fool, rel=1e-5)
+
+
+def test_discriminator_loss_does_not_move_the_segmenter():
+    """With lambda_adv = 0 AdaptSegNet's segmenter step equals ERM's: the discriminator loss is
+    computed on detached maps."""
+    hp = defaults(AdaptSegNet.hparams) | {"lambda_adv": 0.0, "lambda_adv_aux": 0.0}
+    ada, erm = AdaptSegNet(tiny_segnet(), K, hp, 10), ERM(tiny_segnet(), K, defaults(ERM.segmentation_hparams), 10)
+    ada.update(batch(), 0)
+    erm.update(batch(), 0)
+    for p, q in zip(ada.segmenter.parameters(), erm.featurizer.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_adversarial_loss_does_not_move_the_discriminators():
+    base = AdaptSegNet(tiny_segnet(), K, defaults(AdaptSegNet.hparams), 10)
+    strong = copy.deepcopy(base)
+    strong.hp |= {"lambda_adv": 10.0, "lambda_adv_aux": 10.0}
+    base.update(batch(), 0)
+    strong.update(batch(), 0)
+    for p, q in zip(base.discriminators.parameters(), strong.discriminators.parameters()):
+        torch.testing.assert_close(p, q)
+    moved = [not torch.equal(p, q) for p, q in zip(base.segmenter.parameters(), strong.segmenter.parameters())]
+    assert any(moved)  # ... while the segmenter does feel it
+
+
+def test_erm_segmentation_never_forwards_target_images():
+    erm = ERM(tiny_segnet(), K, defaults(ERM.segmentation_hparams), 10)
+    seen = []
+    erm.featurizer.encoder.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-2:]))
+    erm.update(batch(), 0)
+    assert seen == [torch.Size([64, 96])]  # the source image only
