@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from dabench.data import CLASSIFICATION, SEGMENTATION, Batch
 from dabench.hparams import HParam, choice, int_log2, log_uniform
@@ -133,10 +132,16 @@ class Algorithm(nn.Module):
         return parts
 
     def labeled_sources(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source images and labels, plus the labelled target samples when there are any."""
-        if batch.tgt_labeled is None:
-            return batch.src_x, batch.src_y
-        return torch.cat([batch.src_x, batch.tgt_labeled.x]), torch.cat([batch.src_y, batch.tgt_labeled.y])
+        """Source images and labels, plus the labelled target samples when there are any, as one
+        batch (classification images share one size)."""
+        return concat(self.labeled_parts(batch))
+
+
+def concat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labelled (images, labels) groups as one batch (a single group as it is, uncopied)."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def upsample(logits: torch.Tensor, size) -> torch.Tensor:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dabench.errors import DabenchError
+
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
 
@@ -34,6 +36,19 @@ class Domain:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def image_count(name: str, arg: str | None, default: int, minimum: int = 10) -> int:
+    """The image count of a generated data set's argument (``syndigits:20000``): ``default`` when
+    there is none; anything but a whole number >= ``minimum`` is a clear error."""
+    try:
+        n = int(arg) if arg else default
+    except ValueError:
+        n = 0
+    if n < minimum:
+        raise DabenchError(f"{name}:{arg} - the argument is the number of images, a whole number of at least {minimum} "
+                           f"(e.g. {name}:{2 * default}; default {default}).")
+    return n
 
 
 class TensorImages(Dataset):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dabench.errors import DabenchError
+from dabench.records import read_records
 from dabench.segmentation import SYNTHIA_13
 from dabench.selection import METHODS, TEST, Method, select_run
 
@@ -96,20 +97,6 @@ class Leaderboard:
     tables: list[Table]
     incomplete: list[tuple[Path, int | None]]  # (run folder, last step evaluated)
     skipped: list[tuple[Path, str]]  # (run folder, why it could not be read)
-
-
-def read_records(path: Path) -> list[dict]:
-    """JSON lines up to the first one that is not a whole record (a crash mid-write cuts the last)."""
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if not isinstance(record, dict) or "step" not in record:
-            break
-        out.append(record)
-    return out
 
 
 def load_run(run_dir: Path) -> Run:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from dabench.algorithm import upsample
 from dabench.errors import DabenchError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -82,7 +82,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: st
         img = _read(path)
         logits = algo.predict(_tensor(img, size, dev)).float()
         if config["task"] == "segmentation":
-            logits = F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)
+            logits = upsample(logits, (img.height, img.width))
             colour = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), classes)
             overlay = (0.5 * np.asarray(img, dtype=np.float32) + 0.5 * colour).round().astype(np.uint8)
             for name, arr in ((f"{path.stem}.png", colour), (f"{path.stem}_overlay.png", overlay)):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dabench import hparams as hp
@@ -29,7 +31,8 @@ from dabench.errors import DabenchError
 from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import Splits, build_splits, load_domain
 from dabench.registry import Spec, algorithms, backbones
-from dabench.trainer import NullReporter, fit, load_checkpoint, read_records
+from dabench.records import read_records
+from dabench.trainer import NullReporter, fit
 
 DEFAULT_BACKBONE = {"classification": "digit-cnn", "segmentation": "deeplabv2"}
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -140,8 +143,6 @@ def environment() -> dict[str, Any]:
 def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pretrained: str | None = None) -> Algorithm:
     """The untrained algorithm a recorded config describes (seeded as the run was)."""
     torch.manual_seed(config["seed"])
-    import numpy as np, random
-
     np.random.seed(config["seed"])
     random.seed(config["seed"])
     spec = Spec.parse(config["backbone"])

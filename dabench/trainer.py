@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dabench.algorithm import Algorithm
+from dabench.algorithm import Algorithm, upsample
 from dabench.data import Batch, Labeled, ordered_batches, stream
 from dabench.metrics import ConfusionMatrix
 from dabench.protocol import Splits
+from dabench.records import append_record, read_records
 
 EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")
 
@@ -61,8 +62,8 @@ def evaluate(algo: Algorithm, dataset, task: str, num_classes: int, device: torc
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             logits = algo.predict(x)
-        if logits.shape[-2:] != y.shape[-2:] and logits.ndim == 4:  # segmentation: score at label resolution
-            logits = torch.nn.functional.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+        if logits.ndim == 4:  # segmentation: score at label resolution
+            logits = upsample(logits.float(), y.shape[-2:])
         cm.add(logits.argmax(1), y)
     algo.train()
     return cm.summary(task)
@@ -100,25 +101,6 @@ def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
         algo.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return int(state["step"])
-
-
-def append_record(path: Path, record: dict) -> None:
-    with open(path, "a") as f:  # one write of one whole line, then flush to disk
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a crash, and nothing after it can be trusted
-    return out
 
 
 def fit(algo: Algorithm, splits: Splits, *, steps: int, eval_every: int, seed: int, run_dir: Path,

@@ -155,17 +155,6 @@ def test_pretrained_file_that_fits_nothing_is_an_error(tmp_path):
         deeplab(pretrained=str(tmp_path / "missing.pt"))
 
 
-@pytest.mark.parametrize("arg, message", [
-    ("resnet77", "unknown encoder 'resnet77'.*resnet18, resnet34, resnet50, resnet101"),
-    ("resnet18,bn=sync", "unknown bn mode 'sync'.*affine.*frozen.*train"),
-    ("resnet18,stride=16", "unknown option 'stride'.*Valid options: encoder.*bn"),
-    ("resnet18,resnet50", "'encoder' given twice"),
-])
-def test_bad_deeplab_arguments_say_what_is_valid(arg, message):
-    with pytest.raises(DabenchError, match=message):
-        backbones.get("deeplabv2")(arg, num_classes=K)
-
-
 def test_deeplab_needs_the_number_of_classes():
     with pytest.raises(DabenchError, match="needs num_classes"):
         backbones.get("deeplabv2")("resnet18")
@@ -203,19 +192,23 @@ def test_smp_pretrained_round_trip(tmp_path):
         torch.testing.assert_close(a(x)[0], b(x)[0])
 
 
-@pytest.mark.parametrize("arg, message", [
-    (None, "needs an architecture and an encoder"),
-    ("Unet", "needs an architecture and an encoder"),
-    ("DeepLabV2:resnet18", "no architecture 'DeepLabV2'.*DeepLabV3Plus"),
-    ("Unet:resnet19", "no encoder 'resnet19'.*resnet18"),
-    ("Unet:tu-nonexistent_net", "timm has no 'nonexistent_net'"),
-    ("Unet:resnet18,depth=3", "unknown option 'depth=3'"),
-    ("Unet:resnet18,bn=sync", "unknown bn mode 'sync'"),
-    ("DPT:resnet18", "could not build DPT"),
+@pytest.mark.parametrize("name, arg, message", [
+    ("deeplabv2", "resnet77", "unknown encoder 'resnet77'.*resnet18, resnet34, resnet50, resnet101"),
+    ("deeplabv2", "resnet18,bn=sync", "unknown bn mode 'sync'.*affine.*frozen.*train"),
+    ("deeplabv2", "resnet18,stride=16", "unknown option 'stride'.*Valid options: encoder.*bn"),
+    ("deeplabv2", "resnet18,resnet50", "'encoder' given twice"),
+    ("smp", None, "needs an architecture and an encoder"),
+    ("smp", "Unet", "needs an architecture and an encoder"),
+    ("smp", "DeepLabV2:resnet18", "no architecture 'DeepLabV2'.*DeepLabV3Plus"),
+    ("smp", "Unet:resnet19", "no encoder 'resnet19'.*resnet18"),
+    ("smp", "Unet:tu-nonexistent_net", "timm has no 'nonexistent_net'"),
+    ("smp", "Unet:resnet18,depth=3", "unknown option 'depth=3'"),
+    ("smp", "Unet:resnet18,bn=sync", "unknown bn mode 'sync'"),
+    ("smp", "DPT:resnet18", "could not build DPT"),
 ])
-def test_bad_smp_arguments_say_what_is_valid(arg, message):
+def test_bad_backbone_arguments_say_what_is_valid(name, arg, message):
     with pytest.raises(DabenchError, match=message):
-        backbones.get("smp")(arg, num_classes=K)
+        backbones.get(name)(arg, num_classes=K)
 
 
 def test_smp_architecture_names_are_case_insensitive():

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, mlp, seg_loss
+from dabench.algorithm import Algorithm, concat, mlp, seg_loss
 from dabench.data import Batch
 
 
@@ -33,7 +33,7 @@ class ERM(Algorithm):
     def supervised_loss(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The summed supervised loss over labelled groups; one forward per group."""
         if not self.segmentation:
-            x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            x, y = concat(parts)
             return F.cross_entropy(self.predict(x), y)
         total = 0.0
         for x, y in parts:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from dabench.data import CLASSIFICATION, Domain, TensorImages
+from dabench.data import CLASSIFICATION, Domain, TensorImages, image_count
 from dabench.errors import DabenchError
 from dabench.registry import plugin
 
@@ -161,12 +161,7 @@ def syndigits(arg: str | None = None, *, root: Path | None = None, image_size: i
     """Synthetic source domain: rendered digits, no download, seed 0 (the same images every time).
     Deliberately unlike the handwritten targets (printed shapes, colour, texture), so the pair
     syndigits -> uci-digits has a real gap. 10,000 images take about 2 s on one core: no cache."""
-    try:
-        n = int(arg) if arg else 10_000
-    except ValueError:
-        n = 0
-    if n < 10:
-        raise DabenchError(f"syndigits:{arg} - the argument is the number of images, at least 10 (e.g. syndigits:20000).")
+    n = image_count("syndigits", arg, 10_000)
     size = image_size or DEFAULT_SIZE
     images, labels, fonts = render_syndigits(n, size)
     return Domain("syndigits", CLASSIFICATION, CLASSES, TensorImages(images, labels), None, size,

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from dabench.data import SEGMENTATION, Domain, TensorImages
+from dabench.data import SEGMENTATION, Domain, TensorImages, image_count
 from dabench.errors import DabenchError
 from dabench.registry import plugin
 
@@ -446,17 +446,6 @@ def _chunks(scenes: Scenes, size: int):
         yield Scenes(*(a[i : i + size] for a in (scenes.ids, scenes.materials, scenes.planes, scenes.cameras)))
 
 
-def _count(name: str, arg: str | None) -> int:
-    try:
-        n = int(arg) if arg else DEFAULT_COUNT
-    except ValueError:
-        n = 0
-    if n < 10:
-        raise DabenchError(f"{name}:{arg} - the argument is the number of images, a whole number of at least 10 "
-                           f"(e.g. {name}:2000; default {DEFAULT_COUNT}).")
-    return n
-
-
 def _size(name: str, image_size: int | None) -> tuple[int, int]:
     size = scaled(DEFAULT_SIZE, image_size, name)
     if size[1] < MIN_HEIGHT:
@@ -466,7 +455,7 @@ def _size(name: str, image_size: int | None) -> tuple[int, int]:
 
 
 def _domain(name: str, arg: str | None, image_size: int | None, real: bool, seed: int) -> Domain:
-    n, size = _count(name, arg), _size(name, image_size)
+    n, size = image_count(name, arg, DEFAULT_COUNT), _size(name, image_size)
     images, labels = render(n, size, real, seed)
     return Domain(name, SEGMENTATION, list(CLASSES), TensorImages(images, labels), None, size,
                   info={"images": n, "seed": seed, "generator": "procedural streets",
