@@ -137,7 +137,9 @@ def environment() -> dict[str, Any]:
             git = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"versions": versions, "git": git}
+    # CPU kernels split their sums by thread, so the last bits (and, through adversarial training,
+    # the final numbers) depend on the thread count: record it with the versions.
+    return {"versions": versions, "git": git, "torch_threads": torch.get_num_threads()}
 
 
 def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pretrained: str | None = None) -> Algorithm:

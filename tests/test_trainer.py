@@ -30,6 +30,7 @@ def test_run_writes_config_results_checkpoint_and_done(tmp_path):
     config = json.loads((d / "config.json").read_text())
     assert config["algo"] == "dann" and config["seed"] == 0 and config["hparams"]["lr"] == 0.01
     assert set(config["versions"]) >= {"dabench", "torch", "torchvision", "timm"}
+    assert config["torch_threads"] == torch.get_num_threads()  # CPU numbers depend on it
     assert "git" in config and config["splits"]["tgt_labeled"] == 0
     records = read_records(d / "results.jsonl")
     assert [r["step"] for r in records] == [10, 20, 30, 40]
