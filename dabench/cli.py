@@ -69,7 +69,7 @@ def _run_options(f):
         click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True),
-        click.option("--image-size", type=int, default=None, help="side of the square images (default: the source data set's)"),
+        click.option("--image-size", type=int, default=None, help="classification: side of the square images; segmentation: training height, width keeps each domain's aspect (default: the data set's own)"),
         click.option("--pretrained", type=click.Path(), default=None, help="local weights file for the backbone"),
         click.option("--channels-last", is_flag=True, help="channels_last memory format (faster convolutions on GPU)"),
         click.option("--workers", type=int, default=0, show_default=True, help="data loading processes for file-backed data"),
@@ -103,6 +103,8 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
     if result.already_done:
         err_console.print("This exact config already finished; showing its results (use --overwrite to run it again).")
     console.print(_result_table(result))
+    if result.config["task"] == "segmentation":
+        console.print(_iou_table(result))
     console.print(f"run folder: {result.run_dir}")
 
 
@@ -116,6 +118,19 @@ def _result_table(result) -> Table:
     for method in ("source-val", "last"):
         rec = choose(method, result.records, metric)
         table.add_row(method, str(rec["step"]), f"{rec['src-val'][metric]:.4f}", f"{rec['tgt-test'][metric]:.4f}")
+    return table
+
+
+def _iou_table(result) -> Table:
+    """Per-class target-test IoU (%) of the source-val choice, as the papers print it."""
+    from dabench.selection import choose
+
+    rec = choose("source-val", result.records, "miou")
+    classes, iou = result.config["classes"], rec["tgt-test"]["iou"]
+    table = Table(title=f"per-class target-test IoU (%), step {rec['step']} (source-val choice)")
+    for name in [*classes, "mIoU"]:
+        table.add_column(name, justify="right")
+    table.add_row(*("-" if v is None else f"{100 * v:.1f}" for v in iou), f"{100 * rec['tgt-test']['miou']:.1f}")
     return table
 
 

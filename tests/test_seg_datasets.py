@@ -345,6 +345,23 @@ def test_datasets_check_counts_and_reports(root, tmp_path):
     assert r.exit_code == 2 and "gta5" in r.stderr and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("name, counts, expected", [
+    ("cityscapes", (r"train\W+4\W", r"test\W+4\W"), ["8-bit grey PNG", "2,975 train, 500 val", "19: road"]),
+    ("cityscapes:16", (r"train\W+4\W", r"test\W+4\W"), ["16: road"]),
+    ("synthia", (r"train\W+3\W", r"test\W+none"), ["16-bit RGB PNG", "9400", "16: road"]),
+    ("synthia:13", (r"train\W+3\W", r"test\W+none"), ["13: road"]),
+])
+def test_datasets_check_cityscapes_and_synthia(root, tmp_path, name, counts, expected):
+    r = CliRunner().invoke(main, ["datasets", "check", name, "--data-root", str(root)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.split())
+    assert all(re.search(c, text) for c in counts), text
+    assert all(e in text for e in expected) and text.endswith("ok"), text
+    r = CliRunner().invoke(main, ["datasets", "check", name, "--data-root", str(tmp_path)], catch_exceptions=False)
+    folder = "leftImg8bit" if name.startswith("cityscapes") else "RGB"
+    assert r.exit_code == 2 and folder in r.stderr and "Traceback" not in r.output
+
+
 def test_gta5_to_cityscapes_splits_give_the_target_images_only(root, monkeypatch):
     with pytest.warns(UserWarning):
         src = load_domain("gta5", root, 16)

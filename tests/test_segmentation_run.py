@@ -10,6 +10,7 @@ from PIL import Image
 
 from dabench import RunConfig, leaderboard, render, run
 from dabench.cli import main
+from dabench.selection import choose
 from dabench.trainer import NullReporter
 
 SEG = dict(src="toyseg-src", tgt="toyseg-tgt", backbone="toy-segnet", steps=6, eval_every=3)
@@ -71,3 +72,18 @@ def test_classification_algorithm_on_a_segmentation_pair_is_refused():
     r = CliRunner().invoke(main, ["run", "--algo", "dann", "--src", "toyseg-src", "--tgt", "toyseg-tgt",
                                   "--backbone", "toy-segnet"])
     assert r.exit_code == 2 and "'dann' is a classification algorithm" in r.stderr
+
+
+def test_run_command_prints_the_per_class_table(tmp_path):
+    args = ["run", "--algo", "erm", "--src", "toyseg-src", "--tgt", "toyseg-tgt", "--backbone", "toy-segnet",
+            "--steps", "4", "--eval-every", "2", "--out", str(tmp_path)]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    done = run(RunConfig(algo="erm", out=str(tmp_path), **(SEG | {"steps": 4, "eval_every": 2})))
+    assert done.already_done
+    rec = choose("source-val", done.records, "miou")
+    header = next(line for line in r.stdout.splitlines() if "road" in line)
+    assert [c.strip() for c in header.split("┃")[1:-1]] == ["road", "sky", "car", "mIoU"]
+    values = r.stdout.splitlines()[r.stdout.splitlines().index(header) + 2]
+    expected = [f"{100 * v:.1f}" for v in rec["tgt-test"]["iou"]] + [f"{100 * rec['tgt-test']['miou']:.1f}"]
+    assert [c.strip() for c in values.split("│")[1:-1]] == expected
