@@ -69,8 +69,9 @@ def _run_options(f):
         click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True),
-        click.option("--image-size", type=int, default=None, help="classification: side of the square images; segmentation: the training height, each "
-                     "domain keeping its aspect (default: the data set's own)"),
+        click.option("--image-size", type=int, default=None,
+                     help="classification: side of the square images; segmentation: the training height, each "
+                          "domain keeping its aspect (default: the data set's own)"),
         click.option("--pretrained", type=click.Path(), default=None, help="local weights file for the backbone"),
         click.option("--channels-last", is_flag=True, help="channels_last memory format (faster convolutions on GPU)"),
         click.option("--workers", type=int, default=0, show_default=True, help="data loading processes for file-backed data"),
