@@ -25,6 +25,27 @@ def _parse_h(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _budget(text: str) -> int | str:
+    """A labelled-target budget: a whole number of 0 or more, or 'all'."""
+    text = text.strip().lower()
+    if text == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise DabenchError(f"--tgt-labeled expects a number of labelled target images (0 or more) or 'all', got '{text}'.")
+    return value
+
+
+def _budgets(text: str) -> list[int | str]:
+    values = [_budget(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise DabenchError("--tgt-labeled expects budgets separated by commas, e.g. 0,100,all.")
+    return list(dict.fromkeys(values))
+
+
 def _ints(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -85,7 +106,8 @@ def _run_options(f):
 @click.option("--algo", required=True, help="algorithm name (see: dabench list algorithms)")
 @click.option("--src", required=True, help="source domain, e.g. syndigits, folder:PATH")
 @click.option("--tgt", required=True, help="target domain, e.g. uci-digits, office31:webcam")
-@click.option("--tgt-labeled", type=int, default=0, show_default=True, help="labelled target samples (semi-/supervised DA)")
+@click.option("--tgt-labeled", default="0", show_default=True,
+              help="labelled target images for semi-/supervised DA: a number, or 'all'")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True, help="folder for run folders")
@@ -97,7 +119,7 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
     from dabench.progress import RichReporter
     from dabench.runner import RunConfig, run as run_api
 
-    cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=tgt_labeled, steps=steps,
+    cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
                     channels_last=channels_last, workers=workers, resume=resume, overwrite=overwrite)
@@ -173,7 +195,7 @@ def list_(kind):
 @click.option("--src", required=True)
 @click.option("--tgt", required=True)
 @click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
-@click.option("--tgt-labeled", default="0", show_default=True, help="labelled target budgets, comma-separated, e.g. 0,100")
+@click.option("--tgt-labeled", default="0", show_default=True, help="labelled target budgets, comma-separated, e.g. 0,100,all")
 @click.option("--hparam-samples", type=int, default=1, show_default=True, help="random-search samples per config (0 = defaults)")
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True)
@@ -192,7 +214,7 @@ def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, backbone, steps, 
                      hparams=_parse_h(hparam), data_root=data_root, out=out, device=device, precision=precision,
                      image_size=image_size, pretrained=pretrained, channels_last=channels_last, workers=workers)
     configs, notes = plan([a.strip() for a in algos.split(",") if a.strip()], seed_list,
-                          _ints(tgt_labeled, "--tgt-labeled"), hparam_samples, base)
+                          _budgets(tgt_labeled), hparam_samples, base)
     for note in notes:
         err_console.print(f"[yellow]note:[/] {note}")
     err_console.print(f"{len(configs)} runs -> {out}")

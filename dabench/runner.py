@@ -47,7 +47,7 @@ class RunConfig:
     src: str
     tgt: str
     backbone: str | None = None  # None: the task's default (digit-cnn for classification)
-    tgt_labeled: int | str = 0  # labelled target samples; "all" is set by the oracle
+    tgt_labeled: int | str = 0  # labelled target samples, or "all" (every target train image labelled)
     steps: int = 2000
     eval_every: int = 200
     seed: int = 0
@@ -172,15 +172,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     algo_cls = algorithms.get(cfg.algo)
 
     tgt_labeled = cfg.tgt_labeled
-    if algo_cls.target_labels == "all":
-        tgt_labeled = "all"
+    if algo_cls.target_labels == "all" and not tgt_labeled:
+        tgt_labeled = "all"  # the oracle: every target label unless a budget N is given
     elif algo_cls.target_labels == "required" and not tgt_labeled:
         raise DabenchError(
             f"'{cfg.algo}' is a supervised DA method: it needs a few labelled target samples. "
             f"Add --tgt-labeled N (for example --tgt-labeled 100 for 10 per class on digits)."
         )
-    elif tgt_labeled == "all":
-        raise DabenchError("--tgt-labeled all is reserved for the oracle; give a number of samples.")
 
     root = Path(cfg.data_root or os.environ.get("DABENCH_DATA") or "").expanduser() if (cfg.data_root or os.environ.get("DABENCH_DATA")) else None
     if root is not None and not root.is_dir():

@@ -26,16 +26,16 @@ class Outcome:
     final: dict = field(default_factory=dict)
 
 
-def plan(algos: list[str], seeds: list[int], tgt_labeled: list[int], hparam_samples: int, base: RunConfig) -> tuple[list[RunConfig], list[str]]:
+def plan(algos: list[str], seeds: list[int], tgt_labeled: list[int | str], hparam_samples: int, base: RunConfig) -> tuple[list[RunConfig], list[str]]:
     """The configs to run, and notes about combinations left out (and why)."""
     configs, notes = [], []
     for algo in algos:
         cls = algorithms.get(algo)
         budgets = tgt_labeled
-        if cls.target_labels == "all":
-            budgets = [0]  # the oracle uses every target label whatever the budget
+        if cls.target_labels == "all":  # the oracle: budget 0 means every label, as "all" does
+            budgets = list(dict.fromkeys("all" if n in (0, "all") else n for n in tgt_labeled))
         elif cls.target_labels == "required":
-            budgets = [n for n in tgt_labeled if n > 0]
+            budgets = [n for n in tgt_labeled if n != 0]
             if not budgets:
                 notes.append(f"{algo}: left out, it needs labelled target samples; add a budget, e.g. --tgt-labeled 0,100.")
         for n in budgets:

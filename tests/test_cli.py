@@ -35,7 +35,7 @@ def test_run_prints_a_results_table_and_the_run_folder(tmp_path):
     (["--algo", "dann", *TOY, "-H", "lr"], "-H expects key=value"),
     (["--algo", "dann", *TOY, "--steps", "0"], "--steps must be a positive whole number, got 0"),
     (["--algo", "dann", *TOY, "--steps", "-5"], "--steps must be a positive whole number, got -5"),
-    (["--algo", "dann", *TOY, "--tgt-labeled", "-1"], "--tgt-labeled must be 0 or a positive number"),
+    (["--algo", "dann", *TOY, "--tgt-labeled", "-1"], "--tgt-labeled expects a number of labelled target images (0 or more) or 'all'"),
     (["--algo", "dann", *TOY, "--tgt-labeled", "5000"], "more labelled target samples than target train holds"),
     (["--algo", "dann", *TOY, "--data-root", "/no/such/dir"], "The data root /no/such/dir does not exist"),
     (["--algo", "dann", *TOY, "--pretrained", "/no/such.pt"], "--pretrained: no file at /no/such.pt"),
@@ -96,3 +96,26 @@ def test_sweep_leaves_out_supervised_methods_without_a_budget(tmp_path):
     r = invoke("sweep", "--algos", "ccsa", *TOY, "--seeds", "1", "--out", str(tmp_path))
     assert r.exit_code == 0
     assert "ccsa: left out, it needs labelled target samples" in " ".join(r.stderr.split())
+
+
+def test_budgets_per_algorithm_kind():
+    from dabench.runner import RunConfig
+    from dabench.sweep import plan
+
+    base = RunConfig(algo="erm", src="toy-src", tgt="toy-tgt")
+    configs, _ = plan(["erm", "oracle", "ccsa"], [0], [0, 5, "all"], 1, base)
+    budgets = {(c.algo, c.tgt_labeled) for c in configs}
+    # the oracle's 0 means every label, like "all"; a supervised method skips 0
+    assert budgets == {("erm", 0), ("erm", 5), ("erm", "all"), ("oracle", "all"), ("oracle", 5),
+                       ("ccsa", 5), ("ccsa", "all")}
+
+
+def test_oracle_with_a_budget_trains_on_that_many_target_labels(tmp_path):
+    from dabench.runner import RunConfig, prepare
+
+    some = prepare(RunConfig(algo="oracle", src="toy-src", tgt="toy-tgt", tgt_labeled=5, out=str(tmp_path)))
+    every = prepare(RunConfig(algo="oracle", src="toy-src", tgt="toy-tgt", out=str(tmp_path)))
+    assert len(some.splits.tgt_labeled) == 5 and some.config["tgt_labeled"] == 5
+    assert every.config["tgt_labeled"] == "all" and len(every.splits.tgt_labeled) == len(every.splits.tgt_train)
+    r = invoke("run", "--algo", "erm", *TOY, "--tgt-labeled", "all", "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output

@@ -6,10 +6,11 @@ from dabench_plugins.algorithms.erm import ERM
 
 
 class Oracle(ERM):
-    """Target oracle: supervised training on every labelled target training sample.
+    """Target oracle: supervised training on labelled target training samples (all by default).
 
     Not a domain adaptation method: it reads target labels that UDA methods never get, and
-    tells how much of the gap is left to close. Source data is not used.
+    tells how much of the gap is left to close. Source data is not used. With --tgt-labeled N it
+    trains on N labelled target images only: the supervised baseline of a data-efficiency curve.
     """
 
     target_labels = "all"
