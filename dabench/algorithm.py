@@ -7,6 +7,8 @@ schedules are functions of ``step`` so that a resumed run needs no scheduler sta
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +26,32 @@ TARGET_LABELS = {
     "required": "needs --tgt-labeled N > 0 (supervised DA)",
     "all": "trains on every labelled target training sample (an upper bound, not adaptation)",
 }
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a multi-stage method (UDAS: translate, adapt, self-train rounds). The trainer
+    runs stages in order on one global step count, shows each with its own progress bar, and
+    checkpoints at every stage end, so a run resumes inside any stage. ``evaluate`` False: the
+    predictor does not change in this stage (e.g. a translator trains), so nothing is evaluated."""
+
+    name: str
+    steps: int
+    evaluate: bool = True
+
+
+@dataclass
+class StageContext:
+    """What ``begin_stage`` may use: the run's data and folders, and where to show progress."""
+
+    splits: Any  # dabench.protocol.Splits
+    run_dir: Path
+    cache_dir: Path  # shared by runs: caches keyed by their config (e.g. translated source images)
+    device: torch.device
+    precision: str
+    seed: int
+    reporter: Any
+    workers: int = 0
 
 
 class Algorithm(nn.Module):
@@ -76,6 +104,17 @@ class Algorithm(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def stages(self) -> list[Stage]:
+        """The stages of this method, in order; one ``train`` stage of ``--steps`` by default."""
+        return [Stage("train", self.steps)]
+
+    def begin_stage(self, stage: Stage, ctx: StageContext, resumed: bool):
+        """Called when ``stage`` starts, or restarts after ``--resume`` (``resumed``: the weights came
+        from a checkpoint inside it). Returns the splits the stage draws batches from (``ctx.splits``
+        or a copy with other ``src_train``/``tgt_train``; a ``tgt_train`` that yields (image, label)
+        pairs fills ``Batch.tgt_pseudo``), or None to skip the stage's steps (its work is cached)."""
+        return ctx.splits
+
     # Helpers shared by the plugins -----------------------------------------------------------
 
     def progress(self, step: int) -> float:
@@ -114,11 +153,12 @@ class Algorithm(nn.Module):
             g["lr"] = self.hp["lr"] * g["lr_mult"]
         return torch.optim.SGD(groups, lr=self.hp["lr"], momentum=0.9, weight_decay=self.hp["weight_decay"])
 
-    def poly(self, step: int) -> None:
-        """Poly decay of every optimiser: lr_0 * (1 - step/steps) ** power, where lr_0 is the rate each
-        param group was built with (so an Adam discriminator at 1e-4 decays alongside SGD at 2.5e-4)."""
-        factor = (1 - step / self.steps) ** self.hp["power"]
-        for optim in self.optims.values():
+    def poly(self, step: int, steps: int | None = None, optims=None) -> None:
+        """Poly decay of every optimiser (or of ``optims``): lr_0 * (1 - step/steps) ** power, where
+        lr_0 is the rate each param group was built with (so an Adam discriminator at 1e-4 decays
+        alongside SGD at 2.5e-4). ``steps``: the length of the schedule, ``--steps`` by default."""
+        factor = (1 - step / (steps or self.steps)) ** self.hp["power"]
+        for optim in optims or self.optims.values():
             for group in optim.param_groups:
                 group.setdefault("initial_lr", group["lr"])
                 group["lr"] = group["initial_lr"] * factor

@@ -241,6 +241,70 @@ def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, backbone, steps, 
 
 
 @main.command()
+@click.option("--algos", required=True, help="comma-separated algorithm names")
+@click.option("--src", required=True)
+@click.option("--tgt", required=True)
+@click.option("--tgt-labeled", required=True, help="labelled target budgets, comma-separated, e.g. 0,100,500,1000,all")
+@click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
+@click.option("--selection", type=click.Choice(["source-val", "target-oracle", "last"]), default="source-val",
+              show_default=True, help="model selection method for the cells")
+@_run_options
+@click.option("--out", type=click.Path(), default="runs", show_default=True)
+@click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
+def curve(algos, src, tgt, tgt_labeled, seeds, selection, backbone, steps, eval_every, hparam, data_root, device,
+          precision, image_size, pretrained, channels_last, workers, out, jobs):
+    """Data efficiency: every algorithm x budget x seed (finished runs skipped), as a table and a plot."""
+    from collections import defaultdict
+
+    from dabench.curve import build, write
+    from dabench.runner import RunConfig, slug
+    from dabench.sweep import plan, sweep as sweep_api
+
+    seed_list = _ints(seeds, "--seeds")
+    seed_list = list(range(seed_list[0])) if "," not in seeds else seed_list
+    if not seed_list or jobs < 1:
+        raise DabenchError("--seeds and --jobs must be at least 1.")
+    algo_list, budgets = [a.strip() for a in algos.split(",") if a.strip()], _budgets(tgt_labeled)
+    base = RunConfig(algo="", src=src, tgt=tgt, backbone=backbone, steps=steps, eval_every=eval_every,
+                     hparams=_parse_h(hparam), data_root=data_root, out=out, device=device, precision=precision,
+                     image_size=image_size, pretrained=pretrained, channels_last=channels_last, workers=workers)
+    configs, notes = plan(algo_list, seed_list, budgets, 1, base)
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {note}")
+    err_console.print(f"{len(configs)} runs -> {out}")
+
+    def show(o, i, n):
+        label = f"[{i}/{n}] {o.config.algo} N={o.config.tgt_labeled} seed={o.config.seed}"
+        if o.status in ("done", "skipped"):
+            err_console.print(f"{label}: {'finished' if o.status == 'done' else 'already done'}  {o.run_dir}")
+        else:
+            err_console.print(f"{label}: [red]{o.status}[/]: {escape(o.message.splitlines()[0])}", soft_wrap=True)
+
+    outcomes = sweep_api(configs, jobs=jobs, on_outcome=show)
+    failed = defaultdict(list)  # one line per algorithm, budget and message, naming its seeds
+    for o in outcomes:
+        if o.status in ("failed", "invalid"):
+            failed[(o.status, o.config.algo, o.config.tgt_labeled, o.message)].append(str(o.config.seed))
+    done, skipped = (sum(o.status == s for o in outcomes) for s in ("done", "skipped"))
+    console.print(f"curve: {done} finished, {skipped} already done, {len(outcomes) - done - skipped} failed")
+    for (status, algo, n, message), seeds_ in failed.items():
+        err_console.print(f"[red]{status}[/] {algo} N={n} (seed {', '.join(seeds_)}): {escape(message)}", soft_wrap=True)
+
+    result = build(src, tgt, [o.run_dir for o in outcomes if o.run_dir], algo_list, budgets, selection)
+    table = Table(title=result.title, caption="mean ± std over seeds (change from the algorithm's 'all' value)")
+    table.add_column("algorithm")
+    for n in budgets:
+        table.add_column(str(n), justify="right")
+    for algo in algo_list:
+        table.add_row(algo, *(result.text(algo, n) for n in budgets))
+    console.print(table)
+    for path in write(result, Path(out) / "curves", f"{slug(src)}_to_{slug(tgt)}"):
+        console.print(f"wrote {path}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("path", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv"]), default="markdown", show_default=True)
 def leaderboard(path, fmt):

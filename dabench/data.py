@@ -153,12 +153,15 @@ class Batch:
 
     ``tgt_x`` holds unlabelled target images. ``tgt_labeled`` is None unless the run was given a
     labelled-target budget (``--tgt-labeled N``) or the algorithm is the target-trained oracle.
+    ``tgt_pseudo`` holds labels the algorithm's own model made for ``tgt_x`` (a self-training
+    stage asked for them); it is never ground truth.
     """
 
     src_x: torch.Tensor
     src_y: torch.Tensor
     tgt_x: torch.Tensor
     tgt_labeled: Labeled | None = None
+    tgt_pseudo: torch.Tensor | None = None
 
     def to(self, device: torch.device, channels_last: bool = False) -> "Batch":
         def move(t: torch.Tensor) -> torch.Tensor:
@@ -166,7 +169,8 @@ class Batch:
             return t.contiguous(memory_format=torch.channels_last) if channels_last and t.ndim == 4 and t.is_floating_point() else t
 
         lab = Labeled(move(self.tgt_labeled.x), move(self.tgt_labeled.y)) if self.tgt_labeled else None
-        return Batch(move(self.src_x), move(self.src_y), move(self.tgt_x), lab)
+        pseudo = move(self.tgt_pseudo) if self.tgt_pseudo is not None else None
+        return Batch(move(self.src_x), move(self.src_y), move(self.tgt_x), lab, pseudo)
 
 
 def step_indices(n: int, batch_size: int, seed: int, stream: int, step: int) -> list[int]:

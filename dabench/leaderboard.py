@@ -19,6 +19,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from dabench.errors import DabenchError
 from dabench.records import read_records
@@ -120,20 +121,26 @@ def leaderboard(path: str | Path) -> Leaderboard:
     configs = sorted(root.rglob("config.json"))
     if not configs:
         raise DabenchError(f"{root} holds no runs: found no config.json under it. Expected {hint}.")
+    runs, incomplete, skipped = read_runs(cfg.parent for cfg in configs)
+    return Leaderboard(root, _tables(runs), incomplete, skipped)
+
+
+def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int | None]], list[tuple[Path, str]]]:
+    """(finished runs with records, unfinished ones with their last step, unreadable ones with why)."""
     runs, incomplete, skipped = [], [], []
-    for cfg in configs:
+    for run_dir in run_dirs:
         try:
-            run = load_run(cfg.parent)
+            run = load_run(run_dir)
         except (OSError, ValueError) as exc:
-            skipped.append((cfg.parent, f"unreadable config.json: {exc}"))
+            skipped.append((run_dir, f"unreadable config.json: {exc}"))
             continue
         if not run.done:
-            incomplete.append((cfg.parent, run.records[-1]["step"] if run.records else None))
+            incomplete.append((run_dir, run.records[-1]["step"] if run.records else None))
         elif not run.records:
-            skipped.append((cfg.parent, "finished (has done) but results.jsonl has no evaluation records"))
+            skipped.append((run_dir, "finished (has done) but results.jsonl has no evaluation records"))
         else:
             runs.append(run)
-    return Leaderboard(root, _tables(runs), incomplete, skipped)
+    return runs, incomplete, skipped
 
 
 def _budget_order(n: int | str) -> tuple:
@@ -154,12 +161,13 @@ def _tables(runs: list[Run]) -> list[Table]:
         metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
         sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
         for method in METHODS.values():
-            body = [_row(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
+            body = [aggregate(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
             tables.append(Table(src, tgt, task, metric, method, classes, sizes, body))
     return tables
 
 
-def _row(method: Method, key: tuple, runs: list[Run], metric: str, seg: bool, n_classes: int) -> Row:
+def aggregate(method: Method, key: tuple, runs: list[Run], metric: str, seg: bool, n_classes: int) -> Row:
+    """One row for key (algo, tgt_labeled): each seed's selected target-test value, mean ± std over seeds."""
     seeds: dict = defaultdict(list)
     for run in sorted(runs, key=lambda r: (r.config.get("hparam_index", 0), str(r.path))):
         seeds[run.config["seed"]].append(run)

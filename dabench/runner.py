@@ -261,8 +261,8 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     if not resume or not (run_dir / "config.json").exists():
         (run_dir / "config.json").write_text(json.dumps(config | environment(), indent=2, default=str))
     torch.manual_seed(cfg.seed)  # the model was built from this seed; batches come from (seed, step)
-    records = fit(prep.algorithm, prep.splits, steps=cfg.steps, eval_every=cfg.eval_every, seed=cfg.seed,
+    records = fit(prep.algorithm, prep.splits, eval_every=cfg.eval_every, seed=cfg.seed,
                   run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                  resume=resume, reporter=reporter, workers=cfg.workers)
+                  resume=resume, reporter=reporter, workers=cfg.workers, cache_dir=Path(cfg.out) / "cache")
     (run_dir / "done").touch()
     return RunResult(run_dir, config, records)

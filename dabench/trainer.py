@@ -4,6 +4,10 @@ Every ``eval_every`` steps: evaluate on source val, target val and target test, 
 line to ``results.jsonl``, then write the checkpoint (model, optimisers, RNG states, step)
 atomically. Batches are a pure function of (seed, step), so a resumed run continues with
 exactly the batches, random numbers and therefore the numbers of an uninterrupted one.
+
+A multi-stage method declares its stages (``Algorithm.stages``); they share the global step
+count, each starts with ``begin_stage`` (which may swap the data its batches come from), and
+each ends with a checkpoint, so a run resumes inside any stage.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dabench.algorithm import Algorithm, upsample
+from dabench.algorithm import Algorithm, StageContext, upsample
 from dabench.data import Batch, Labeled, ordered_batches, stream
 from dabench.metrics import ConfusionMatrix
 from dabench.protocol import Splits
@@ -103,55 +107,71 @@ def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
     return int(state["step"])
 
 
-def fit(algo: Algorithm, splits: Splits, *, steps: int, eval_every: int, seed: int, run_dir: Path,
+def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
         device: torch.device, precision: str = "fp32", channels_last: bool = False, resume: bool = False,
-        reporter: NullReporter | None = None, workers: int = 0) -> list[dict]:
-    """Train ``algo`` for ``steps`` updates; returns every evaluation record of the run."""
+        reporter: NullReporter | None = None, workers: int = 0, cache_dir: Path | None = None) -> list[dict]:
+    """Train ``algo`` through its stages (one of ``algo.steps`` updates unless it declares more);
+    returns every evaluation record of the run."""
     reporter = reporter or NullReporter()
     ckpt, results = run_dir / "checkpoint.pt", run_dir / "results.jsonl"
     start = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else 0
     records = [r for r in read_records(results) if r["step"] <= start]  # drop evaluations past the checkpoint
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-    bs = algo.hp["batch_size"]
-    src = stream(splits.src_train, bs, seed, 0, start, steps, workers)
-    tgt = stream(splits.tgt_train, bs, seed, 1, start, steps, workers)
-    lab = stream(splits.tgt_labeled, min(bs, len(splits.tgt_labeled)), seed, 2, start, steps, workers) if splits.tgt_labeled else None
+    ctx = StageContext(splits, run_dir, cache_dir or run_dir / "cache", device, precision, seed, reporter, workers)
     evals = {"src-val": splits.src_val, "tgt-val": splits.tgt_val, "tgt-test": splits.tgt_test}
-
-    sums: dict[str, float] = {}
-    count, t0 = 0, time.perf_counter()
-    reporter.start(steps, start)
     algo.train()
-    try:
-        for step in range(start, steps):
-            (sx, sy), tx = next(src), next(tgt)
-            labeled = Labeled(*next(lab)) if lab is not None else None
-            batch = Batch(sx, sy, tx, labeled).to(device, channels_last)
-            with autocast(device, precision):
-                losses = algo.update(batch, step)
-            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-            if bad:
-                raise RunFailed(
-                    f"Loss became non-finite at step {step + 1} ({', '.join(f'{k}={v}' for k, v in bad.items())}). "
-                    f"The last good checkpoint (step {start if not records else records[-1]['step']}) is kept in {run_dir}. "
-                    "Try a smaller learning rate (-H lr=...) or --precision fp32."
-                )
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            reporter.advance(step + 1, losses)
-            if (step + 1) % eval_every == 0 or step + 1 == steps:
-                record = {"step": step + 1, "time_s": round(time.perf_counter() - t0, 3),
-                          "losses": {k: v / count for k, v in sums.items()}}
-                for name, ds in evals.items():
-                    record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
-                                            EVAL_BATCH[splits.task], channels_last, workers)
-                append_record(results, record)
+
+    offset = 0
+    for stage in algo.stages():
+        first, end = max(start, offset), offset + stage.steps
+        offset = end
+        if first >= end:
+            continue  # done before the checkpoint (or a stage of no steps)
+        data = algo.begin_stage(stage, ctx, resumed=first > end - stage.steps)
+        if data is None:  # its work is cached: skip its steps
+            save_checkpoint(ckpt, algo, end)
+            continue
+        bs = algo.hp["batch_size"]
+        src = stream(data.src_train, bs, seed, 0, first, end, workers)
+        tgt = stream(data.tgt_train, bs, seed, 1, first, end, workers)
+        lab = (stream(data.tgt_labeled, min(bs, len(data.tgt_labeled)), seed, 2, first, end, workers)
+               if data.tgt_labeled else None)
+        sums: dict[str, float] = {}
+        count, t0 = 0, time.perf_counter()
+        reporter.start(stage.steps, first - (end - stage.steps), stage.name)
+        try:
+            for step in range(first, end):
+                local = step - (end - stage.steps)
+                (sx, sy), t = next(src), next(tgt)
+                tx, pseudo = t if isinstance(t, (tuple, list)) else (t, None)
+                labeled = Labeled(*next(lab)) if lab is not None else None
+                batch = Batch(sx, sy, tx, labeled, pseudo).to(device, channels_last)
+                with autocast(device, precision):
+                    losses = algo.update(batch, local)
+                bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+                if bad:
+                    raise RunFailed(
+                        f"Loss became non-finite at step {step + 1} ({', '.join(f'{k}={v}' for k, v in bad.items())}). "
+                        f"The last good checkpoint (step {start if not records else records[-1]['step']}) is kept in "
+                        f"{run_dir}. Try a smaller learning rate (-H lr=...) or --precision fp32."
+                    )
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                reporter.advance(local + 1, losses)
+                if (step + 1) % eval_every and step + 1 != end:
+                    continue
+                if stage.evaluate:
+                    record = {"step": step + 1, "stage": stage.name, "time_s": round(time.perf_counter() - t0, 3),
+                              "losses": {k: v / count for k, v in sums.items()}}
+                    for name, ds in evals.items():
+                        record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
+                                                EVAL_BATCH[splits.task], channels_last, workers)
+                    append_record(results, record)
+                    records.append(record)
+                    reporter.evaluated(record)
+                    sums, count = {}, 0
                 save_checkpoint(ckpt, algo, step + 1)
-                records.append(record)
-                reporter.evaluated(record)
-                sums, count = {}, 0
-    finally:
-        reporter.stop()
+        finally:
+            reporter.stop()
     return records

@@ -1,0 +1,346 @@
+"""Segmentation augmentations of UDAS: Domain CutMix, joint AutoAugment, multi-view pseudo-labels.
+
+Images are float tensors in [-1, 1], (N, 3, H, W); labels are int64 (N, H, W) with 255 = ignore.
+
+- Domain CutMix (Yun et al. 2019, CutMix; applied across domains as in DACS/UDAS): a box of a
+  labelled target image, with its labels, is pasted into a (translated) source image.
+- AutoAugment (Cubuk et al. 2019), torchvision's ImageNet policy, applied to an image and its mask
+  together: torchvision's own ``v2.AutoAugment`` refuses a ``tv_tensors.Mask`` and passes a plain
+  label tensor through untouched, so the policy is applied here, geometric ops to both.
+- Pseudo-labels from K augmented views: the teacher predicts on every view in one forward pass,
+  each view's geometric transform is undone on the probabilities, and per pixel the most
+  confident view gives the class; pixels below the threshold are ignored (255).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from dabench.algorithm import upsample
+from dabench.metrics import IGNORE_INDEX
+
+# Domain CutMix ---------------------------------------------------------------------------------
+
+
+def sample_lambda(alpha: float, generator: torch.Generator | None = None) -> float:
+    """CutMix's mixing ratio lam ~ Beta(alpha, alpha): the share of pixels kept from the image
+    pasted into. torch's Beta takes no generator, so a seed drawn from ``generator`` (or torch's
+    global RNG) drives numpy's Beta: the draw is reproducible under either."""
+    if alpha <= 0:
+        raise ValueError(f"CutMix alpha must be > 0, got {alpha}; alpha = 1 draws lam uniformly in [0, 1].")
+    seed = int(torch.randint(2**62, (), generator=generator, device=_device(generator)))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """(top, left, box_h, box_w) of a box covering (1 - lam) of a height x width image: sides
+    sqrt(1 - lam) times the image's (rounded), placed uniformly so it lies inside the image."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"CutMix lam is the share of pixels kept and must lie in [0, 1], got {lam}.")
+    side = math.sqrt(1.0 - lam)
+    box_h, box_w = round(height * side), round(width * side)
+    top = int(torch.randint(height - box_h + 1, (), generator=generator, device=_device(generator)))
+    left = int(torch.randint(width - box_w + 1, (), generator=generator, device=_device(generator)))
+    return top, left, box_h, box_w
+
+
+def domain_cutmix(
+    src_x: torch.Tensor,
+    src_y: torch.Tensor,
+    tgt_x: torch.Tensor,
+    tgt_y: torch.Tensor,
+    lam: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste a box of each target image and its labels into the source image of the same index
+    (one box per pair, a (1 - lam) share of the pixels, same position in both). Target batches of
+    another size are resized to the source's (images bilinear, labels nearest); a shorter target
+    batch is cycled through. Returns new tensors; the inputs are left as they were."""
+    n, _, height, width = src_x.shape
+    if src_y.shape != (n, height, width) or tgt_y.shape[0] != tgt_x.shape[0] or tgt_x.shape[0] == 0:
+        raise ValueError(
+            f"domain_cutmix needs images (N, C, H, W) with labels (N, H, W) on both sides and at least one "
+            f"target image; got source {tuple(src_x.shape)} / {tuple(src_y.shape)}, "
+            f"target {tuple(tgt_x.shape)} / {tuple(tgt_y.shape)}."
+        )
+    if tgt_x.shape[-2:] != src_x.shape[-2:]:
+        tgt_x = F.interpolate(tgt_x, size=(height, width), mode="bilinear", align_corners=False)
+        tgt_y = F.interpolate(tgt_y[:, None].float(), size=(height, width), mode="nearest")[:, 0].to(src_y.dtype)
+    pair = torch.arange(n, device=tgt_x.device) % tgt_x.shape[0]
+    tgt_x, tgt_y = tgt_x[pair], tgt_y[pair]
+
+    boxes = torch.tensor([cutmix_box(height, width, lam, generator) for _ in range(n)], device=src_x.device)
+    top, left, box_h, box_w = (boxes[:, i, None] for i in range(4))
+    rows = torch.arange(height, device=src_x.device)
+    cols = torch.arange(width, device=src_x.device)
+    in_rows = (rows >= top) & (rows < top + box_h)  # (N, H)
+    in_cols = (cols >= left) & (cols < left + box_w)  # (N, W)
+    inside = in_rows[:, :, None] & in_cols[:, None, :]
+    return torch.where(inside[:, None], tgt_x, src_x), torch.where(inside, tgt_y, src_y)
+
+
+# AutoAugment on an image and its mask ---------------------------------------------------------------
+
+GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+PHOTOMETRIC_OPS = (
+    "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert",
+)
+
+# The largest magnitude (bin 9) of the ops whose magnitude takes a random sign, as in torchvision.
+# Translations are a share of the image's width (X) or height (Y).
+_SIGNED_MAX = {
+    "ShearX": 0.3, "ShearY": 0.3, "TranslateX": 150.0 / 331.0, "TranslateY": 150.0 / 331.0, "Rotate": 30.0,
+    "Brightness": 0.9, "Color": 0.9, "Contrast": 0.9, "Sharpness": 0.9,
+}
+_BINS = 10
+
+# The ImageNet policy of AutoAugment: 25 sub-policies of two (op, probability, magnitude bin).
+IMAGENET_POLICY = (
+    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+    (("Equalize", 0.4, None), ("Rotate", 0.8, 8)),
+    (("Solarize", 0.6, 3), ("Equalize", 0.6, None)),
+    (("Posterize", 0.8, 5), ("Equalize", 1.0, None)),
+    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+    (("Equalize", 0.6, None), ("Posterize", 0.4, 6)),
+    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+    (("Rotate", 0.4, 9), ("Equalize", 0.6, None)),
+    (("Equalize", 0.0, None), ("Equalize", 0.8, None)),
+    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+    (("Sharpness", 0.4, 7), ("Invert", 0.6, None)),
+    (("ShearX", 0.6, 5), ("Equalize", 1.0, None)),
+    (("Color", 0.4, 0), ("Equalize", 0.6, None)),
+    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+)
+
+
+def magnitude(op: str, bin: int | None, height: int, width: int) -> float:
+    """The unsigned magnitude of ``op`` at ``bin`` (0..9) for a height x width image, on
+    torchvision's scales: Posterize 8..4 bits, Solarize threshold 1..0 (images in [0, 1]),
+    translations in pixels, the ops without a magnitude 0."""
+    if op == "Posterize":
+        return float(round(8 - 4 * bin / (_BINS - 1)))
+    if op == "Solarize":
+        return 1.0 - bin / (_BINS - 1)
+    if op not in _SIGNED_MAX:
+        return 0.0
+    size = {"TranslateX": width, "TranslateY": height}.get(op, 1)
+    return _SIGNED_MAX[op] * size * bin / (_BINS - 1)
+
+
+def auto_augment(
+    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AutoAugment's ImageNet policy on images (N, 3, H, W) and their labels (N, H, W): one
+    sub-policy drawn per image; geometric ops move image and labels together (labels nearest,
+    255 where nothing maps), photometric ops change the image only. Returns new tensors."""
+    height, width = x.shape[-2:]
+    images, labels = [], []
+    for xi, yi in zip(x.split(1), y.split(1)):
+        policy = IMAGENET_POLICY[_randint(len(IMAGENET_POLICY), generator)]
+        for op, probability, bin in policy:
+            if _uniform(1, generator).item() >= probability:
+                continue
+            m = magnitude(op, bin, height, width)
+            if op in _SIGNED_MAX and _uniform(1, generator).item() < 0.5:
+                m = -m
+            xi, yi = apply_op(xi, yi, op, m)
+        images.append(xi)
+        labels.append(yi)
+    return torch.cat(images), torch.cat(labels)
+
+
+def apply_op(x: torch.Tensor, y: torch.Tensor, op: str, magnitude: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One AutoAugment op with a signed ``magnitude`` on a batch (every image the same), images in
+    [-1, 1] and labels (N, H, W). The image fill is 0 (mid grey), the label fill 255, and both
+    are resampled with nearest interpolation (torchvision's AutoAugment default), so they stay aligned."""
+    if op in GEOMETRIC_OPS:
+        x = _geometric(x, op, magnitude, fill=0.0)
+        y = _geometric(tv_tensors.Mask(y), op, magnitude, fill=IGNORE_INDEX).as_subclass(torch.Tensor)
+        return x, y
+    if op not in PHOTOMETRIC_OPS:
+        raise ValueError(f"Unknown AutoAugment op {op!r}; expected one of {GEOMETRIC_OPS + PHOTOMETRIC_OPS}.")
+    image = (x + 1) / 2  # torchvision's float ops expect [0, 1]
+    if op == "Brightness":
+        image = TF.adjust_brightness(image, 1.0 + magnitude)
+    elif op == "Color":
+        image = TF.adjust_saturation(image, 1.0 + magnitude)
+    elif op == "Contrast":
+        image = TF.adjust_contrast(image, 1.0 + magnitude)
+    elif op == "Sharpness":
+        image = TF.adjust_sharpness(image, 1.0 + magnitude)
+    elif op == "Posterize":
+        image = TF.posterize(image, bits=int(magnitude))
+    elif op == "Solarize":
+        image = TF.solarize(image, threshold=magnitude)
+    elif op == "AutoContrast":
+        image = TF.autocontrast(image)
+    elif op == "Equalize":
+        image = TF.equalize(image)
+    else:
+        image = TF.invert(image)
+    return image * 2 - 1, y.clone()
+
+
+def _geometric(t: torch.Tensor, op: str, m: float, fill: float) -> torch.Tensor:
+    """torchvision's AutoAugment geometry: shears about the top-left corner, whole-pixel
+    translations, rotations about the centre."""
+    nearest = TF.InterpolationMode.NEAREST
+    if op == "Rotate":
+        return TF.rotate(t, angle=m, interpolation=nearest, fill=fill)
+    if op in ("ShearX", "ShearY"):
+        degrees = math.degrees(math.atan(m))
+        shear = [degrees, 0.0] if op == "ShearX" else [0.0, degrees]
+        return TF.affine(t, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=fill, center=[0, 0])
+    translate = [int(m), 0] if op == "TranslateX" else [0, int(m)]
+    return TF.affine(t, angle=0.0, translate=translate, scale=1.0, shear=[0.0, 0.0], interpolation=nearest, fill=fill)
+
+
+# Pseudo-labels from augmented views ---------------------------------------------------------------
+
+
+@dataclass
+class Views:
+    """How ``make_views`` made its k * N views (view-major: view v of image n is row v * N + n).
+    ``theta`` (k * N, 2, 3) is each view's sampling matrix in ``affine_grid``'s normalised
+    coordinates: view(p) = image(theta @ [p, 1])."""
+
+    k: int
+    theta: torch.Tensor
+
+
+def make_views(
+    x: torch.Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+    *,
+    flip: float = 0.5,
+    rotate: float = 10.0,
+    translate: float = 0.1,
+    scale: tuple[float, float] = (0.9, 1.1),
+) -> tuple[torch.Tensor, Views]:
+    """k views of each image of x (N, C, H, W), stacked (k * N, C, H, W) for one forward pass.
+    View 0 is the image itself; the others are a horizontal flip (probability ``flip``) and an
+    affine map (rotation up to ``rotate`` degrees, shift up to ``translate`` of the size, zoom in
+    ``scale``), then one photometric change (brightness, contrast or saturation by 0.7..1.3)."""
+    if k < 1:
+        raise ValueError(f"make_views needs k >= 1 views, got {k}.")
+    n, channels, height, width = x.shape
+    m = (k - 1) * n
+    theta = _view_matrices(m, height, width, generator, flip, rotate, translate, scale)
+    identity = torch.eye(2, 3, dtype=theta.dtype).expand(n, 2, 3)
+    params = Views(k, torch.cat([identity, theta]).to(x.device))
+    if m == 0:
+        return x.clone(), params
+    moved = _warp(x.repeat(k - 1, 1, 1, 1), params.theta[n:], padding="zeros")
+    op = torch.randint(3, (m,), generator=generator, device=_device(generator)).cpu()
+    factors = torch.ones(m, 3, dtype=torch.float64)
+    factors[torch.arange(m), op] = _uniform(m, generator, 0.7, 1.3)
+    return torch.cat([x, _jitter(moved, factors.to(x.device, x.dtype))]), params
+
+
+def invert_views(probs: torch.Tensor, params: Views) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo each view's geometric transform on the network's softmax outputs (k * N, C, H, W) at
+    input resolution. Returns probabilities (k, N, C, H, W) aligned with the original images
+    (float32) and ``valid`` (k, N, H, W): False where the view saw nothing of that pixel."""
+    total, channels, height, width = probs.shape
+    if total != params.theta.shape[0]:
+        raise ValueError(f"invert_views got {total} probability maps for {params.theta.shape[0]} views.")
+    square = torch.cat([params.theta.double(), params.theta.new_tensor([0.0, 0.0, 1.0]).double().expand(total, 1, 3)], 1)
+    inverse = torch.linalg.inv(square)[:, :2].to(probs.device, torch.float32)
+    grid = F.affine_grid(inverse, [total, channels, height, width], align_corners=False)
+    back = F.grid_sample(probs.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    valid = (grid.abs() <= 1).all(-1)
+    k = params.k
+    return back.view(k, total // k, channels, height, width), valid.view(k, total // k, height, width)
+
+
+def max_confidence_labels(
+    probs: torch.Tensor, valid: torch.Tensor, threshold: float = 0.6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel, the class of the most confident view (confidence = max softmax probability, 0
+    where the view is not valid). probs (k, N, C, H, W), valid (k, N, H, W). Returns labels
+    (N, H, W) int64, 255 where the best confidence is below ``threshold``, and that confidence."""
+    confidence, classes = probs.max(dim=2)
+    confidence = torch.where(valid, confidence, torch.zeros_like(confidence))
+    best, view = confidence.max(dim=0)
+    labels = classes.gather(0, view[None])[0]
+    labels = torch.where(best < threshold, torch.full_like(labels, IGNORE_INDEX), labels)
+    return labels, best
+
+
+@torch.no_grad()
+def pseudo_labels(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    k: int = 3,
+    threshold: float = 0.6,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """UDAS's multi-view pseudo-labels of images x: ``predict`` (the teacher, returning logits)
+    runs once on all k views stacked; see ``max_confidence_labels`` for what comes back."""
+    views, params = make_views(x, k, generator)
+    probs = upsample(predict(views), x.shape[-2:]).float().softmax(1)
+    return max_confidence_labels(*invert_views(probs, params), threshold)
+
+
+def _view_matrices(n, height, width, generator, flip, rotate, translate, scale) -> torch.Tensor:
+    """(n, 2, 3) random flip + rotation + zoom + shift, built in pixel units (so a rotation stays
+    a rotation on a non-square image) and expressed in normalised coordinates."""
+    angle = torch.deg2rad(_uniform(n, generator, -rotate, rotate))
+    zoom = _uniform(n, generator, scale[0], scale[1])
+    mirror = torch.where(_uniform(n, generator) < flip, -1.0, 1.0).double()
+    shift = _uniform(2 * n, generator, -translate, translate).view(n, 2) * 2  # normalised units
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    aspect = height / width  # pixel units -> normalised: S^-1 M S with S = diag(W / 2, H / 2)
+    linear = torch.stack([cos * mirror, -sin * aspect, sin * mirror / aspect, cos], -1).view(n, 2, 2)
+    return torch.cat([linear, shift[:, :, None]], 2).float()
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, padding: str) -> torch.Tensor:
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation of images in [-1, 1] scaled per image by ``factors``
+    (n, 3); a factor of 1 leaves that property as it was."""
+    image = (x + 1) / 2
+    brightness, contrast, saturation = (factors[:, i, None, None, None] for i in range(3))
+    image = (image * brightness).clamp(0, 1)
+    grey = TF.rgb_to_grayscale(image) if image.shape[1] == 3 else image.mean(1, keepdim=True)
+    image = ((image - grey.mean((2, 3), keepdim=True)) * contrast + grey.mean((2, 3), keepdim=True)).clamp(0, 1)
+    grey = TF.rgb_to_grayscale(image) if image.shape[1] == 3 else image.mean(1, keepdim=True)
+    image = ((image - grey) * saturation + grey).clamp(0, 1)
+    return image * 2 - 1
+
+
+def _device(generator: torch.Generator | None) -> torch.device | str:
+    return generator.device if generator is not None else "cpu"
+
+
+def _randint(high: int, generator: torch.Generator | None) -> int:
+    return int(torch.randint(high, (), generator=generator, device=_device(generator)))
+
+
+def _uniform(n: int, generator: torch.Generator | None, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """n draws from U(low, high) as a float64 CPU tensor, from ``generator`` or torch's global RNG."""
+    u = torch.rand(n, generator=generator, device=_device(generator), dtype=torch.float64).cpu()
+    return low + (high - low) * u
