@@ -7,7 +7,7 @@ schedules are functions of ``step`` so that a resumed run needs no scheduler sta
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,6 +52,7 @@ class StageContext:
     seed: int
     reporter: Any
     workers: int = 0
+    data_key: dict[str, Any] = field(default_factory=dict)  # the data's identity (pair, sizes, splits, seed)
 
 
 class Algorithm(nn.Module):
@@ -193,8 +194,11 @@ def upsample(logits: torch.Tensor, size) -> torch.Tensor:
 
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-pixel cross-entropy at label resolution (logits upsampled first, as AdaptSegNet does),
-    mean over the pixels that are not ignored (255)."""
-    return F.cross_entropy(upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=IGNORE_INDEX)
+    mean over the pixels that are not ignored (255); 0 when every pixel is ignored (a pseudo-label
+    map with no confident pixel), where PyTorch's mean would be 0/0."""
+    total = F.cross_entropy(upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:

@@ -39,7 +39,9 @@ def sample_lambda(alpha: float, generator: torch.Generator | None = None) -> flo
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
-def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+def cutmix_box(
+    height: int, width: int, lam: float, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
     """(top, left, box_h, box_w) of a box covering (1 - lam) of a height x width image: sides
     sqrt(1 - lam) times the image's (rounded), placed uniformly so it lies inside the image."""
     if not 0.0 <= lam <= 1.0:
@@ -208,7 +210,9 @@ def _geometric(t: torch.Tensor, op: str, m: float, fill: float) -> torch.Tensor:
     if op in ("ShearX", "ShearY"):
         degrees = math.degrees(math.atan(m))
         shear = [degrees, 0.0] if op == "ShearX" else [0.0, degrees]
-        return TF.affine(t, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=fill, center=[0, 0])
+        return TF.affine(
+            t, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=fill, center=[0, 0]
+        )
     translate = [int(m), 0] if op == "TranslateX" else [0, int(m)]
     return TF.affine(t, angle=0.0, translate=translate, scale=1.0, shear=[0.0, 0.0], interpolation=nearest, fill=fill)
 
@@ -242,7 +246,7 @@ def make_views(
     ``scale``), then one photometric change (brightness, contrast or saturation by 0.7..1.3)."""
     if k < 1:
         raise ValueError(f"make_views needs k >= 1 views, got {k}.")
-    n, channels, height, width = x.shape
+    n, _, height, width = x.shape
     m = (k - 1) * n
     theta = _view_matrices(m, height, width, generator, flip, rotate, translate, scale)
     identity = torch.eye(2, 3, dtype=theta.dtype).expand(n, 2, 3)
@@ -263,8 +267,9 @@ def invert_views(probs: torch.Tensor, params: Views) -> tuple[torch.Tensor, torc
     total, channels, height, width = probs.shape
     if total != params.theta.shape[0]:
         raise ValueError(f"invert_views got {total} probability maps for {params.theta.shape[0]} views.")
-    square = torch.cat([params.theta.double(), params.theta.new_tensor([0.0, 0.0, 1.0]).double().expand(total, 1, 3)], 1)
-    inverse = torch.linalg.inv(square)[:, :2].to(probs.device, torch.float32)
+    theta = params.theta.double()
+    last_row = torch.tensor([0.0, 0.0, 1.0], dtype=theta.dtype, device=theta.device).expand(total, 1, 3)
+    inverse = torch.linalg.inv(torch.cat([theta, last_row], 1))[:, :2].to(probs.device, torch.float32)
     grid = F.affine_grid(inverse, [total, channels, height, width], align_corners=False)
     back = F.grid_sample(probs.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     valid = (grid.abs() <= 1).all(-1)

@@ -170,7 +170,7 @@ def list_(kind):
         table.add_column("name", style="bold")
         table.add_column("task")
         table.add_column("description")
-        if name == "algorithms":
+        if name in ("algorithms", "translators"):
             table.add_column("hyperparameters (defaults)")
         for plugin_name in reg.names():
             try:
@@ -185,6 +185,9 @@ def list_(kind):
                                  + ", ".join(f"{k}={v.default}" for k, v in sorted(obj.space(t).items())) for t in tasks)
                 labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
                 table.add_row(plugin_name, obj.task, escape(desc + labels), escape(hps))
+            elif name == "translators":
+                hps = ", ".join(f"{k}={v.default}" for k, v in sorted(obj.hparams.items()))
+                table.add_row(plugin_name, "trainable" if obj.trainable else "fixed", escape(describe(obj)), escape(hps))
             else:
                 table.add_row(plugin_name, getattr(obj, "task", "any"), escape(describe(obj)))
         console.print(table)

@@ -116,7 +116,7 @@ def x_of(curve: Curve, n: int | str) -> float:
     if n != "all":
         return float(n)
     numbers = [b for b in curve.budgets if b != "all"]
-    return float(curve.tgt_train or 2 * max(numbers, default=1))
+    return float(curve.tgt_train or max(2 * max(numbers, default=0), 1))  # size unrecorded: past the rest
 
 
 def png(curve: Curve) -> bytes:

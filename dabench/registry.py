@@ -106,4 +106,6 @@ def plugin(task: str, description: str | None = None) -> Callable[[Any], Any]:
 
 def describe(obj: Any) -> str:
     text = getattr(obj, "description", None) or (obj.__doc__ or "").strip()
+    if callable(text):  # a plugin class's description() classmethod
+        text = text()
     return text.splitlines()[0] if text else ""

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import dabench
 from dabench import hparams as hp
 from dabench.algorithm import Algorithm
 from dabench.data import SEGMENTATION
@@ -236,6 +237,13 @@ def _check_resumable(run_dir: Path, config: dict) -> None:
     raise DabenchError(f"--resume: there is no run of this exact config at {run_dir}.{detail} Resume with the options of the original run, or drop --resume.")
 
 
+def _data_key(config: dict) -> dict:
+    """What identifies the unlabelled data a run sees, whatever its algorithm and budget: caches
+    derived from it alone (e.g. translated source images) are shared by runs with the same key."""
+    sizes = {k: config["splits"][k] for k in ("src_train", "tgt_train")}
+    return {k: config[k] for k in ("src", "tgt", "image_sizes", "seed")} | {"splits": sizes, "dabench": dabench.__version__}
+
+
 def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     """Train and evaluate one config; returns its records and run folder."""
     prep = prepare(cfg)
@@ -263,6 +271,7 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     torch.manual_seed(cfg.seed)  # the model was built from this seed; batches come from (seed, step)
     records = fit(prep.algorithm, prep.splits, eval_every=cfg.eval_every, seed=cfg.seed,
                   run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                  resume=resume, reporter=reporter, workers=cfg.workers, cache_dir=Path(cfg.out) / "cache")
+                  resume=resume, reporter=reporter, workers=cfg.workers, cache_dir=Path(cfg.out) / "cache",
+                  data_key=_data_key(config))
     (run_dir / "done").touch()
     return RunResult(run_dir, config, records)

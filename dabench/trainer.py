@@ -109,7 +109,8 @@ def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
 
 def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
         device: torch.device, precision: str = "fp32", channels_last: bool = False, resume: bool = False,
-        reporter: NullReporter | None = None, workers: int = 0, cache_dir: Path | None = None) -> list[dict]:
+        reporter: NullReporter | None = None, workers: int = 0, cache_dir: Path | None = None,
+        data_key: dict | None = None) -> list[dict]:
     """Train ``algo`` through its stages (one of ``algo.steps`` updates unless it declares more);
     returns every evaluation record of the run."""
     reporter = reporter or NullReporter()
@@ -117,7 +118,8 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     start = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else 0
     records = [r for r in read_records(results) if r["step"] <= start]  # drop evaluations past the checkpoint
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
-    ctx = StageContext(splits, run_dir, cache_dir or run_dir / "cache", device, precision, seed, reporter, workers)
+    ctx = StageContext(splits, run_dir, cache_dir or run_dir / "cache", device, precision, seed, reporter, workers,
+                       data_key or {})
     evals = {"src-val": splits.src_val, "tgt-val": splits.tgt_val, "tgt-test": splits.tgt_test}
     algo.train()
 

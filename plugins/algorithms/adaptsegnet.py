@@ -72,26 +72,39 @@ class AdaptSegNet(Algorithm):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step)
+        return self.adapt_step(self.labeled_parts(batch), batch.tgt_x)
+
+    def supervised(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[dict]]:
+        """The segmentation loss over labelled groups (main + aux_weight x auxiliary), and each
+        group's outputs."""
         weight = {"main": 1.0, "aux": self.hp["aux_weight"]}
+        loss, outs = 0.0, []
+        for x, y in parts:
+            out = self.outputs(x)
+            outs.append(out)
+            loss = loss + sum(weight[k] * seg_loss(v, y) for k, v in out.items())
+        return loss, outs
+
+    def adapt_step(self, parts, tgt_x: torch.Tensor, target_term=None) -> dict[str, float]:
+        """One AdaptSegNet iteration: segmentation on the labelled ``parts`` (source first), the
+        adversarial loss on the target maps, then the discriminators. ``target_term(tgt_out)``
+        returns (loss, logs): an extra loss on the target outputs (UDAS's consistency)."""
         adv_weight = {"main": self.hp["lambda_adv"], "aux": self.hp["lambda_adv_aux"]}
         gan = self.hp["gan"]
-        for o in self.optims.values():
+        optims = [self.optims["seg"], self.optims["disc"]]
+        for o in optims:
             o.zero_grad(set_to_none=True)
 
         # 1. segmentation on the labelled images (source, plus labelled target when given).
-        seg = 0.0
-        src_out = None
-        for x, y in self.labeled_parts(batch):
-            out = self.outputs(x)
-            if src_out is None:
-                src_out = out
-            seg = seg + sum(weight[k] * seg_loss(v, y) for k, v in out.items())
+        seg, outs = self.supervised(parts)
+        src_out = outs[0]
         # 2. target maps should pass for source: the discriminators are frozen for this loss.
-        tgt_out = self.outputs(batch.tgt_x)
+        tgt_out = self.outputs(tgt_x)
         self.discriminators.requires_grad_(False)
         adv = sum(adv_weight[k] * gan_loss(self.discriminators[k](F.softmax(v.float(), 1)), SOURCE, gan)
                   for k, v in tgt_out.items())
-        self.scaler.scale(seg + adv).backward()
+        extra, logs = target_term(tgt_out) if target_term else (0.0, {})
+        self.scaler.scale(seg + adv + extra).backward()
         self.discriminators.requires_grad_(True)
         # 3. the discriminators, on detached predictions: source 0, target 1, each half the loss.
         disc = sum(
@@ -99,10 +112,10 @@ class AdaptSegNet(Algorithm):
              + gan_loss(d(F.softmax(tgt_out[k].detach().float(), 1)), TARGET, gan)) / 2
             for k, d in self.discriminators.items())
         self.scaler.scale(disc).backward()
-        for o in self.optims.values():
+        for o in optims:
             self.scaler.step(o)
         self.scaler.update()
-        return {"seg": seg.item(), "adv": adv.item(), "disc": disc.item()}
+        return {"seg": seg.item(), "adv": adv.item(), "disc": disc.item()} | logs
 
     def predict(self, x):
         return self.segmenter(x)[0]

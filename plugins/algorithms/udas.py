@@ -1,0 +1,254 @@
+"""UDAS: image translation, multi-level output-space adaptation, Domain CutMix and self-training."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dabench.algorithm import Stage, StageContext, seg_loss, upsample
+from dabench.augment import auto_augment, domain_cutmix, pseudo_labels, sample_lambda
+from dabench.cache import CachedImages, CachedLabels, KeyedFolder, key_hash, to_uint8
+from dabench.data import Batch, get_batch, ordered_batches
+from dabench.errors import DabenchError
+from dabench.hparams import HParam, choice, log_uniform, uniform
+from dabench.registry import translators
+from dabench.trainer import EVAL_BATCH, autocast
+from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
+
+TRANSLATE, ADAPT, SELFTRAIN = "translate", "adapt", "self-train"
+
+
+def symmetric_kl(p_logits: torch.Tensor, a_logits: torch.Tensor) -> torch.Tensor:
+    """KL(F_p || F_a) + KL(F_a || F_p) per pixel, averaged: sum_c (F_p - F_a)(log F_p - log F_a).
+    Zero exactly when the primary and auxiliary distributions agree."""
+    log_p, log_a = F.log_softmax(p_logits.float(), 1), F.log_softmax(a_logits.float(), 1)
+    return ((log_p.exp() - log_a.exp()) * (log_p - log_a)).sum(1).mean()
+
+
+def teacher_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per pixel, averaged over the labelled pixels (label != 255)."""
+    log_t, log_s = F.log_softmax(teacher_logits.float(), 1), F.log_softmax(student_logits.float(), 1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(1)
+    mask = labels != 255
+    return kl[mask].sum() / mask.sum().clamp(min=1)
+
+
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
+                                                                         align_corners=False)
+
+
+class UDAS(AdaptSegNet):
+    """UDAS: translation + multi-level adversarial adaptation + Domain CutMix + self-training.
+
+    Stages, each resumable and shown in the progress display:
+    1. translate: a translator plugin (``cyclegan`` trains on unpaired source and target images,
+       ``fda`` needs no training, ``none``); the translated source set is written once to a cache
+       folder keyed by the translator's config and the data, and reused by later runs.
+    2. adapt: AdaptSegNet's multi-level output-space adversarial training on the translated
+       source, plus the symmetric KL between the primary and auxiliary outputs on target images:
+       L_seg + L_adv + lambda_kl L_kl. With labelled target images (``--tgt-labeled N``), Domain
+       CutMix pastes a box of a labelled target image (and its labels) into each translated source
+       image, then AutoAugment moves image and mask together; the mixed samples replace the plain
+       source ones in L_seg.
+    3. self-train 1..R: the current model is the teacher; it labels every unlabelled target
+       image from K augmented views (geometric ops inverted, the most confident view per pixel,
+       pixels under ``threshold`` ignored); the student (starting from the teacher) trains on these
+       pseudo-labels plus the labelled data, with KL(teacher || student) on the labelled pixels.
+       After each round the student becomes the teacher. Pseudo-labels are cached in the run folder.
+    Ablations are hyperparameters: translator=none, adversarial=false, cutmix=false, selftrain_rounds=0.
+    """
+
+    target_labels = "optional"
+    hparams = {
+        **AdaptSegNet.hparams,
+        "translator": HParam("cyclegan", choice(["none", "fda", "cyclegan"]),
+                             "input-level adaptation: a translator plugin (dabench list translators)"),
+        "translator_steps": HParam(0, None, "training steps of a trainable translator; 0 = as many as --steps"),
+        "adversarial": HParam(True, None, "stage 2's output-space adversarial loss and primary/auxiliary KL on the "
+                                          "target; false trains on (translated) source labels alone"),
+        "lambda_kl": HParam(1.0, log_uniform(-2, 0.5), "weight of the primary/auxiliary symmetric KL on target images"),
+        "cutmix": HParam(True, None, "Domain CutMix of labelled target boxes into source images (needs --tgt-labeled)"),
+        "cutmix_alpha": HParam(1.0, uniform(0.2, 2.0), "CutMix share lambda ~ Beta(alpha, alpha) of the source image kept"),
+        "autoaugment": HParam(True, None, "AutoAugment on the mixed samples (geometric ops on image and mask)"),
+        "selftrain_rounds": HParam(1, choice([0, 1, 2]), "self-training rounds (0: none)"),
+        "selftrain_steps": HParam(0, None, "steps per self-training round; 0 = as many as --steps"),
+        "views": HParam(3, choice([1, 2, 3, 4]), "K augmented views per target image for pseudo-labels"),
+        "threshold": HParam(0.6, uniform(0.5, 0.9), "pseudo-label confidence threshold; pixels under it are ignored"),
+        "lambda_teacher": HParam(1.0, log_uniform(-1, 0.5), "weight of KL(teacher || student) on labelled pixels"),
+    }
+
+    @classmethod
+    def space(cls, task: str) -> dict[str, HParam]:
+        """UDAS's own space plus every installed translator's, as ``<translator>_<name>``."""
+        space = dict(cls.hparams)
+        for name in translators.names():
+            for key, p in translators.get(name).hparams.items():
+                space[f"{name}_{key}"] = p
+        return space
+
+    def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
+        super().__init__(backbone, num_classes, hparams, steps)
+        self.check(self.hp)
+        name = self.hp["translator"]
+        cls = translators.get(name)
+        self.translator_hp = {k: self.hp.get(f"{name}_{k}", p.default) for k, p in cls.hparams.items()}
+        self.translator_steps = (self.hp["translator_steps"] or steps) if cls.trainable else 0
+        self.translator = cls(self.translator_hp, self.translator_steps)
+        self.optims |= {f"translator_{k}": o for k, o in self.translator.optims.items()}
+        self.selftrain_steps = self.hp["selftrain_steps"] or steps
+        self.teacher = copy.deepcopy(backbone).requires_grad_(False).eval() if self.hp["selftrain_rounds"] else None
+        self.stage: Stage | None = None
+        self.src_size: tuple[int, int] | None = None
+
+    @staticmethod
+    def check(hp: dict) -> None:
+        rules = {"views": (hp["views"] >= 1, "a whole number of 1 or more"),
+                 "threshold": (0 < hp["threshold"] <= 1, "a confidence in (0, 1]"),
+                 "selftrain_rounds": (hp["selftrain_rounds"] >= 0, "0 or more"),
+                 "selftrain_steps": (hp["selftrain_steps"] >= 0, "0 (as many as --steps) or more"),
+                 "translator_steps": (hp["translator_steps"] >= 0, "0 (as many as --steps) or more"),
+                 "cutmix_alpha": (hp["cutmix_alpha"] > 0, "a Beta parameter > 0")}
+        for key, (ok, expected) in rules.items():
+            if not ok:
+                raise DabenchError(f"udas: -H {key}={hp[key]} is out of range; expected {expected}.")
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher labels and guides; its batch-norm statistics stay fixed
+        return self
+
+    def stages(self) -> list[Stage]:
+        rounds = [Stage(f"{SELFTRAIN} {r}", self.selftrain_steps) for r in range(1, self.hp["selftrain_rounds"] + 1)]
+        return [Stage(TRANSLATE, self.translator_steps, evaluate=False), Stage(ADAPT, self.steps), *rounds]
+
+    # Stages ---------------------------------------------------------------------------------
+
+    def begin_stage(self, stage: Stage, ctx: StageContext, resumed: bool):
+        self.stage = stage
+        cache = self.translation_cache(ctx)
+        if stage.name == TRANSLATE:
+            return None if cache.complete else ctx.splits
+        source = self.translated_source(ctx, cache)
+        if stage.name == ADAPT:
+            return dataclasses.replace(ctx.splits, src_train=source)
+        if not resumed:  # a new round: the model so far becomes the teacher
+            self.teacher.load_state_dict(self.segmenter.state_dict())
+        rnd = int(stage.name.split()[-1])
+        labels = self.pseudo_label(ctx, rnd)
+        return dataclasses.replace(ctx.splits, src_train=source, tgt_train=CachedLabels(ctx.splits.tgt_train, labels))
+
+    def translation_cache(self, ctx: StageContext) -> KeyedFolder:
+        """The folder of translated source images this config makes: keyed by the translator, its
+        training and the data (pair, sizes, splits, seed), never by the segmentation settings."""
+        name = self.hp["translator"]
+        key = {"translator": name, "hparams": self.translator_hp, "steps": self.translator_steps,
+               "batch_size": self.hp["batch_size"] if self.translator_steps else None, "data": ctx.data_key}
+        pair = f"{ctx.data_key.get('src', 'src')}_to_{ctx.data_key.get('tgt', 'tgt')}".replace("/", "_").replace(":", "-")
+        return KeyedFolder(ctx.cache_dir / "translated" / pair / f"{name}-{key_hash(key)}", key)
+
+    def translated_source(self, ctx: StageContext, cache: KeyedFolder):
+        """Source train with translated images (built once, then read from the cache)."""
+        src, tgt = ctx.splits.src_train, ctx.splits.tgt_train
+        if self.hp["translator"] == "none":
+            return src
+        if not cache.complete:
+            cache.start()
+            rng = np.random.default_rng([ctx.seed, 11])  # which target image each source image is paired with
+            bs = EVAL_BATCH["segmentation"]
+            ctx.reporter.start(len(src), 0, "translate source")
+            done = 0
+            self.translator.eval()
+            for x, _ in ordered_batches(src, bs, ctx.workers):
+                t = get_batch(tgt, rng.integers(len(tgt), size=len(x)).tolist())
+                x = x.to(ctx.device)
+                with torch.no_grad(), autocast(ctx.device, ctx.precision):
+                    y = self.translator.translate(x, resize(t.to(ctx.device), x.shape[-2:]))
+                cache.write(done, to_uint8(y))
+                done += len(x)
+                ctx.reporter.advance(done, {})
+            ctx.reporter.stop()
+            self.translator.train()
+            cache.finish()
+        return CachedImages(src, cache)
+
+    @torch.no_grad()
+    def pseudo_label(self, ctx: StageContext, rnd: int) -> KeyedFolder:
+        """Round ``rnd``'s pseudo-labels of every unlabelled target image, made by the teacher (in
+        the run folder; a folder cut off while written is made again)."""
+        tgt = ctx.splits.tgt_train
+        key = {"round": rnd, "views": self.hp["views"], "threshold": self.hp["threshold"], "images": len(tgt)}
+        folder = KeyedFolder(ctx.run_dir / "pseudo" / f"round{rnd}", key)
+        if folder.complete:
+            return folder
+        folder.start()
+        gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 1000 + rnd)
+        bs = EVAL_BATCH["segmentation"]
+        ctx.reporter.start(len(tgt), 0, f"pseudo-label round {rnd}")
+        done, kept = 0, 0
+        for i in range(0, len(tgt), bs):
+            x = get_batch(tgt, list(range(i, min(i + bs, len(tgt))))).to(ctx.device)
+            with autocast(ctx.device, ctx.precision):
+                labels, _ = pseudo_labels(lambda v: self.teacher(v)[0], x, self.hp["views"], self.hp["threshold"], gen)
+            kept += int((labels != 255).sum())
+            folder.write(done, labels.to(torch.uint8).cpu().numpy())
+            done += len(x)
+            ctx.reporter.advance(done, {"kept": kept / max(1, done * x.shape[-1] * x.shape[-2])})
+        ctx.reporter.stop()
+        folder.finish()
+        return folder
+
+    # Updates ---------------------------------------------------------------------------------
+
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        if self.stage.name == TRANSLATE:
+            return self.translator.update(batch.src_x, resize(batch.tgt_x, batch.src_x.shape[-2:]), step)
+        if self.stage.name == ADAPT:
+            return self.adapt(batch, step)
+        return self.self_train(batch, step)
+
+    def labelled(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The labelled groups: (translated) source, Domain-CutMixed with labelled target images when
+        there are any, then the labelled target images themselves."""
+        x, y = batch.src_x, batch.src_y
+        lab = batch.tgt_labeled
+        if lab is None:
+            return [(x, y)]
+        if self.hp["cutmix"]:
+            x, y = domain_cutmix(x, y, lab.x, lab.y, sample_lambda(self.hp["cutmix_alpha"]))
+            if self.hp["autoaugment"]:
+                x, y = auto_augment(x, y)
+        return [(x, y), (lab.x, lab.y)]
+
+    def adapt(self, batch: Batch, step: int) -> dict[str, float]:
+        seg_optims = [self.optims["seg"], self.optims["disc"]]
+        self.poly(step, self.steps, seg_optims)
+        parts = self.labelled(batch)
+        if not self.hp["adversarial"]:
+            loss, _ = self.supervised(parts)
+            self.step(loss, self.optims["seg"])
+            return {"seg": loss.item()}
+
+        def consistency(tgt_out):
+            kl = self.hp["lambda_kl"] * symmetric_kl(tgt_out["main"], tgt_out["aux"]) if "aux" in tgt_out else 0.0
+            return kl, {"kl": float(kl.detach()) if torch.is_tensor(kl) else kl}
+
+        return self.adapt_step(parts, batch.tgt_x, consistency)
+
+    def self_train(self, batch: Batch, step: int) -> dict[str, float]:
+        self.poly(step, self.selftrain_steps, [self.optims["seg"]])
+        parts = self.labelled(batch)
+        seg, outs = self.supervised(parts)
+        kl = 0.0
+        for (x, y), out in zip(parts, outs):
+            kl = kl + teacher_kl(upsample(self.teacher(x)[0], x.shape[-2:]), out["main"], y)
+        weight = {"main": 1.0, "aux": self.hp["aux_weight"]}
+        pseudo = sum(weight[k] * seg_loss(v, batch.tgt_pseudo) for k, v in self.outputs(batch.tgt_x).items())
+        loss = seg + pseudo + self.hp["lambda_teacher"] * kl
+        self.step(loss, self.optims["seg"])
+        return {"seg": seg.item(), "pseudo": pseudo.item(), "teacher_kl": float(kl.detach())}

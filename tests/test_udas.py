@@ -1,0 +1,188 @@
+"""UDAS: its losses on hand-checkable examples, its stages, caches and resume."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dabench import RunConfig, run
+from dabench.algorithm import Stage, StageContext
+from dabench.cache import KeyedFolder
+from dabench.cli import main
+from dabench.errors import DabenchError
+from dabench.runner import prepare
+from dabench.trainer import NullReporter
+from dabench_plugins.algorithms.udas import UDAS, symmetric_kl, teacher_kl
+
+SEG = dict(src="toyseg-src", tgt="toyseg-tgt", backbone="toy-segnet", steps=4, eval_every=2)
+FAST = {"translator": "fda", "selftrain_steps": 2}
+
+
+def config(tmp_path, **kw) -> RunConfig:
+    hparams = FAST | kw.pop("hparams", {})
+    return RunConfig(algo="udas", out=str(tmp_path), hparams=hparams, **(SEG | kw))
+
+
+def test_symmetric_kl_is_zero_when_primary_and_auxiliary_agree_and_matches_a_hand_value():
+    logits = torch.randn(2, 3, 4, 5)
+    assert symmetric_kl(logits, logits.clone()).item() == pytest.approx(0.0, abs=1e-7)
+    # one pixel, F_p = (0.5, 0.5), F_a = (0.9, 0.1):
+    # (0.5-0.9)(ln 0.5 - ln 0.9) + (0.5-0.1)(ln 0.5 - ln 0.1) = 0.4 ln(9/5) + 0.4 ln 5 = 0.4 ln 9
+    p = torch.log(torch.tensor([0.5, 0.5])).view(1, 2, 1, 1)
+    a = torch.log(torch.tensor([0.9, 0.1])).view(1, 2, 1, 1)
+    assert symmetric_kl(p, a).item() == pytest.approx(0.4 * math.log(9), rel=1e-5)
+    assert symmetric_kl(a, p).item() == pytest.approx(0.4 * math.log(9), rel=1e-5)
+
+
+def test_teacher_kl_counts_only_labelled_pixels():
+    t = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]])).T.reshape(1, 2, 1, 2)  # two pixels
+    s = torch.log(torch.tensor([[0.9, 0.1], [0.9, 0.1]])).T.reshape(1, 2, 1, 2)
+    # pixel 0: KL((.5,.5) || (.9,.1)) = 0.5 ln(.5/.9) + 0.5 ln(.5/.1); pixel 1: 0 (equal)
+    kl0 = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(5)
+    assert teacher_kl(t, s, torch.tensor([[[0, 1]]])).item() == pytest.approx(kl0 / 2, rel=1e-5)
+    assert teacher_kl(t, s, torch.tensor([[[0, 255]]])).item() == pytest.approx(kl0, rel=1e-5)
+    assert teacher_kl(t, s, torch.tensor([[[255, 255]]])).item() == 0.0
+
+
+def test_stages_follow_the_ablation_hyperparameters(tmp_path):
+    full = prepare(config(tmp_path, hparams={"translator": "cyclegan", "selftrain_rounds": 2})).algorithm
+    assert [(s.name, s.steps, s.evaluate) for s in full.stages()] == [
+        ("translate", 4, False), ("adapt", 4, True), ("self-train 1", 2, True), ("self-train 2", 2, True)]
+    plain = prepare(config(tmp_path, hparams={"translator": "none", "selftrain_rounds": 0})).algorithm
+    assert [(s.name, s.steps) for s in plain.stages()] == [("translate", 0), ("adapt", 4)]
+    assert plain.teacher is None
+
+
+def test_a_round_makes_the_student_the_teacher(tmp_path):
+    prep = prepare(config(tmp_path, hparams={"selftrain_rounds": 2}))
+    algo = prep.algorithm
+    ctx = StageContext(prep.splits, tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
+    with torch.no_grad():
+        for p in algo.segmenter.parameters():
+            p.add_(1.0)  # the student has moved away from the teacher
+    algo.begin_stage(Stage("self-train 2", 2), ctx, resumed=False)
+    for t, s in zip(algo.teacher.state_dict().values(), algo.segmenter.state_dict().values()):
+        assert torch.equal(t, s)
+    before = [p.clone() for p in algo.teacher.parameters()]
+    with torch.no_grad():
+        for p in algo.segmenter.parameters():
+            p.add_(1.0)
+    algo.begin_stage(Stage("self-train 2", 2), ctx, resumed=True)  # resumed inside the round: keep its teacher
+    assert all(torch.equal(a, b) for a, b in zip(before, algo.teacher.parameters()))
+    assert not algo.teacher.training and all(not p.requires_grad for p in algo.teacher.parameters())
+
+
+def test_full_run_records_every_stage_and_pseudo_labels_are_cached(tmp_path):
+    result = run(config(tmp_path, tgt_labeled=3))
+    stages = [(r["step"], r["stage"]) for r in result.records]
+    assert stages == [(2, "adapt"), (4, "adapt"), (6, "self-train 1")]
+    assert {"seg", "adv", "disc", "kl"} <= set(result.records[0]["losses"])
+    assert {"seg", "pseudo", "teacher_kl"} <= set(result.records[-1]["losses"])
+    labels = result.run_dir / "pseudo" / "round1"
+    n = result.config["splits"]["tgt_train"]
+    assert (labels / "done").exists() and len(list(labels.glob("*.png"))) == n
+
+
+def test_resume_inside_self_training_gives_the_uninterrupted_numbers(tmp_path):
+    hparams = {"selftrain_steps": 4}
+    full = run(config(tmp_path / "a", hparams=hparams))
+    with pytest.raises(KeyboardInterrupt):
+        run(config(tmp_path / "b", hparams=hparams), reporter=_StopAfterUpdates(6))
+    resumed = run(config(tmp_path / "b", hparams=hparams, resume=True))
+    assert [r["tgt-test"] for r in resumed.records] == [r["tgt-test"] for r in full.records]
+    assert [r["stage"] for r in resumed.records] == ["adapt", "adapt", "self-train 1", "self-train 1"]
+
+
+class _StopAfterUpdates(NullReporter):
+    """Interrupts training after ``n`` updates in all, like Ctrl-C."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def advance(self, step, losses):
+        if not losses:  # a translate / pseudo-label progress bar, not an update
+            return
+        self.seen += 1
+        if self.seen >= self.n:
+            raise KeyboardInterrupt
+
+
+def test_half_written_pseudo_labels_are_made_again_not_trained_on(tmp_path):
+    prep = prepare(config(tmp_path))
+    algo = prep.algorithm
+    ctx = StageContext(prep.splits, tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
+    algo.begin_stage(Stage("self-train 1", 2), ctx, resumed=False)
+    folder = tmp_path / "run" / "pseudo" / "round1"
+    (folder / "done").unlink()  # as if killed while labelling
+    for png in list(folder.glob("*.png"))[3:]:
+        png.unlink()
+    data = algo.begin_stage(Stage("self-train 1", 2), ctx, resumed=True)
+    assert (folder / "done").exists() and len(list(folder.glob("*.png"))) == len(prep.splits.tgt_train)
+    x, y = data.tgt_train[0]
+    assert y.dtype == torch.int64 and y.shape == x.shape[-2:]
+    key = json.loads((folder / "key.json").read_text())
+    (folder / "key.json").write_text(json.dumps(key | {"threshold": 0.9}))
+    with pytest.raises(DabenchError, match="different config"):
+        algo.begin_stage(Stage("self-train 1", 2), ctx, resumed=True)
+
+
+def test_translated_source_is_cached_by_translator_config_and_reused(tmp_path, monkeypatch):
+    run(config(tmp_path, hparams={"selftrain_rounds": 0}))
+    folders = list((tmp_path / "cache" / "translated").glob("*/fda-*"))
+    assert len(folders) == 1 and (folders[0] / "done").exists()
+    assert json.loads((folders[0] / "key.json").read_text())["hparams"] == {"beta": 0.01}
+    # the same translator config in another run (another seed of the segmenter's settings) reuses it
+    monkeypatch.setattr("dabench_plugins.translators.fda.FDA.translate",
+                        lambda *a: pytest.fail("translated again instead of reading the cache"))
+    run(config(tmp_path, hparams={"selftrain_rounds": 0, "lambda_kl": 0.5}))
+    monkeypatch.undo()
+    run(config(tmp_path, hparams={"selftrain_rounds": 0, "fda_beta": 0.05}))  # another config: its own folder
+    assert len(list((tmp_path / "cache" / "translated").glob("*/fda-*"))) == 2
+    key = json.loads((folders[0] / "key.json").read_text())
+    (folders[0] / "key.json").write_text(json.dumps(key | {"steps": 7}))
+    r = CliRunner().invoke(main, ["run", "--algo", "udas", "--src", "toyseg-src", "--tgt", "toyseg-tgt", "--backbone",
+                                  "toy-segnet", "--steps", "4", "--out", str(tmp_path), "--overwrite",
+                                  "-H", "translator=fda", "-H", "selftrain_rounds=0"])
+    assert r.exit_code == 2 and "different config" in r.stderr and "Traceback" not in r.output
+
+
+def test_a_cyclegan_translator_trains_in_its_own_stage_then_is_skipped_when_cached(tmp_path):
+    tiny = {"translator": "cyclegan", "selftrain_rounds": 0, "cyclegan_ngf": 4, "cyclegan_ndf": 4,
+            "cyclegan_blocks": 1, "translator_steps": 2}
+    first = run(config(tmp_path, hparams=tiny))
+    assert [r["stage"] for r in first.records] == ["adapt", "adapt"] and first.records[-1]["step"] == 6
+    again = run(config(tmp_path, hparams=tiny | {"lambda_kl": 0.5}))  # cache hit: the translate steps are skipped
+    assert [r["step"] for r in again.records] == [4, 6]
+
+
+def test_adversarial_false_never_forwards_a_target_image(tmp_path, monkeypatch):
+    prep = prepare(config(tmp_path, hparams={"adversarial": False, "translator": "none"}))
+    algo = prep.algorithm
+    algo.stage = algo.stages()[1]
+    src = prep.splits.src_train.get_batch([0, 1])
+    seen = []
+    monkeypatch.setattr(algo, "outputs", lambda x: seen.append(x.shape) or UDAS.outputs(algo, x))
+    from dabench.data import Batch
+    losses = algo.update(Batch(src[0], src[1], torch.randn(2, 3, 32, 64)), 0)
+    assert set(losses) == {"seg"} and seen == [torch.Size([2, 3, 64, 96])]
+
+
+@pytest.mark.parametrize("hparam, message", [("translator=nope", "translator"), ("views=0", "views")])
+def test_bad_udas_hyperparameters_exit_2(tmp_path, hparam, message):
+    r = CliRunner().invoke(main, ["run", "--algo", "udas", "--src", "toyseg-src", "--tgt", "toyseg-tgt", "--backbone",
+                                  "toy-segnet", "--out", str(tmp_path), "-H", hparam])
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "toyseg-src_to_toyseg-tgt").exists()
+
+
+def test_keyed_folder_refuses_another_config(tmp_path):
+    a = KeyedFolder(tmp_path / "f", {"x": 1})
+    a.start()
+    assert not a.complete
+    a.finish()
+    assert a.complete
+    with pytest.raises(DabenchError, match="differs in: x"):
+        KeyedFolder(tmp_path / "f", {"x": 2}).complete
