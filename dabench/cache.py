@@ -7,6 +7,8 @@ without ``done`` was cut off while it was written: it is rebuilt, never read. A 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
@@ -45,6 +47,18 @@ class KeyedFolder:
                 f"The cache folder {self.path} was made by a different config (differs in: {', '.join(diff)}). "
                 "It is not reused. Delete the folder (or use another --out) and run again.")
         return (self.path / "done").exists()
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold an exclusive lock on the folder while checking or building it, so parallel runs
+        (sweep --jobs) needing the same cache build it once and never read it half-written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / f".{self.path.name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def start(self) -> None:
         """Empty the folder (a half-written one included) and record the key."""

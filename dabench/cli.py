@@ -84,7 +84,8 @@ def main() -> None:
 def _run_options(f):
     options = [
         click.option("--backbone", default=None, help="backbone name (default: digit-cnn for classification); e.g. timm:resnet50"),
-        click.option("--steps", type=int, default=2000, show_default=True, help="training steps"),
+        click.option("--steps", type=int, default=2000, show_default=True,
+                     help="training steps (a multi-stage method: of its main stage; udas: adaptation)"),
         click.option("--eval-every", type=int, default=200, show_default=True, help="evaluate and checkpoint every N steps"),
         click.option("-H", "hparam", multiple=True, metavar="KEY=VALUE", help="override a hyperparameter (repeatable)"),
         click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)"),
@@ -203,9 +204,23 @@ def list_(kind):
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
-def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, backbone, steps, eval_every, hparam, data_root,
-          device, precision, image_size, pretrained, channels_last, workers, out, jobs):
+def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, **run_options):
     """Run every algorithm x budget x seed x hyperparameter sample; skip finished runs."""
+    outcomes = _run_all(algos, src, tgt, seeds, _budgets(tgt_labeled), hparam_samples, out, jobs, run_options)
+    bad = [o for o in outcomes if o.status in ("failed", "invalid")]
+    done = sum(o.status == "done" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    console.print(f"sweep: {done} finished, {skipped} already done, {len(bad)} failed")
+    for o in bad:
+        err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {escape(o.message)}", soft_wrap=True)
+    if bad:
+        sys.exit(1)
+
+
+def _run_all(algos: str, src: str, tgt: str, seeds: str, budgets: list, hparam_samples: int, out: str, jobs: int,
+             run_options: dict) -> list:
+    """What sweep and curve share: plan every algorithm x budget x seed x sample, run them (finished
+    runs skipped), print one line per run; returns the outcomes."""
     from dabench.runner import RunConfig
     from dabench.sweep import plan, sweep as sweep_api
 
@@ -213,34 +228,24 @@ def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, backbone, steps, 
     seed_list = list(range(seed_list[0])) if "," not in seeds else seed_list
     if not seed_list or hparam_samples < 1 or jobs < 1:
         raise DabenchError("--seeds, --hparam-samples and --jobs must be at least 1.")
-    base = RunConfig(algo="", src=src, tgt=tgt, backbone=backbone, steps=steps, eval_every=eval_every,
-                     hparams=_parse_h(hparam), data_root=data_root, out=out, device=device, precision=precision,
-                     image_size=image_size, pretrained=pretrained, channels_last=channels_last, workers=workers)
-    configs, notes = plan([a.strip() for a in algos.split(",") if a.strip()], seed_list,
-                          _budgets(tgt_labeled), hparam_samples, base)
+    options = dict(run_options)
+    base = RunConfig(algo="", src=src, tgt=tgt, hparams=_parse_h(options.pop("hparam")), out=out, **options)
+    configs, notes = plan([a.strip() for a in algos.split(",") if a.strip()], seed_list, budgets, hparam_samples, base)
     for note in notes:
         err_console.print(f"[yellow]note:[/] {note}")
     err_console.print(f"{len(configs)} runs -> {out}")
 
     def show(o, i, n):
         c = o.config
-        label = f"[{i}/{n}] {c.algo} N={c.tgt_labeled} seed={c.seed} hp={c.hparam_index}"
+        label = f"[{i}/{n}] {c.algo} N={c.tgt_labeled} seed={c.seed}" + (f" hp={c.hparam_index}" if hparam_samples > 1 else "")
         if o.status in ("done", "skipped"):
             metric = next(iter(o.final.get("tgt-val", {})), None)
             extra = f" tgt-val {o.final['tgt-val'][metric]:.4f}" if metric else ""
             err_console.print(f"{label}: {'finished' if o.status == 'done' else 'already done'}{extra}  {o.run_dir}")
         else:
-            err_console.print(f"{label}: [red]{o.status}[/]: {o.message.splitlines()[0]}", soft_wrap=True)
+            err_console.print(f"{label}: [red]{o.status}[/]: {escape(o.message.splitlines()[0])}", soft_wrap=True)
 
-    outcomes = sweep_api(configs, jobs=jobs, on_outcome=show)
-    bad = [o for o in outcomes if o.status in ("failed", "invalid")]
-    done = sum(o.status == "done" for o in outcomes)
-    skipped = sum(o.status == "skipped" for o in outcomes)
-    console.print(f"sweep: {done} finished, {skipped} already done, {len(bad)} failed")
-    for o in bad:
-        err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {o.message}", soft_wrap=True)
-    if bad:
-        sys.exit(1)
+    return sweep_api(configs, jobs=jobs, on_outcome=show)
 
 
 @main.command()
@@ -254,36 +259,15 @@ def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, backbone, steps, 
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
-def curve(algos, src, tgt, tgt_labeled, seeds, selection, backbone, steps, eval_every, hparam, data_root, device,
-          precision, image_size, pretrained, channels_last, workers, out, jobs):
+def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, **run_options):
     """Data efficiency: every algorithm x budget x seed (finished runs skipped), as a table and a plot."""
     from collections import defaultdict
 
     from dabench.curve import build, write
-    from dabench.runner import RunConfig, slug
-    from dabench.sweep import plan, sweep as sweep_api
+    from dabench.runner import slug
 
-    seed_list = _ints(seeds, "--seeds")
-    seed_list = list(range(seed_list[0])) if "," not in seeds else seed_list
-    if not seed_list or jobs < 1:
-        raise DabenchError("--seeds and --jobs must be at least 1.")
     algo_list, budgets = [a.strip() for a in algos.split(",") if a.strip()], _budgets(tgt_labeled)
-    base = RunConfig(algo="", src=src, tgt=tgt, backbone=backbone, steps=steps, eval_every=eval_every,
-                     hparams=_parse_h(hparam), data_root=data_root, out=out, device=device, precision=precision,
-                     image_size=image_size, pretrained=pretrained, channels_last=channels_last, workers=workers)
-    configs, notes = plan(algo_list, seed_list, budgets, 1, base)
-    for note in notes:
-        err_console.print(f"[yellow]note:[/] {note}")
-    err_console.print(f"{len(configs)} runs -> {out}")
-
-    def show(o, i, n):
-        label = f"[{i}/{n}] {o.config.algo} N={o.config.tgt_labeled} seed={o.config.seed}"
-        if o.status in ("done", "skipped"):
-            err_console.print(f"{label}: {'finished' if o.status == 'done' else 'already done'}  {o.run_dir}")
-        else:
-            err_console.print(f"{label}: [red]{o.status}[/]: {escape(o.message.splitlines()[0])}", soft_wrap=True)
-
-    outcomes = sweep_api(configs, jobs=jobs, on_outcome=show)
+    outcomes = _run_all(algos, src, tgt, seeds, budgets, 1, out, jobs, run_options)
     failed = defaultdict(list)  # one line per algorithm, budget and message, naming its seeds
     for o in outcomes:
         if o.status in ("failed", "invalid"):

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import platform
-import random
 import re
 import shutil
 import subprocess
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import dabench
@@ -33,7 +31,7 @@ from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import Splits, build_splits, load_domain
 from dabench.registry import Spec, algorithms, backbones
 from dabench.records import read_records
-from dabench.trainer import NullReporter, fit
+from dabench.trainer import NullReporter, fit, seed_all
 
 DEFAULT_BACKBONE = {"classification": "digit-cnn", "segmentation": "deeplabv2"}
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -145,9 +143,7 @@ def environment() -> dict[str, Any]:
 
 def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pretrained: str | None = None) -> Algorithm:
     """The untrained algorithm a recorded config describes (seeded as the run was)."""
-    torch.manual_seed(config["seed"])
-    np.random.seed(config["seed"])
-    random.seed(config["seed"])
+    seed_all(config["seed"])
     spec = Spec.parse(config["backbone"])
     backbone = backbones.get(spec.name)(spec.arg, in_channels=3, image_size=image_size, pretrained=pretrained,
                                         num_classes=len(config["classes"]))

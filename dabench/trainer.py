@@ -88,6 +88,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def save_checkpoint(path: Path, algo: Algorithm, step: int) -> None:
     state = {"step": step, "model": algo.state_dict(), "optims": {k: o.state_dict() for k, o in algo.optims.items()},
              "scaler": algo.scaler.state_dict(), "rng": rng_state()}
@@ -124,11 +130,13 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     algo.train()
 
     offset = 0
-    for stage in algo.stages():
+    for index, stage in enumerate(algo.stages()):
         first, end = max(start, offset), offset + stage.steps
         offset = end
         if first >= end:
             continue  # done before the checkpoint (or a stage of no steps)
+        if index and first == end - stage.steps:
+            seed_all(seed * 1000 + index)  # a stage's random numbers do not depend on whether earlier ones ran or were cached
         data = algo.begin_stage(stage, ctx, resumed=first > end - stage.steps)
         if data is None:  # its work is cached: skip its steps
             save_checkpoint(ckpt, algo, end)

@@ -154,28 +154,35 @@ class UDAS(AdaptSegNet):
 
     def translated_source(self, ctx: StageContext, cache: KeyedFolder):
         """Source train with translated images (built once, then read from the cache)."""
-        src, tgt = ctx.splits.src_train, ctx.splits.tgt_train
+        src = ctx.splits.src_train
         if self.hp["translator"] == "none":
             return src
-        if not cache.complete:
-            cache.start()
-            rng = np.random.default_rng([ctx.seed, 11])  # which target image each source image is paired with
-            bs = EVAL_BATCH["segmentation"]
-            ctx.reporter.start(len(src), 0, "translate source")
-            done = 0
-            self.translator.eval()
-            for x, _ in ordered_batches(src, bs, ctx.workers):
-                t = get_batch(tgt, rng.integers(len(tgt), size=len(x)).tolist())
-                x = x.to(ctx.device)
-                with torch.no_grad(), autocast(ctx.device, ctx.precision):
-                    y = self.translator.translate(x, resize(t.to(ctx.device), x.shape[-2:]))
-                cache.write(done, to_uint8(y))
-                done += len(x)
-                ctx.reporter.advance(done, {})
-            ctx.reporter.stop()
-            self.translator.train()
-            cache.finish()
+        with cache.lock():
+            if not cache.complete:
+                self.translate_all(ctx, cache)
         return CachedImages(src, cache)
+
+    def translate_all(self, ctx: StageContext, cache: KeyedFolder) -> None:
+        """Translate every source training image once, pairing each with a seeded random target
+        image (FDA takes its spectrum), and write them to ``cache``."""
+        src, tgt = ctx.splits.src_train, ctx.splits.tgt_train
+        cache.start()
+        rng = np.random.default_rng([ctx.seed, 11])  # which target image each source image is paired with
+        bs = EVAL_BATCH["segmentation"]
+        ctx.reporter.start(len(src), 0, "translate source")
+        done = 0
+        self.translator.eval()
+        for x, _ in ordered_batches(src, bs, ctx.workers):
+            t = get_batch(tgt, rng.integers(len(tgt), size=len(x)).tolist())
+            x = x.to(ctx.device)
+            with torch.no_grad(), autocast(ctx.device, ctx.precision):
+                y = self.translator.translate(x, resize(t.to(ctx.device), x.shape[-2:]))
+            cache.write(done, to_uint8(y))
+            done += len(x)
+            ctx.reporter.advance(done, {})
+        ctx.reporter.stop()
+        self.translator.train()
+        cache.finish()
 
     @torch.no_grad()
     def pseudo_label(self, ctx: StageContext, rnd: int) -> KeyedFolder:
