@@ -119,3 +119,15 @@ def test_oracle_with_a_budget_trains_on_that_many_target_labels(tmp_path):
     assert every.config["tgt_labeled"] == "all" and len(every.splits.tgt_labeled) == len(every.splits.tgt_train)
     r = invoke("run", "--algo", "erm", *TOY, "--tgt-labeled", "all", "--out", str(tmp_path))
     assert r.exit_code == 0, r.output
+
+
+def test_sweep_overrides_apply_to_the_algorithms_that_have_them():
+    from dabench.errors import DabenchError
+    from dabench.runner import RunConfig
+    from dabench.sweep import plan
+
+    base = RunConfig(algo="", src="toy-src", tgt="toy-tgt", hparams={"lambda_max": "0.5", "lr": "0.02"})
+    configs, _ = plan(["erm", "dann"], [0], [0], 1, base)
+    assert {c.algo: c.hparams for c in configs} == {"erm": {"lr": "0.02"}, "dann": {"lambda_max": "0.5", "lr": "0.02"}}
+    with pytest.raises(DabenchError, match="no algorithm of this sweep"):
+        plan(["erm"], [0], [0], 1, RunConfig(algo="", src="toy-src", tgt="toy-tgt", hparams={"lambda_max": "1"}))

@@ -86,27 +86,32 @@ def test_full_run_records_every_stage_and_pseudo_labels_are_cached(tmp_path):
     assert (labels / "done").exists() and len(list(labels.glob("*.png"))) == n
 
 
-def test_resume_inside_self_training_gives_the_uninterrupted_numbers(tmp_path):
+@pytest.mark.parametrize("where", ["pseudo-label round 1", "self-train 1"])
+def test_a_run_killed_while_pseudo_labelling_or_self_training_resumes_to_the_same_numbers(tmp_path, where):
     hparams = {"selftrain_steps": 4}
     full = run(config(tmp_path / "a", hparams=hparams))
+    killed = _StopIn(where, after=2)
     with pytest.raises(KeyboardInterrupt):
-        run(config(tmp_path / "b", hparams=hparams), reporter=_StopAfterUpdates(6))
+        run(config(tmp_path / "b", hparams=hparams), reporter=killed)
+    labels = next((tmp_path / "b").glob("*/udas/*/pseudo/round1"))
+    assert (labels / "done").exists() == (where == "self-train 1")  # killed mid-labelling: a half-written folder
     resumed = run(config(tmp_path / "b", hparams=hparams, resume=True))
     assert [r["tgt-test"] for r in resumed.records] == [r["tgt-test"] for r in full.records]
     assert [r["stage"] for r in resumed.records] == ["adapt", "adapt", "self-train 1", "self-train 1"]
+    assert (labels / "done").exists()
 
 
-class _StopAfterUpdates(NullReporter):
-    """Interrupts training after ``n`` updates in all, like Ctrl-C."""
+class _StopIn(NullReporter):
+    """Interrupts the run like Ctrl-C after ``after`` progress steps of the named stage."""
 
-    def __init__(self, n):
-        self.n, self.seen = n, 0
+    def __init__(self, stage, after):
+        self.stage, self.after, self.current = stage, after, None
+
+    def start(self, total, done, stage="train"):
+        self.current = stage
 
     def advance(self, step, losses):
-        if not losses:  # a translate / pseudo-label progress bar, not an update
-            return
-        self.seen += 1
-        if self.seen >= self.n:
+        if self.current == self.stage and step >= self.after:
             raise KeyboardInterrupt
 
 
