@@ -47,12 +47,16 @@ class Row:
     std: float  # sample std (ddof=1), 0 when n == 1
     src_val: float  # mean source-validation metric at the chosen steps, percent
     iou: list[float] | None = None  # segmentation: per-class target-test IoU, mean over seeds, percent
+    variant: tuple = ()  # ((hyperparameter, value), ...) set with -H that tell this row from its siblings
 
     @property
     def label(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.variant]
         if self.tgt_labeled == "all":
-            return f"{self.algo} (all labels)"
-        return f"{self.algo} (N={self.tgt_labeled})" if self.tgt_labeled else self.algo
+            parts.append("all labels")
+        elif self.tgt_labeled:
+            parts.append(f"N={self.tgt_labeled}")
+        return f"{self.algo} ({', '.join(parts)})" if parts else self.algo
 
 
 @dataclass
@@ -156,14 +160,25 @@ def _tables(runs: list[Run]) -> list[Table]:
     for (src, tgt, task), group in sorted(pairs.items()):
         rows: dict[tuple, list[Run]] = defaultdict(list)
         for run in group:
-            rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0))].append(run)
-        order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1])))
+            rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0), _variant(run, group))].append(run)
+        order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), str(k[2])))
         metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
         sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
         for method in METHODS.values():
             body = [aggregate(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
             tables.append(Table(src, tgt, task, metric, method, classes, sizes, body))
     return tables
+
+
+def _variant(run: Run, group: list[Run]) -> tuple:
+    """The hyperparameters set with -H whose values differ between runs of this algorithm in the
+    table (an ablation: ``udas`` with ``translator=none``), as ((name, value), ...). Runs that
+    differ only in random-search samples share a row and model selection picks among them."""
+    algo = run.config["algo"]
+    peers = [r for r in group if r.config["algo"] == algo]
+    keys = sorted({k for r in peers for k in r.config.get("overrides") or []})
+    varying = [k for k in keys if len({json.dumps((r.config.get("hparams") or {}).get(k)) for r in peers}) > 1]
+    return tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying)
 
 
 def aggregate(method: Method, key: tuple, runs: list[Run], metric: str, seg: bool, n_classes: int) -> Row:
@@ -180,7 +195,7 @@ def aggregate(method: Method, key: tuple, runs: list[Run], metric: str, seg: boo
         ious.append((record.get(TEST) or {}).get("iou") or [])
     mean, std = _mean_std(test)
     iou = [_mean([100 * v[c] for v in ious if c < len(v) and v[c] is not None]) for c in range(n_classes)]
-    return Row(key[0], key[1], len(test), mean, std, _mean(src), iou if seg else None)
+    return Row(key[0], key[1], len(test), mean, std, _mean(src), iou if seg else None, key[2] if len(key) > 2 else ())
 
 
 def _num(v) -> float:
@@ -289,7 +304,7 @@ def _latex(board: Leaderboard) -> str:
 def _csv(board: Leaderboard) -> str:
     """One long table, values in percent; per-class IoU columns (iou_<class>) for segmentation pairs."""
     classes = list(dict.fromkeys(c for t in board.tables if t.task == "segmentation" for c in t.classes))
-    fields = ["pair", "src", "tgt", "task", "metric", "selection", "oracle", "algorithm", "tgt_labeled", "n",
+    fields = ["pair", "src", "tgt", "task", "metric", "selection", "oracle", "algorithm", "variant", "tgt_labeled", "n",
               "mean", "std", "src_val", *(f"iou_{c}" for c in classes)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fields, restval="", lineterminator="\n")
@@ -298,7 +313,8 @@ def _csv(board: Leaderboard) -> str:
     for t in board.tables:
         for r in t.rows:
             row = dict(pair=t.pair, src=t.src, tgt=t.tgt, task=t.task, metric=t.metric, selection=t.method.name,
-                       oracle=t.method.oracle, algorithm=r.algo, tgt_labeled=r.tgt_labeled, n=r.n, mean=num(r.mean),
+                       oracle=t.method.oracle, algorithm=r.algo, variant="; ".join(f"{k}={v}" for k, v in r.variant),
+                       tgt_labeled=r.tgt_labeled, n=r.n, mean=num(r.mean),
                        std=num(r.std), src_val=num(r.src_val))
             writer.writerow(row | {f"iou_{c}": num(v) for c, v in zip(t.classes, r.iou or [])})
     return buf.getvalue()

@@ -197,7 +197,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise DabenchError(f"Backbone '{backbone_name}' is for {factory.task}, but this is a {src.task} pair.")
     splits = build_splits(src, tgt, tgt_labeled, cfg.seed)
 
-    config = dataclasses.asdict(cfg) | {"backbone": backbone_name, "tgt_labeled": tgt_labeled, "hparams": values}
+    config = dataclasses.asdict(cfg) | {"backbone": backbone_name, "tgt_labeled": tgt_labeled, "hparams": values,
+                                        "overrides": sorted(cfg.hparams)}  # the -H keys: a variant, not a search sample
     for transient in ("resume", "overwrite", "out", "data_root", "device", "workers"):
         config.pop(transient)
     config |= {

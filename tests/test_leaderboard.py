@@ -205,3 +205,21 @@ def test_synthia_16_class_table_adds_the_13_class_mean(tmp_path):
     by_hand = 100 * (sum(iou) - 0.3 - 0.4 - 0.0) / 13  # = 100 * 2.5 / 13
     assert "| mIoU | mIoU13 |" in md and f"| {100 * sum(iou) / 16:.1f} | {by_hand:.1f} |" in md
     assert "mIoU13 = mean IoU over the 13-class subset" in md
+
+
+def test_runs_that_differ_in_a_minus_h_value_are_rows_of_their_own(tmp_path):
+    # an ablation: the same algorithm with translator=none vs fda (set with -H), 2 seeds each;
+    # the -H lr shared by all runs does not split rows, and hparam-search samples still share one
+    ablation = {"none": [0.40, 0.50], "fda": [0.60, 0.70]}
+    for translator, tests in ablation.items():
+        for seed, test in enumerate(tests):
+            root = tmp_path / translator
+            make_run(root, [rec(200, 0.9, 0.5, test)], algo="udas", seed=seed,
+                     hparams={"translator": translator, "lr": 0.01}, overrides=["lr", "translator"])
+    make_run(tmp_path / "none", [rec(200, 0.95, 0.5, 0.10)], algo="udas", seed=0, hparam_index=1,
+             hparams={"translator": "none", "lr": 0.01}, overrides=["lr", "translator"])
+    board = leaderboard(tmp_path)
+    assert cell(board, "source-val", "udas (translator=none)").mean == pytest.approx((10.0 + 50.0) / 2)
+    assert cell(board, "source-val", "udas (translator=fda)").mean == pytest.approx(65.0)
+    assert "| udas (translator=fda) | 65.0 ± 7.1 |" in render(board, "markdown")
+    assert "udas,translator=fda,0,2,65.0" in render(board, "csv")
