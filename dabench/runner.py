@@ -266,9 +266,14 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     if not resume or not (run_dir / "config.json").exists():
         (run_dir / "config.json").write_text(json.dumps(config | environment(), indent=2, default=str))
     torch.manual_seed(cfg.seed)  # the model was built from this seed; batches come from (seed, step)
-    records = fit(prep.algorithm, prep.splits, eval_every=cfg.eval_every, seed=cfg.seed,
-                  run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                  resume=resume, reporter=reporter, workers=cfg.workers, cache_dir=Path(cfg.out) / "cache",
-                  data_key=_data_key(config))
+    try:
+        records = fit(prep.algorithm, prep.splits, eval_every=cfg.eval_every, seed=cfg.seed,
+                      run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
+                      resume=resume, reporter=reporter, workers=cfg.workers, cache_dir=Path(cfg.out) / "cache",
+                      data_key=_data_key(config))
+    except DabenchError:
+        if not resume and not (run_dir / "checkpoint.pt").exists():
+            shutil.rmtree(run_dir)  # refused before anything was trained: leave no half-made run behind
+        raise
     (run_dir / "done").touch()
     return RunResult(run_dir, config, records)

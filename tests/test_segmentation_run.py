@@ -87,3 +87,10 @@ def test_run_command_prints_the_per_class_table(tmp_path):
     values = r.stdout.splitlines()[r.stdout.splitlines().index(header) + 2]
     expected = [f"{100 * v:.1f}" for v in rec["tgt-test"]["iou"]] + [f"{100 * rec['tgt-test']['miou']:.1f}"]
     assert [c.strip() for c in values.split("│")[1:-1]] == expected
+
+
+def test_images_too_small_for_the_discriminator_are_refused_and_leave_no_run(tmp_path):
+    r = CliRunner().invoke(main, ["run", "--algo", "adaptsegnet", "--src", "streets-sim:10", "--tgt", "streets-real:10",
+                                  "--backbone", "toy-segnet", "--image-size", "16", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "at least 32 px" in r.stderr and "--image-size 32" in r.stderr
+    assert "Traceback" not in r.output and not any(tmp_path.rglob("config.json"))

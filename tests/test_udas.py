@@ -191,3 +191,20 @@ def test_keyed_folder_refuses_another_config(tmp_path):
     assert a.complete
     with pytest.raises(DabenchError, match="differs in: x"):
         KeyedFolder(tmp_path / "f", {"x": 2}).complete
+
+
+def test_udas_runs_on_gta5_and_cityscapes_folders_in_their_published_layouts(tmp_path):
+    from test_seg_datasets import make_cityscapes, make_gta5
+
+    data = tmp_path / "data"
+    make_gta5(data)
+    make_cityscapes(data)
+    cfg = RunConfig(algo="udas", src="gta5", tgt="cityscapes", backbone="toy-segnet", steps=2, eval_every=2,
+                    image_size=32, data_root=str(data), out=str(tmp_path / "runs"), tgt_labeled=1,
+                    hparams={"translator": "fda", "fda_beta": 0.09, "selftrain_steps": 2})
+    with pytest.warns(UserWarning, match="differ in size"):
+        result = run(cfg)
+    assert [r["stage"] for r in result.records] == ["adapt", "self-train 1"]
+    assert len(result.records[-1]["tgt-test"]["iou"]) == 19
+    cache = next((tmp_path / "runs" / "cache" / "translated").glob("gta5_to_cityscapes/fda-*"))
+    assert len(list(cache.glob("*.png"))) == result.config["splits"]["src_train"]

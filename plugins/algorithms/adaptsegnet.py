@@ -7,9 +7,11 @@ from torch import nn
 
 from dabench.algorithm import Algorithm, seg_loss, upsample
 from dabench.data import SEGMENTATION, Batch
+from dabench.errors import DabenchError
 from dabench.hparams import HParam, choice, log_uniform
 
 SOURCE, TARGET = 0.0, 1.0  # the domain labels of the authors' code
+MIN_SIDE = 32  # five stride-2 convs: smaller maps leave the last 4x4 kernel nothing to cover
 
 
 def discriminator(num_classes: int, width: int = 64) -> nn.Sequential:
@@ -89,6 +91,10 @@ class AdaptSegNet(Algorithm):
         """One AdaptSegNet iteration: segmentation on the labelled ``parts`` (source first), the
         adversarial loss on the target maps, then the discriminators. ``target_term(tgt_out)``
         returns (loss, logs): an extra loss on the target outputs (UDAS's consistency)."""
+        if min(tgt_x.shape[-2:]) < MIN_SIDE or min(parts[0][0].shape[-2:]) < MIN_SIDE:
+            raise DabenchError(f"AdaptSegNet's discriminator downsamples by 32: it needs images of at least {MIN_SIDE} "
+                               f"px a side, got source {tuple(parts[0][0].shape[-2:])} and target {tuple(tgt_x.shape[-2:])} "
+                               f"(H, W). Use --image-size {MIN_SIDE} or more.")
         adv_weight = {"main": self.hp["lambda_adv"], "aux": self.hp["lambda_adv_aux"]}
         gan = self.hp["gan"]
         optims = [self.optims["seg"], self.optims["disc"]]
