@@ -137,10 +137,13 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
             continue  # done before the checkpoint (or a stage of no steps)
         if index and first == end - stage.steps:
             seed_all(seed * 1000 + index)  # a stage's random numbers do not depend on whether earlier ones ran or were cached
+        t_begin = time.perf_counter()
         data = algo.begin_stage(stage, ctx, resumed=first > end - stage.steps)
         if data is None:  # its work is cached: skip its steps
             save_checkpoint(ckpt, algo, end)
+            _log_time(run_dir, stage.name, "cached", 0, time.perf_counter() - t_begin)
             continue
+        prepare_s = time.perf_counter() - t_begin
         bs = algo.hp["batch_size"]
         src = stream(data.src_train, bs, seed, 0, first, end, workers)
         tgt = stream(data.tgt_train, bs, seed, 1, first, end, workers)
@@ -184,4 +187,12 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                 save_checkpoint(ckpt, algo, step + 1)
         finally:
             reporter.stop()
+        _log_time(run_dir, stage.name, "prepare", 0, prepare_s)
+        _log_time(run_dir, stage.name, "train", end - first, time.perf_counter() - t0)
     return records
+
+
+def _log_time(run_dir: Path, stage: str, part: str, steps: int, seconds: float) -> None:
+    """One line of ``timings.jsonl``: how long a stage's preparation (translating, pseudo-labelling)
+    or its training steps took, evaluations included; a resumed stage adds a line of its own."""
+    append_record(run_dir / "timings.jsonl", {"stage": stage, "part": part, "steps": steps, "seconds": round(seconds, 3)})

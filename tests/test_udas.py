@@ -84,6 +84,10 @@ def test_full_run_records_every_stage_and_pseudo_labels_are_cached(tmp_path):
     labels = result.run_dir / "pseudo" / "round1"
     n = result.config["splits"]["tgt_train"]
     assert (labels / "done").exists() and len(list(labels.glob("*.png"))) == n
+    timings = [json.loads(line) for line in (result.run_dir / "timings.jsonl").read_text().splitlines()]
+    assert [(t["stage"], t["part"], t["steps"]) for t in timings] == [
+        ("adapt", "prepare", 0), ("adapt", "train", 4), ("self-train 1", "prepare", 0), ("self-train 1", "train", 2)]
+    assert all(t["seconds"] >= 0 for t in timings)
 
 
 @pytest.mark.parametrize("where", ["pseudo-label round 1", "self-train 1"])
