@@ -105,7 +105,6 @@ class UDAS(AdaptSegNet):
         self.selftrain_steps = self.hp["selftrain_steps"] or steps
         self.teacher = copy.deepcopy(backbone).requires_grad_(False).eval() if self.hp["selftrain_rounds"] else None
         self.stage: Stage | None = None
-        self.src_size: tuple[int, int] | None = None
 
     @staticmethod
     def check(hp: dict) -> None:
