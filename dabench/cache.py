@@ -104,7 +104,7 @@ class CachedImages(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return from_uint8(self.folder.read(i)), self.base[i][1]
+        return self.image(i), self.base[i][1]
 
     def image(self, i: int) -> torch.Tensor:
         return from_uint8(self.folder.read(i))

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Stage, StageContext, seg_loss, upsample
+from dabench.algorithm import Stage, StageContext, upsample
 from dabench.augment import auto_augment, domain_cutmix, pseudo_labels, sample_lambda
 from dabench.cache import CachedImages, CachedLabels, KeyedFolder, key_hash, to_uint8
 from dabench.data import Batch, get_batch, ordered_batches
 from dabench.errors import DabenchError
 from dabench.hparams import HParam, choice, log_uniform, uniform
 from dabench.registry import translators
+from dabench.runner import slug
 from dabench.trainer import EVAL_BATCH, autocast
 from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
 
@@ -35,11 +36,6 @@ def teacher_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, label
     kl = (log_t.exp() * (log_t - log_s)).sum(1)
     mask = labels != 255
     return kl[mask].sum() / mask.sum().clamp(min=1)
-
-
-def resize(x: torch.Tensor, size) -> torch.Tensor:
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
-                                                                         align_corners=False)
 
 
 class UDAS(AdaptSegNet):
@@ -150,7 +146,7 @@ class UDAS(AdaptSegNet):
         name = self.hp["translator"]
         key = {"translator": name, "hparams": self.translator_hp, "steps": self.translator_steps,
                "batch_size": self.hp["batch_size"] if self.translator_steps else None, "data": ctx.data_key}
-        pair = f"{ctx.data_key.get('src', 'src')}_to_{ctx.data_key.get('tgt', 'tgt')}".replace("/", "_").replace(":", "-")
+        pair = f"{slug(ctx.data_key.get('src', 'src'))}_to_{slug(ctx.data_key.get('tgt', 'tgt'))}"
         return KeyedFolder(ctx.cache_dir / "translated" / pair / f"{name}-{key_hash(key)}", key)
 
     def translated_source(self, ctx: StageContext, cache: KeyedFolder):
@@ -177,7 +173,7 @@ class UDAS(AdaptSegNet):
             t = get_batch(tgt, rng.integers(len(tgt), size=len(x)).tolist())
             x = x.to(ctx.device)
             with torch.no_grad(), autocast(ctx.device, ctx.precision):
-                y = self.translator.translate(x, resize(t.to(ctx.device), x.shape[-2:]))
+                y = self.translator.translate(x, upsample(t.to(ctx.device), x.shape[-2:]))
             cache.write(done, to_uint8(y))
             done += len(x)
             ctx.reporter.advance(done, {})
@@ -215,7 +211,7 @@ class UDAS(AdaptSegNet):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         if self.stage.name == TRANSLATE:
-            return self.translator.update(batch.src_x, resize(batch.tgt_x, batch.src_x.shape[-2:]), step)
+            return self.translator.update(batch.src_x, upsample(batch.tgt_x, batch.src_x.shape[-2:]), step)
         if self.stage.name == ADAPT:
             return self.adapt(batch, step)
         return self.self_train(batch, step)
@@ -255,8 +251,7 @@ class UDAS(AdaptSegNet):
         kl = 0.0
         for (x, y), out in zip(parts, outs):
             kl = kl + teacher_kl(upsample(self.teacher(x)[0], x.shape[-2:]), out["main"], y)
-        weight = {"main": 1.0, "aux": self.hp["aux_weight"]}
-        pseudo = sum(weight[k] * seg_loss(v, batch.tgt_pseudo) for k, v in self.outputs(batch.tgt_x).items())
+        pseudo, _ = self.supervised([(batch.tgt_x, batch.tgt_pseudo)])
         loss = seg + pseudo + self.hp["lambda_teacher"] * kl
         self.step(loss, self.optims["seg"])
         return {"seg": seg.item(), "pseudo": pseudo.item(), "teacher_kl": float(kl.detach())}
