@@ -14,11 +14,16 @@ class Backbone(nn.Module):
 
     ``lower`` ends on a feature map (N, C, H, W) half-way up the network; methods that act on
     intermediate features (SagNet's style randomisation) work between the two parts.
+
+    ``lower_features``: the length of ``lower``'s output flattened, when the network's paper attaches
+    heads there (the DANN paper's digit CNN: its domain classifier reads the 48x4x4 = 768 convolutional
+    features); None when the feature vector is the last layer (timm models), so heads read ``forward``.
     """
 
-    def __init__(self, lower: nn.Module, upper: nn.Module, out_features: int):
+    def __init__(self, lower: nn.Module, upper: nn.Module, out_features: int, lower_features: int | None = None):
         super().__init__()
         self.lower, self.upper, self.out_features = lower, upper, out_features
+        self.lower_features = lower_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.upper(self.lower(x))

@@ -1,6 +1,7 @@
 """SagNet: the randomisations swap the statistics they should, and each of the three steps trains what it should."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -140,3 +141,28 @@ def test_update_lowers_the_content_loss():
     assert set(first) == {"cls", "style", "adv"}
     assert last["cls"] < first["cls"]
     assert all(math.isfinite(v) for v in last.values())
+
+
+def test_adversarial_step_descends_w_adv_times_the_style_networks_uniform_cross_entropy(monkeypatch):
+    """Step 3 by hand: f's gradient is w_adv times that of the cross-entropy between the style network's
+    prediction on content-randomised features of every image and the uniform distribution."""
+    from dabench_plugins.algorithms import sagnet
+
+    calls = []
+    original = sagnet.content_randomize
+    monkeypatch.setattr(sagnet, "content_randomize", lambda x, perm, *a: calls.append(perm) or original(x, perm, *a))
+    algo = make(w_adv=0.3)
+    after_first_f_step = {}
+    algo.optims["features"].register_step_post_hook(
+        lambda o, args, kw: after_first_f_step or after_first_f_step.update(copy.deepcopy(algo.features.state_dict())))
+    batch = toy_batch()
+    algo.update(batch, 0)
+
+    features = copy.deepcopy(algo.features)  # f as step 3 saw it: moved by step 1 only
+    features.load_state_dict(after_first_f_step)
+    images = torch.cat([batch.src_x, batch.tgt_labeled.x, batch.tgt_x])
+    adv = uniform_cross_entropy(algo.style(original(features(images), calls[-1])))
+    expected = torch.autograd.grad(0.3 * adv, list(features.parameters()))
+    for (name, p), g in zip(algo.features.named_parameters(), expected):
+        assert g.abs().sum() > 0, name
+        assert torch.allclose(p.grad, g, atol=1e-7, rtol=1e-4), name

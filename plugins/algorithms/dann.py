@@ -36,10 +36,24 @@ def grl_lambda(p: float, gamma: float = 10.0) -> float:
 class DANN(Algorithm):
     """Domain-adversarial training: features that fool a domain classifier, through a reversed gradient.
 
-    Ganin & Lempitsky, ICML 2015; Ganin et al., JMLR 2016. A domain classifier learns to tell source features from target features; the features
-    learn to fool it through a gradient reversal layer whose weight follows
-    lambda_p = 2/(1+exp(-gamma p)) - 1, with the learning rate annealed as mu_0/(1+10p)^0.75.
-    Domain labels: source 1, target 0; binary cross-entropy averaged over both domains.
+    Ganin & Lempitsky, ICML 2015; Ganin et al., JMLR 2016. A domain classifier learns to tell source
+    features from target features; the features learn to fool it through a gradient reversal layer
+    (GRL) whose weight follows lambda_p = 2/(1+exp(-gamma p)) - 1, with the learning rate annealed as
+    mu_0/(1+10p)^0.75, SGD momentum 0.9, one optimiser for all parts (the GRL makes it a single
+    minimisation). Domain labels: source 1, target 0; binary cross-entropy averaged over both domains.
+    The label loss is on the labelled samples only.
+
+    Where the heads sit, per backbone:
+    - ``digit-cnn`` (the paper's MNIST architecture): both heads branch from the flattened
+      convolutional features (48x4x4 = 768 at 28x28). The label predictor is fc100 -> fc100 -> fc10
+      (the backbone's fc100, then this class's fc100 -> fc10); the GRL and the domain classifier
+      fc100 -> fc1 sit on the 768 features, so the label predictor's layers never get a reversed
+      gradient. Any backbone that sets ``lower_features`` is treated the same way.
+    - ``timm:NAME`` and other backbones whose feature vector is the last layer: the GRL and the
+      domain classifier (fc ``disc_hidden`` -> fc1) sit on the pooled feature vector, the label head
+      (fc100 -> fc K) on the same vector.
+    ``-H domain_head=features`` puts the domain classifier on the feature vector for digit-cnn too
+    (dabench before 0.2; kept as an ablation).
     """
 
     hparams = {
@@ -47,25 +61,32 @@ class DANN(Algorithm):
         "lambda_max": HParam(1.0, log_uniform(-1, 0.5), "final weight of the reversed domain gradient"),
         "gamma": HParam(10.0, uniform(5, 15), "steepness of the lambda schedule"),
         "disc_hidden": HParam(100, None, "width of the domain classifier's hidden layer"),
+        "domain_head": HParam("paper", None, "where the domain classifier reads: paper (conv features where "
+                              "the backbone has them) or features (the backbone's feature vector)",
+                              choices=("paper", "features")),
     }
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
         super().__init__(backbone, num_classes, hparams, steps)
         self.featurizer = backbone
         self.classifier = mlp([backbone.out_features, 100, num_classes])
-        self.discriminator = mlp([backbone.out_features, self.hp["disc_hidden"], 1])
+        self.on_conv = bool(getattr(backbone, "lower_features", None)) and self.hp["domain_head"] == "paper"
+        width = backbone.lower_features if self.on_conv else backbone.out_features
+        self.discriminator = mlp([width, self.hp["disc_hidden"], 1])
         self.optims["model"] = self.sgd(self.parameters())
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.anneal(step)
         x, y = self.labeled_sources(batch)
-        n_src = len(batch.src_x)
-        feats = self.featurizer(torch.cat([x, batch.tgt_x]))
+        n_src, n_tgt = len(batch.src_x), len(batch.tgt_x)
+        low = self.featurizer.lower(torch.cat([x, batch.tgt_x]))
+        feats = self.featurizer.upper(low)
         cls = F.cross_entropy(self.classifier(feats[: len(x)]), y)
         lam = self.hp["lambda_max"] * grl_lambda(self.progress(step), self.hp["gamma"])
-        dom_feats = torch.cat([feats[:n_src], feats[len(x):]])
-        logits = self.discriminator(reverse_grad(dom_feats, lam)).squeeze(1)
-        domain = torch.cat([torch.ones(n_src), torch.zeros(len(batch.tgt_x))]).to(logits)
+        seen = low.flatten(1) if self.on_conv else feats
+        dom_in = torch.cat([seen[:n_src], seen[len(x):]])  # source and unlabelled target images only
+        logits = self.discriminator(reverse_grad(dom_in, lam)).squeeze(1)
+        domain = torch.cat([torch.ones(n_src), torch.zeros(n_tgt)]).to(logits)
         dom = F.binary_cross_entropy_with_logits(logits, domain)
         self.step(cls + dom, self.optims["model"])
         return {"cls": cls.item(), "dom": dom.item(), "lambda": lam}

