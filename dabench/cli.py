@@ -65,7 +65,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except DabenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
             sys.exit(2)
         except RunFailed as exc:
             err_console.print(f"[bold red]run failed:[/] {exc}", highlight=False, soft_wrap=True)

