@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dabench.data import Batch
 from dabench.hparams import defaults
-from dabench_plugins.algorithms.dann import DANN, grl_lambda, reverse_grad
+from dabench_plugins.algorithms.dann import DANN, domain_loss, grl_lambda, reverse_grad
 from dabench_plugins.backbones.digit_cnn import digit_cnn
 
 
@@ -48,7 +48,8 @@ def hand_gradients(algo: DANN, batch: Batch, conv_head: bool) -> tuple[dict, dic
     n = len(batch.src_x)
     cls = F.cross_entropy(algo.classifier(feats[:n]), batch.src_y)
     logits = algo.discriminator(low.flatten(1) if conv_head else feats).squeeze(1)
-    dom = F.binary_cross_entropy_with_logits(logits, torch.cat([torch.ones(n), torch.zeros(len(batch.tgt_x))]))
+    bce = F.binary_cross_entropy_with_logits  # eq. 18: mean over source (domain 1) + mean over target (domain 0)
+    dom = bce(logits[:n], torch.ones(n)) + bce(logits[n:], torch.zeros(len(batch.tgt_x)))
     names, params = zip(*algo.named_parameters())
 
     def grads(loss):
@@ -102,3 +103,11 @@ def test_update_trains_classifier_and_discriminator():
         last = algo.update(Batch(src, y, torch.randn(16, 3, 28, 28)), step)
     assert last["cls"] < first["cls"]
     assert first["lambda"] == 0.0 and 0 < last["lambda"] < 1
+
+
+def test_domain_term_is_the_sum_of_the_per_domain_means():
+    """Eq. 18 by hand: 4 source logits at 0 cost ln 2 on average, 2 target logits at ln 3 cost
+    ln(1 + 3) = ln 4 each (label 0: -log(1 - sigmoid(ln 3)) = log 4); total ln 2 + ln 4 = ln 8."""
+    src, tgt = torch.zeros(4), torch.full((2,), math.log(3.0))
+    assert math.isclose(domain_loss(src, tgt).item(), math.log(8.0), rel_tol=1e-6)
+    assert math.isclose(domain_loss(torch.zeros(64), torch.zeros(8)).item(), 2 * math.log(2), rel_tol=1e-6)

@@ -33,6 +33,13 @@ def grl_lambda(p: float, gamma: float = 10.0) -> float:
     return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
 
 
+def domain_loss(src_logits: torch.Tensor, tgt_logits: torch.Tensor) -> torch.Tensor:
+    """The paper's domain term (JMLR 2016, eq. 18): the mean logistic loss over the source samples
+    (label 1) plus the mean over the target samples (label 0); 2 ln 2 when the classifier is at chance."""
+    bce = F.binary_cross_entropy_with_logits
+    return bce(src_logits, torch.ones_like(src_logits)) + bce(tgt_logits, torch.zeros_like(tgt_logits))
+
+
 class DANN(Algorithm):
     """Domain-adversarial training: features that fool a domain classifier, through a reversed gradient.
 
@@ -40,8 +47,11 @@ class DANN(Algorithm):
     features from target features; the features learn to fool it through a gradient reversal layer
     (GRL) whose weight follows lambda_p = 2/(1+exp(-gamma p)) - 1, with the learning rate annealed as
     mu_0/(1+10p)^0.75, SGD momentum 0.9, one optimiser for all parts (the GRL makes it a single
-    minimisation). Domain labels: source 1, target 0; binary cross-entropy averaged over both domains.
-    The label loss is on the labelled samples only.
+    minimisation). The objective is eq. 18 of the JMLR paper: the label loss (mean over the labelled
+    samples) plus lambda times the domain term, the mean logistic loss over the source samples
+    (domain 1) plus the mean over the target samples (domain 0); at chance that is 2 ln 2 = 1.39.
+    A mean over all 2B images of the batch, as several reimplementations write it, halves the
+    domain term: the same as ``-H lambda_max=0.5 -H disc_lr_mult=0.5``.
 
     Where the heads sit, per backbone:
     - ``digit-cnn`` (the paper's MNIST architecture): both heads branch from the flattened
@@ -61,6 +71,7 @@ class DANN(Algorithm):
         "lambda_max": HParam(1.0, log_uniform(-1, 0.5), "final weight of the reversed domain gradient"),
         "gamma": HParam(10.0, uniform(5, 15), "steepness of the lambda schedule"),
         "disc_hidden": HParam(100, None, "width of the domain classifier's hidden layer"),
+        "disc_lr_mult": HParam(1.0, None, "the domain classifier's learning rate as a multiple of lr (paper: 1)"),
         "domain_head": HParam("paper", None, "where the domain classifier reads: paper (conv features where "
                               "the backbone has them) or features (the backbone's feature vector)",
                               choices=("paper", "features")),
@@ -73,7 +84,9 @@ class DANN(Algorithm):
         self.on_conv = bool(getattr(backbone, "lower_features", None)) and self.hp["domain_head"] == "paper"
         width = backbone.lower_features if self.on_conv else backbone.out_features
         self.discriminator = mlp([width, self.hp["disc_hidden"], 1])
-        self.optims["model"] = self.sgd(self.parameters())
+        disc = list(self.discriminator.parameters())
+        rest = [p for p in self.parameters() if all(p is not q for q in disc)]
+        self.optims["model"] = self.sgd([{"params": rest}, {"params": disc, "lr_mult": self.hp["disc_lr_mult"]}])
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.anneal(step)
@@ -86,8 +99,7 @@ class DANN(Algorithm):
         seen = low.flatten(1) if self.on_conv else feats
         dom_in = torch.cat([seen[:n_src], seen[len(x):]])  # source and unlabelled target images only
         logits = self.discriminator(reverse_grad(dom_in, lam)).squeeze(1)
-        domain = torch.cat([torch.ones(n_src), torch.zeros(n_tgt)]).to(logits)
-        dom = F.binary_cross_entropy_with_logits(logits, domain)
+        dom = domain_loss(logits[:n_src], logits[n_src:])
         self.step(cls + dom, self.optims["model"])
         return {"cls": cls.item(), "dom": dom.item(), "lambda": lam}
 
