@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dabench.data import to_unit_range
 from dabench.errors import DabenchError
 
 
@@ -90,7 +91,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def from_uint8(a: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> a [-1, 1] float image (3, H, W)."""
-    return torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 127.5 - 1
+    return to_unit_range(torch.from_numpy(np.array(a)).permute(2, 0, 1))
 
 
 class CachedImages(Dataset):

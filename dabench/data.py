@@ -51,6 +51,12 @@ def image_count(name: str, arg: str | None, default: int, minimum: int = 10) -> 
     return n
 
 
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels 0-255 (uint8, or floats) -> float32 in [-1, 1]: the one conversion every loader uses.
+    The input is never modified."""
+    return pixels.to(torch.float32, copy=True).div_(127.5).sub_(1.0)
+
+
 class TensorImages(Dataset):
     """Images kept in memory as uint8 (N, C, H, W) with integer labels; served as floats in [-1, 1]."""
 
@@ -68,7 +74,7 @@ class TensorImages(Dataset):
 
     def get_batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return self.images[idx].float().div_(127.5).sub_(1.0), self.targets[idx]
+        return to_unit_range(self.images[idx]), self.targets[idx]
 
     def labels(self) -> np.ndarray:
         return self.targets.numpy()

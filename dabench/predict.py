@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from dabench.algorithm import upsample
+from dabench.data import to_unit_range
 from dabench.errors import DabenchError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -61,7 +62,7 @@ def _read(path: Path) -> Image.Image:
 
 def _tensor(img: Image.Image, size: tuple[int, int], device: torch.device) -> torch.Tensor:
     x = torch.from_numpy(np.asarray(img.resize(size, Image.BICUBIC), dtype=np.float32)).permute(2, 0, 1)
-    return (x / 127.5 - 1).unsqueeze(0).to(device)
+    return to_unit_range(x).unsqueeze(0).to(device)
 
 
 @torch.no_grad()

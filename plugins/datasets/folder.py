@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dabench.data import CLASSIFICATION, Domain, TensorImages
+from dabench.data import CLASSIFICATION, Domain, TensorImages, to_unit_range
 from dabench.errors import DabenchError
 from dabench.registry import plugin
 
@@ -40,7 +40,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(decode(self.files[i], self.size)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        x = to_unit_range(torch.from_numpy(decode(self.files[i], self.size)).permute(2, 0, 1))
         return x, int(self.targets[i])
 
     def labels(self) -> np.ndarray:

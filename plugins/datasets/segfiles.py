@@ -22,7 +22,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import v2
 
-from dabench.data import SEGMENTATION, Domain
+from dabench.data import SEGMENTATION, Domain, to_unit_range
 from dabench.errors import DabenchError
 from dabench.registry import plugin
 from dabench.segmentation import IGNORE_INDEX
@@ -80,7 +80,7 @@ def read_first_channel(path: str | Path) -> np.ndarray:
 
 
 def _unit(img: torch.Tensor) -> torch.Tensor:
-    return img.as_subclass(torch.Tensor).float().div_(127.5).sub_(1.0)
+    return to_unit_range(img.as_subclass(torch.Tensor))
 
 
 # --- the dataset --------------------------------------------------------------------------------
