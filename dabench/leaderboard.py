@@ -23,7 +23,7 @@ from typing import Iterable
 
 from dabench.errors import DabenchError
 from dabench.records import read_records
-from dabench.segmentation import SYNTHIA_13
+from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
 from dabench.selection import METHODS, TEST, Method, select_run
 
 REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
@@ -87,8 +87,9 @@ class Table:
 
     @property
     def subsets(self) -> dict[str, list[int]]:
-        """Standard class subsets a paper reports beside the full mIoU: mIoU13 on the SYNTHIA 16 classes."""
-        if len(self.classes) > len(SYNTHIA_13) and set(SYNTHIA_13) <= set(self.classes):
+        """Standard class subsets a paper reports beside the full mIoU: mIoU13 on the SYNTHIA 16-class tables
+        only (a 19-class GTA5 table also holds the 13 classes, but no paper reports mIoU13 there)."""
+        if self.classes == SYNTHIA_16:
             return {"mIoU13": [self.classes.index(c) for c in SYNTHIA_13]}
         return {}
 

@@ -207,6 +207,16 @@ def test_synthia_16_class_table_adds_the_13_class_mean(tmp_path):
     assert "mIoU13 = mean IoU over the 13-class subset" in md
 
 
+def test_a_19_class_table_has_no_13_class_mean(tmp_path):
+    from dabench.segmentation import CITYSCAPES_CLASSES
+
+    iou = [0.5] * 19
+    make_run(tmp_path, [seg(200, 0.5, 0.3, 0.5, iou)], seed=0, src="gta5", tgt="cityscapes",
+             task="segmentation", algo="erm", classes=CITYSCAPES_CLASSES, eval_size="1024x512")
+    md = render(leaderboard(tmp_path), "markdown")
+    assert "| mIoU |" in md and "mIoU13" not in md
+
+
 def test_runs_that_differ_in_a_minus_h_value_are_rows_of_their_own(tmp_path):
     # an ablation: the same algorithm with translator=none vs fda (set with -H), 2 seeds each;
     # the -H lr shared by all runs does not split rows, and hparam-search samples still share one
