@@ -107,3 +107,16 @@ def test_erm_segmentation_never_forwards_target_images():
     erm.featurizer.encoder.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-2:]))
     erm.update(batch(), 0)
     assert seen == [torch.Size([64, 96])]  # the source image only
+
+
+def test_poly_horizon_lets_a_short_run_follow_the_reference_schedule():
+    """The reference decays over 250k steps and stops at 150k: at step 75k of such a run the rate is
+    lr * (1 - 75/250) ** 0.9 = lr * 0.7 ** 0.9, not lr * 0.5 ** 0.9 as with the run's own length."""
+    hp = defaults(AdaptSegNet.hparams)
+    algo = AdaptSegNet(tiny_segnet(), 3, hp | {"poly_horizon": 250_000}, steps=150_000)
+    algo.poly(75_000)
+    seg_group = algo.optims["seg"].param_groups[0]
+    assert math.isclose(seg_group["lr"], hp["lr"] * seg_group["lr_mult"] * 0.7 ** 0.9, rel_tol=1e-9)
+    own = AdaptSegNet(tiny_segnet(), 3, hp, steps=150_000)
+    own.poly(75_000)
+    assert math.isclose(own.optims["seg"].param_groups[0]["lr"], hp["lr"] * seg_group["lr_mult"] * 0.5 ** 0.9, rel_tol=1e-9)
