@@ -190,11 +190,13 @@ def concat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
-def upsample(logits: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize of (N, K, h, w) logits to ``size`` (H, W); identity when already there."""
+def upsample(logits: torch.Tensor, size, align_corners: bool = True) -> torch.Tensor:
+    """Bilinear resize of (N, K, h, w) logits to ``size`` (H, W); identity when already there.
+    Corner-aligned (``align_corners=True``), as the AdaptSegNet, ADVENT and FDA code upsample their
+    logits for the loss, the discriminators and evaluation; images are resized with False."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -120,3 +120,16 @@ def test_poly_horizon_lets_a_short_run_follow_the_reference_schedule():
     own = AdaptSegNet(tiny_segnet(), 3, hp, steps=150_000)
     own.poly(75_000)
     assert math.isclose(own.optims["seg"].param_groups[0]["lr"], hp["lr"] * seg_group["lr_mult"] * 0.5 ** 0.9, rel_tol=1e-9)
+
+
+def test_logits_are_upsampled_corner_aligned_for_the_loss():
+    """2 -> 4 pixels wide, corner-aligned: samples at 0, 1/3, 2/3, 1 of the way, so a logit row
+    (0, 3) becomes (0, 1, 2, 3) (not (0, 0.75, 2.25, 3) as with align_corners=False). With class-1
+    logits 0 everywhere, pixel j labelled 0 costs log(1 + exp(-z_j)), z = (0, 1, 2, 3)."""
+    from dabench.algorithm import seg_loss, upsample
+
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 0] = torch.tensor([[0.0, 3.0], [0.0, 3.0]])
+    assert torch.allclose(upsample(logits, (2, 4))[0, 0, 0], torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    by_hand = sum(math.log(1 + math.exp(-z)) for z in (0, 1, 2, 3)) / 4
+    assert math.isclose(seg_loss(logits, torch.zeros(1, 2, 4, dtype=torch.long)).item(), by_hand, rel_tol=1e-6)

@@ -173,7 +173,7 @@ class UDAS(AdaptSegNet):
             t = get_batch(tgt, rng.integers(len(tgt), size=len(x)).tolist())
             x = x.to(ctx.device)
             with torch.no_grad(), autocast(ctx.device, ctx.precision):
-                y = self.translator.translate(x, upsample(t.to(ctx.device), x.shape[-2:]))
+                y = self.translator.translate(x, upsample(t.to(ctx.device), x.shape[-2:], align_corners=False))
             cache.write(done, to_uint8(y))
             done += len(x)
             ctx.reporter.advance(done, {})
@@ -211,7 +211,7 @@ class UDAS(AdaptSegNet):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         if self.stage.name == TRANSLATE:
-            return self.translator.update(batch.src_x, upsample(batch.tgt_x, batch.src_x.shape[-2:]), step)
+            return self.translator.update(batch.src_x, upsample(batch.tgt_x, batch.src_x.shape[-2:], align_corners=False), step)
         if self.stage.name == ADAPT:
             return self.adapt(batch, step)
         return self.self_train(batch, step)
