@@ -1,6 +1,7 @@
 """UDAS: its losses on hand-checkable examples, its stages, caches and resume."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -15,7 +16,9 @@ from dabench.cli import main
 from dabench.errors import DabenchError
 from dabench.runner import prepare
 from dabench.trainer import NullReporter
-from dabench_plugins.algorithms.udas import UDAS, symmetric_kl, teacher_kl
+from dabench.data import Batch, Labeled, get_batch
+from dabench_plugins.algorithms import udas as udas_module
+from dabench_plugins.algorithms.udas import ADAPT, SELFTRAIN, UDAS, symmetric_ce, symmetric_kl, teacher_kl
 
 SEG = dict(src="toyseg-src", tgt="toyseg-tgt", backbone="toy-segnet", steps=4, eval_every=2)
 FAST = {"translator": "fda", "selftrain_steps": 2}
@@ -35,6 +38,102 @@ def test_symmetric_kl_is_zero_when_primary_and_auxiliary_agree_and_matches_a_han
     a = torch.log(torch.tensor([0.9, 0.1])).view(1, 2, 1, 1)
     assert symmetric_kl(p, a).item() == pytest.approx(0.4 * math.log(9), rel=1e-5)
     assert symmetric_kl(a, p).item() == pytest.approx(0.4 * math.log(9), rel=1e-5)
+
+
+def test_consistency_is_the_papers_symmetric_cross_entropy_by_hand():
+    """Two pixels. Pixel 1: F_p = (0.5, 0.5), F_a = (0.8, 0.2):
+    -(0.8 ln 0.5 + 0.2 ln 0.5) - (0.5 ln 0.8 + 0.5 ln 0.2) = ln 2 + 0.5 ln(1/0.16) = ln 2 + ln 2.5 = ln 5.
+    Pixel 2: both (0.5, 0.5): 2 ln 2 = ln 4. Mean over pixels: (ln 5 + ln 4) / 2 = ln(20) / 2."""
+    p = torch.zeros(1, 2, 1, 2)
+    a = torch.tensor([[math.log(4.0), 0.0], [0.0, 0.0]]).T.reshape(1, 2, 1, 2)  # pixel 1: (0.8, 0.2)
+    assert symmetric_ce(p, a).item() == pytest.approx(math.log(20) / 2, rel=1e-6)
+    assert symmetric_ce(a, p).item() == pytest.approx(math.log(20) / 2, rel=1e-6)
+    sharp = torch.tensor([30.0, 0.0]).view(1, 2, 1, 1)
+    assert symmetric_ce(sharp, sharp).item() == pytest.approx(0.0, abs=1e-6)  # equal one-hot maps: 0
+
+
+def adapt_algo(tmp_path, **hparams):
+    """A UDAS in its adaptation stage (no translator, no self-training) and a batch of its data."""
+    prep = prepare(config(tmp_path, hparams={"translator": "none", "selftrain_rounds": 0} | hparams))
+    algo = prep.algorithm
+    algo.stage = Stage(ADAPT, 4)
+    s = prep.splits
+    x, y = get_batch(s.src_train, [0, 1])
+    return algo, Batch(x, y, get_batch(s.tgt_train, [0, 1]))
+
+
+def segmenter_grads(algo) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in algo.segmenter.parameters()]
+
+
+def test_adaptation_gradient_holds_lambda_kl_times_the_consistency_on_target_images(tmp_path):
+    algo, batch = adapt_algo(tmp_path)
+    assert algo.hp["lambda_kl"] == 1.0 and algo.hp["consistency"] == "ce"  # the paper's defaults
+    without = copy.deepcopy(algo)
+    without.hp["lambda_kl"] = 0.0
+    fresh = copy.deepcopy(algo)
+    out = fresh.outputs(batch.tgt_x)
+    expected = torch.autograd.grad(symmetric_ce(out["main"], out["aux"]), list(fresh.segmenter.parameters()),
+                                   allow_unused=True)
+    algo.update(batch, 0)
+    without.update(batch, 0)
+    for g_with, g_without, g_kl in zip(segmenter_grads(algo), segmenter_grads(without), expected):
+        g_kl = torch.zeros_like(g_with) if g_kl is None else g_kl
+        assert torch.allclose(g_with - g_without, g_kl, atol=1e-6, rtol=1e-3)
+    assert any(g is not None and g.abs().sum() > 0 for g in expected)
+
+
+def labelled_batch(batch: Batch, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+    return Batch(batch.src_x, batch.src_y, batch.tgt_x, Labeled(images, labels))
+
+
+def adapt_from(algo, batch, seed=0) -> list[torch.Tensor]:
+    """The segmenter's weights after one adaptation step of a copy of ``algo`` (CutMix's box seeded)."""
+    algo = copy.deepcopy(algo)
+    torch.manual_seed(seed)
+    algo.update(batch, 0)
+    return [p.detach().clone() for p in algo.segmenter.parameters()]
+
+
+def test_labelled_target_pixels_reach_adaptation_only_through_domain_cutmix(tmp_path, monkeypatch):
+    """Two different labelled target batches change the adaptation step (through CutMix); with CutMix
+    made to paste nothing, they no longer change it: there is no other path (UDAS, Domain CutMix)."""
+    algo, batch = adapt_algo(tmp_path, autoaugment=False)
+    lab_x, lab_y = batch.tgt_x, torch.zeros(2, *batch.tgt_x.shape[-2:], dtype=torch.long)
+    one = labelled_batch(batch, lab_x, lab_y)
+    other = labelled_batch(batch, -lab_x, (lab_y + 1) % 3)
+    assert any(not torch.equal(a, b) for a, b in zip(adapt_from(algo, one), adapt_from(algo, other)))
+
+    monkeypatch.setattr(udas_module, "domain_cutmix", lambda x, y, tx, ty, lam: (x, y))
+    assert all(torch.equal(a, b) for a, b in zip(adapt_from(algo, one), adapt_from(algo, other)))
+    direct = copy.deepcopy(algo)
+    direct.hp["tgt_direct"] = True  # dabench 0.1's extra supervised group: a second path
+    assert any(not torch.equal(a, b) for a, b in zip(adapt_from(direct, one), adapt_from(direct, other)))
+
+
+def test_self_training_descends_the_pseudo_label_loss(tmp_path):
+    """Changing the pseudo-labels changes the self-training step, by the gradient of the pseudo-label
+    segmentation loss."""
+    algo, batch = adapt_algo(tmp_path)
+    algo.teacher = copy.deepcopy(algo.segmenter).requires_grad_(False).eval()
+    algo.stage = Stage(f"{SELFTRAIN} 1", 2)
+    shape = (2, *batch.tgt_x.shape[-2:])
+    a = Batch(batch.src_x, batch.src_y, batch.tgt_x, tgt_pseudo=torch.zeros(shape, dtype=torch.long))
+    b = Batch(batch.src_x, batch.src_y, batch.tgt_x, tgt_pseudo=torch.full(shape, 2, dtype=torch.long))
+    ga, gb = copy.deepcopy(algo), copy.deepcopy(algo)
+    ga.update(a, 0)
+    gb.update(b, 0)
+    fresh = copy.deepcopy(algo)
+    params = list(fresh.segmenter.parameters())
+
+    def pseudo_grad(labels):
+        loss, _ = fresh.supervised([(batch.tgt_x, labels)])
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    for pa, pb, ea, eb in zip(segmenter_grads(ga), segmenter_grads(gb), pseudo_grad(a.tgt_pseudo), pseudo_grad(b.tgt_pseudo)):
+        if ea is None:
+            continue
+        assert torch.allclose(pa - pb, ea - eb, atol=1e-6, rtol=1e-3)
 
 
 def test_teacher_kl_counts_only_labelled_pixels():

@@ -23,6 +23,14 @@ from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
 TRANSLATE, ADAPT, SELFTRAIN = "translate", "adapt", "self-train"
 
 
+def symmetric_ce(p_logits: torch.Tensor, a_logits: torch.Tensor) -> torch.Tensor:
+    """UDAS's L_kl as the paper writes it: -sum_c F_a log F_p - sum_c F_p log F_a per pixel (a symmetric
+    cross-entropy: the symmetric KL plus the entropies of both maps, so it also asks for confident
+    predictions), averaged over pixels like L_seg, in float32. Its minimum, 0, is two equal one-hot maps."""
+    log_p, log_a = F.log_softmax(p_logits.float(), 1), F.log_softmax(a_logits.float(), 1)
+    return -(log_a.exp() * log_p + log_p.exp() * log_a).sum(1).mean()
+
+
 def symmetric_kl(p_logits: torch.Tensor, a_logits: torch.Tensor) -> torch.Tensor:
     """KL(F_p || F_a) + KL(F_a || F_p) per pixel, averaged: sum_c (F_p - F_a)(log F_p - log F_a).
     Zero exactly when the primary and auxiliary distributions agree."""
@@ -46,12 +54,16 @@ class UDAS(AdaptSegNet):
        ``fda`` needs no training, ``none``); the translated source set is written once to a cache
        folder keyed by the translator's config and the data, and reused by later runs.
     2. adapt: AdaptSegNet's multi-level output-space adversarial training on the translated
-       source, plus the symmetric KL between the primary and auxiliary outputs on target images:
-       L_seg + L_adv + lambda_kl L_kl (lambda_kl 0.1: at 1.0 the unbounded KL
-       drove the segmentation loss from 0.6 to 13 on streets). With labelled target images (``--tgt-labeled N``), Domain
-       CutMix pastes a box of a labelled target image (and its labels) into each translated source
-       image, then AutoAugment moves image and mask together; the mixed samples replace the plain
-       source ones in L_seg.
+       source, plus the paper's consistency between the primary and auxiliary outputs on target
+       images, L_total = L_seg + L_adv + L_kl with L_kl = -sum F_a log F_p - sum F_p log F_a
+       (``symmetric_ce``, mean over pixels as L_seg is; weight ``lambda_kl`` 1 as in the paper).
+       With labelled target images (``--tgt-labeled N``), Domain CutMix pastes a box of a labelled
+       target image (and its labels) into each translated source image, then AutoAugment moves
+       image and mask together; the mixed samples replace the plain source ones in L_seg. As in
+       the paper, this is the only way labelled target pixels reach the adaptation stage, so the
+       model does not come to depend on them (``-H tgt_direct=true`` also trains on them as a
+       plain group, dabench 0.1's behaviour; ``-H consistency=kl`` is dabench 0.1's symmetric KL,
+       which drops the two entropy terms).
     3. self-train 1..R: the current model is the teacher; it labels every unlabelled target
        image from K augmented views (geometric ops inverted, the most confident view per pixel,
        pixels under ``threshold`` ignored); the student (starting from the teacher) trains on these
@@ -68,8 +80,12 @@ class UDAS(AdaptSegNet):
         "translator_steps": HParam(0, None, "training steps of a trainable translator; 0 = as many as --steps"),
         "adversarial": HParam(True, None, "stage 2's output-space adversarial loss and primary/auxiliary KL on the "
                                           "target; false trains on (translated) source labels alone"),
-        "lambda_kl": HParam(0.1, log_uniform(-2.5, 0), "weight of the primary/auxiliary symmetric KL on target images "
-                                                       "(1.0 diverged on streets: the symmetric KL is unbounded)"),
+        "lambda_kl": HParam(1.0, log_uniform(-2.5, 0), "weight of the primary/auxiliary consistency L_kl on target "
+                                                       "images (paper: 1)"),
+        "consistency": HParam("ce", None, "L_kl's form: ce (the paper's symmetric cross-entropy) or kl (the "
+                              "symmetric KL, without the entropy terms)", choices=("ce", "kl")),
+        "tgt_direct": HParam(False, None, "adaptation stage: also train on labelled target images as a plain group "
+                                          "(the paper uses them only through Domain CutMix)"),
         "cutmix": HParam(True, None, "Domain CutMix of labelled target boxes into source images (needs --tgt-labeled)"),
         "cutmix_alpha": HParam(1.0, uniform(0.2, 2.0), "CutMix share lambda ~ Beta(alpha, alpha) of the source image kept"),
         "autoaugment": HParam(True, None, "AutoAugment on the mixed samples (geometric ops on image and mask)"),
@@ -216,9 +232,9 @@ class UDAS(AdaptSegNet):
             return self.adapt(batch, step)
         return self.self_train(batch, step)
 
-    def labelled(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def labelled(self, batch: Batch, direct: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The labelled groups: (translated) source, Domain-CutMixed with labelled target images when
-        there are any, then the labelled target images themselves."""
+        there are any, then (``direct``) the labelled target images themselves."""
         x, y = batch.src_x, batch.src_y
         lab = batch.tgt_labeled
         if lab is None:
@@ -227,26 +243,28 @@ class UDAS(AdaptSegNet):
             x, y = domain_cutmix(x, y, lab.x, lab.y, sample_lambda(self.hp["cutmix_alpha"]))
             if self.hp["autoaugment"]:
                 x, y = auto_augment(x, y)
-        return [(x, y), (lab.x, lab.y)]
+        return [(x, y), (lab.x, lab.y)] if direct else [(x, y)]
 
     def adapt(self, batch: Batch, step: int) -> dict[str, float]:
         seg_optims = [self.optims["seg"], self.optims["disc"]]
         self.poly(step, self.steps, seg_optims)
-        parts = self.labelled(batch)
+        parts = self.labelled(batch, direct=self.hp["tgt_direct"])  # the paper: labelled target only through CutMix
         if not self.hp["adversarial"]:
             loss, _ = self.supervised(parts)
             self.step(loss, self.optims["seg"])
             return {"seg": loss.item()}
 
+        form = symmetric_ce if self.hp["consistency"] == "ce" else symmetric_kl
+
         def consistency(tgt_out):
-            kl = self.hp["lambda_kl"] * symmetric_kl(tgt_out["main"], tgt_out["aux"]) if "aux" in tgt_out else 0.0
+            kl = self.hp["lambda_kl"] * form(tgt_out["main"], tgt_out["aux"]) if "aux" in tgt_out else 0.0
             return kl, {"kl": float(kl.detach()) if torch.is_tensor(kl) else kl}
 
         return self.adapt_step(parts, batch.tgt_x, consistency)
 
     def self_train(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step, self.selftrain_steps, [self.optims["seg"]])
-        parts = self.labelled(batch)
+        parts = self.labelled(batch, direct=True)  # self-training uses labelled target images directly
         seg, outs = self.supervised(parts)
         kl = 0.0
         for (x, y), out in zip(parts, outs):
