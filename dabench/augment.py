@@ -177,6 +177,11 @@ def apply_op(x: torch.Tensor, y: torch.Tensor, op: str, magnitude: float) -> tup
         x = _geometric(x, op, magnitude, fill=0.0)
         y = _geometric(tv_tensors.Mask(y), op, magnitude, fill=IGNORE_INDEX).as_subclass(torch.Tensor)
         return x, y
+    return photometric(x, op, magnitude), y.clone()
+
+
+def photometric(x: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
+    """One photometric AutoAugment op on images in [-1, 1], by torchvision's functional ops."""
     if op not in PHOTOMETRIC_OPS:
         raise ValueError(f"Unknown AutoAugment op {op!r}; expected one of {GEOMETRIC_OPS + PHOTOMETRIC_OPS}.")
     image = (x + 1) / 2  # torchvision's float ops expect [0, 1]
@@ -198,7 +203,7 @@ def apply_op(x: torch.Tensor, y: torch.Tensor, op: str, magnitude: float) -> tup
         image = TF.equalize(image)
     else:
         image = TF.invert(image)
-    return image * 2 - 1, y.clone()
+    return image * 2 - 1
 
 
 def _geometric(t: torch.Tensor, op: str, m: float, fill: float) -> torch.Tensor:
@@ -222,7 +227,7 @@ def _geometric(t: torch.Tensor, op: str, m: float, fill: float) -> torch.Tensor:
 
 @dataclass
 class Views:
-    """How ``make_views`` made its k * N views (view-major: view v of image n is row v * N + n).
+    """How ``autoaugment_views`` made its k * N views (view-major: view v of image n is row v * N + n).
     ``theta`` (k * N, 2, 3) is each view's sampling matrix in ``affine_grid``'s normalised
     coordinates: view(p) = image(theta @ [p, 1])."""
 
@@ -230,34 +235,66 @@ class Views:
     theta: torch.Tensor
 
 
-def make_views(
-    x: torch.Tensor,
-    k: int,
-    generator: torch.Generator | None = None,
-    *,
-    flip: float = 0.5,
-    rotate: float = 10.0,
-    translate: float = 0.1,
-    scale: tuple[float, float] = (0.9, 1.1),
-) -> tuple[torch.Tensor, Views]:
-    """k views of each image of x (N, C, H, W), stacked (k * N, C, H, W) for one forward pass.
-    View 0 is the image itself; the others are a horizontal flip (probability ``flip``) and an
-    affine map (rotation up to ``rotate`` degrees, shift up to ``translate`` of the size, zoom in
-    ``scale``), then one photometric change (brightness, contrast or saturation by 0.7..1.3)."""
+def autoaugment_views(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Views]:
+    """k samples of AutoAugment's ImageNet policy for each image of x (N, C, H, W), stacked view-major
+    (k * N, C, H, W) for one forward pass: UDAS's pseudo-label views (sec. 4.2.5, K = 3).
+
+    Each view draws a sub-policy as ``auto_augment`` does. Its photometric ops change the image; its
+    geometric ops (rotation about the centre, shears, translations, on torchvision's AutoAugment
+    scales) are composed into one affine map, applied last with bilinear resampling (outside: 0, mid
+    grey), and recorded in ``Views.theta`` so that ``invert_views`` maps each pixel back. Applying
+    the photometric ops before the geometric ones, not in the policy's order, changes nothing for
+    the per-pixel ops and only the grey border's share of the histogram for Equalize/AutoContrast."""
     if k < 1:
-        raise ValueError(f"make_views needs k >= 1 views, got {k}.")
+        raise ValueError(f"autoaugment_views needs k >= 1 views, got {k}.")
     n, _, height, width = x.shape
-    m = (k - 1) * n
-    theta = _view_matrices(m, height, width, generator, flip, rotate, translate, scale)
-    identity = torch.eye(2, 3, dtype=theta.dtype).expand(n, 2, 3)
-    params = Views(k, torch.cat([identity, theta]).to(x.device))
-    if m == 0:
-        return x.clone(), params
-    moved = _warp(x.repeat(k - 1, 1, 1, 1), params.theta[n:], padding="zeros")
-    op = torch.randint(3, (m,), generator=generator, device=_device(generator)).cpu()
-    factors = torch.ones(m, 3, dtype=torch.float64)
-    factors[torch.arange(m), op] = _uniform(m, generator, 0.7, 1.3)
-    return torch.cat([x, _jitter(moved, factors.to(x.device, x.dtype))]), params
+    images, thetas = [], []
+    for _ in range(k):
+        for i in range(n):
+            xi, forward = x[i : i + 1], torch.eye(3, dtype=torch.float64)
+            for op, probability, bin in IMAGENET_POLICY[_randint(len(IMAGENET_POLICY), generator)]:
+                if _uniform(1, generator).item() >= probability:
+                    continue
+                m = magnitude(op, bin, height, width)
+                if op in _SIGNED_MAX and _uniform(1, generator).item() < 0.5:
+                    m = -m
+                if op in GEOMETRIC_OPS:
+                    forward = _pixel_map(op, m, height, width) @ forward
+                else:
+                    xi = photometric(xi, op, m)
+            images.append(xi)
+            thetas.append(_sampling_theta(forward, height, width))
+    theta = torch.stack(thetas).to(x.device, torch.float32)
+    return _warp(torch.cat(images), theta, padding="zeros"), Views(k, theta)
+
+
+def _pixel_map(op: str, m: float, height: int, width: int) -> torch.Tensor:
+    """The 3x3 map of a geometric op from input to output pixel coordinates (x right, y down, pixel
+    centres at integers): rotation by m degrees about the image centre, shear x += m y (or y += m x),
+    translation by m pixels."""
+    a = torch.eye(3, dtype=torch.float64)
+    if op == "Rotate":
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        c, s = math.cos(math.radians(m)), math.sin(math.radians(m))
+        a[:2, :2] = torch.tensor([[c, s], [-s, c]], dtype=torch.float64)  # counter-clockwise on screen
+        a[:2, 2] = torch.tensor([cx - c * cx - s * cy, cy + s * cx - c * cy], dtype=torch.float64)
+    elif op == "ShearX":
+        a[0, 1] = m
+    elif op == "ShearY":
+        a[1, 0] = m
+    elif op == "TranslateX":
+        a[0, 2] = m
+    else:
+        a[1, 2] = m
+    return a
+
+
+def _sampling_theta(forward: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``affine_grid``'s (2, 3) matrix (normalised coordinates, align_corners=False) that samples the
+    image a pixel map ``forward`` makes: output -> input is the inverse map, N forward^-1 N^-1."""
+    to_norm = torch.tensor([[2 / width, 0, 1 / width - 1], [0, 2 / height, 1 / height - 1], [0, 0, 1]],
+                           dtype=torch.float64)
+    return (to_norm @ torch.linalg.inv(forward) @ torch.linalg.inv(to_norm))[:2]
 
 
 def invert_views(probs: torch.Tensor, params: Views) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,40 +338,14 @@ def pseudo_labels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """UDAS's multi-view pseudo-labels of images x: ``predict`` (the teacher, returning logits)
     runs once on all k views stacked; see ``max_confidence_labels`` for what comes back."""
-    views, params = make_views(x, k, generator)
+    views, params = autoaugment_views(x, k, generator)
     probs = upsample(predict(views), x.shape[-2:]).float().softmax(1)
     return max_confidence_labels(*invert_views(probs, params), threshold)
-
-
-def _view_matrices(n, height, width, generator, flip, rotate, translate, scale) -> torch.Tensor:
-    """(n, 2, 3) random flip + rotation + zoom + shift, built in pixel units (so a rotation stays
-    a rotation on a non-square image) and expressed in normalised coordinates."""
-    angle = torch.deg2rad(_uniform(n, generator, -rotate, rotate))
-    zoom = _uniform(n, generator, scale[0], scale[1])
-    mirror = torch.where(_uniform(n, generator) < flip, -1.0, 1.0).double()
-    shift = _uniform(2 * n, generator, -translate, translate).view(n, 2) * 2  # normalised units
-    cos, sin = angle.cos() / zoom, angle.sin() / zoom
-    aspect = height / width  # pixel units -> normalised: S^-1 M S with S = diag(W / 2, H / 2)
-    linear = torch.stack([cos * mirror, -sin * aspect, sin * mirror / aspect, cos], -1).view(n, 2, 2)
-    return torch.cat([linear, shift[:, :, None]], 2).float()
 
 
 def _warp(x: torch.Tensor, theta: torch.Tensor, padding: str) -> torch.Tensor:
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
-
-
-def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Brightness, contrast and saturation of images in [-1, 1] scaled per image by ``factors``
-    (n, 3); a factor of 1 leaves that property as it was."""
-    image = (x + 1) / 2
-    brightness, contrast, saturation = (factors[:, i, None, None, None] for i in range(3))
-    image = (image * brightness).clamp(0, 1)
-    grey = TF.rgb_to_grayscale(image) if image.shape[1] == 3 else image.mean(1, keepdim=True)
-    image = ((image - grey.mean((2, 3), keepdim=True)) * contrast + grey.mean((2, 3), keepdim=True)).clamp(0, 1)
-    grey = TF.rgb_to_grayscale(image) if image.shape[1] == 3 else image.mean(1, keepdim=True)
-    image = ((image - grey) * saturation + grey).clamp(0, 1)
-    return image * 2 - 1
 
 
 def _device(generator: torch.Generator | None) -> torch.device | str:

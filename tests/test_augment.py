@@ -15,13 +15,16 @@ from dabench.augment import (
     GEOMETRIC_OPS,
     IMAGENET_POLICY,
     PHOTOMETRIC_OPS,
+    _pixel_map,
+    _sampling_theta,
+    _warp,
     apply_op,
     auto_augment,
+    autoaugment_views,
     cutmix_box,
     domain_cutmix,
     invert_views,
     magnitude,
-    make_views,
     max_confidence_labels,
     pseudo_labels,
     sample_lambda,
@@ -213,40 +216,56 @@ def test_max_confidence_labels_takes_the_most_confident_valid_view():
     assert (nowhere == IGNORE_INDEX).all() and (zero == 0).all()
 
 
-def test_inverting_flipped_views_recovers_every_pixel():
-    labels = torch.randint(0, 3, (2, 12, 20), generator=gen(10))
-    views, params = make_views(one_hot_image(labels), 4, gen(11), rotate=0.0, translate=0.0, scale=(1.0, 1.0))
-    assert views.shape == (8, 3, 12, 20)
-    assert (params.theta[:, 0, 0] == -1).any() and (params.theta[2:, 0, 0] == 1).any()  # some flipped, some not
+def test_geometric_ops_are_exact_pixel_maps():
+    """By hand on a 5x5 ramp: translate by 2 px, rotate by 90 degrees (= torch.rot90), shear x += y."""
+    x = torch.arange(25.0).view(1, 1, 5, 5)
 
-    probs, valid = invert_views(perfect_segmenter(views), params)
+    def moved(op, m):
+        return _warp(x, _sampling_theta(_pixel_map(op, m, 5, 5), 5, 5).float()[None], padding="zeros")[0, 0]
 
-    assert probs.shape == (4, 2, 3, 12, 20) and valid.shape == (4, 2, 12, 20) and valid.all()
-    assert torch.equal(probs.argmax(2), labels.expand(4, -1, -1, -1))
-    assert torch.allclose(probs, F.one_hot(labels, 3).permute(0, 3, 1, 2).float().expand_as(probs), atol=1e-4)
+    assert torch.equal(moved("TranslateX", 2).round(), F.pad(x[0, 0, :, :3], (2, 0)))
+    assert torch.allclose(moved("Rotate", 90), torch.rot90(x[0, 0], 1, [0, 1]), atol=1e-4)
+    assert moved("ShearX", 1).round()[3].tolist() == [0, 0, 0, 15, 16]
 
 
-def test_inverting_affine_views_recovers_the_labels_away_from_edges():
+def test_autoaugment_views_invert_back_to_the_labels_away_from_edges(monkeypatch):
+    """The views are samples of the AutoAugment policy; mapping each view's output back through its
+    recorded geometry recovers the labels (photometric ops off here: they would recolour the one-hot
+    test image that the 'perfect segmenter' reads)."""
+    import dabench.augment as augment
+
+    ops = []
+    monkeypatch.setattr(augment, "photometric", lambda x, op, m: ops.append(op) or x)
     g = gen(12)
     blocks = torch.randint(0, 3, (2, 4, 6), generator=g)
     labels = blocks.repeat_interleave(12, 1).repeat_interleave(12, 2)  # (2, 48, 72)
-    views, params = make_views(one_hot_image(labels), 4, g, flip=0.5, rotate=15.0)
+    views, params = autoaugment_views(one_hot_image(labels), 8, g)
+    assert views.shape == (16, 3, 48, 72) and params.k == 8 and ops  # photometric ops were drawn too
+    moved = (params.theta - torch.eye(2, 3)).abs().sum((1, 2)) > 1e-6
+    assert 0 < moved.sum() < 16  # some views rotated, sheared or shifted by the policy, some not
     seen = perfect_segmenter(views)
 
     probs, valid = invert_views(seen, params)
 
-    # Compare where the view saw a whole 5x5 neighbourhood of one label, 2 px inside the image.
     same_label = erode(labels == 0) | erode(labels == 1) | erode(labels == 2)
     trusted = erode(valid) & same_label  # (k, N, H, W)
-    recovered = probs.argmax(2) == labels
     assert trusted.float().mean() > 0.4
-    assert recovered[trusted].all()
-    raw = seen.argmax(1).view(4, 2, 48, 72) == labels
-    assert raw[1:].float().mean() < 0.9  # the views did move: without inverting they disagree
-    assert not valid[1:].all()  # and some pixels fell outside a rotated or shifted view
+    assert (probs.argmax(2) == labels)[trusted].all()
+    raw = seen.argmax(1).view(8, 2, 48, 72) == labels
+    assert raw.view(16, -1)[moved].float().mean() < 0.95  # without inverting, the moved views disagree
 
 
-def test_pseudo_labels_run_all_views_in_one_forward_pass():
+def test_autoaugment_views_recolour_the_images():
+    x = torch.rand(2, 3, 16, 16, generator=gen(3)) * 2 - 1
+    views, params = autoaugment_views(x, 6, gen(4))
+    geometry_only = _warp(x.repeat(6, 1, 1, 1), params.theta, padding="zeros")
+    assert not torch.allclose(views, geometry_only, atol=1e-3)  # some photometric op of the policy ran
+
+
+def test_pseudo_labels_run_all_views_in_one_forward_pass(monkeypatch):
+    import dabench.augment as augment
+
+    monkeypatch.setattr(augment, "photometric", lambda x, op, m: x)  # they would recolour the one-hot image
     blocks = torch.randint(0, 3, (2, 4, 4), generator=gen(13))
     labels = blocks.repeat_interleave(8, 1).repeat_interleave(8, 2)  # (2, 32, 32)
     calls = []

@@ -26,7 +26,8 @@ TRANSLATE, ADAPT, SELFTRAIN = "translate", "adapt", "self-train"
 def symmetric_ce(p_logits: torch.Tensor, a_logits: torch.Tensor) -> torch.Tensor:
     """UDAS's L_kl as the paper writes it: -sum_c F_a log F_p - sum_c F_p log F_a per pixel (a symmetric
     cross-entropy: the symmetric KL plus the entropies of both maps, so it also asks for confident
-    predictions), averaged over pixels like L_seg, in float32. Its minimum, 0, is two equal one-hot maps."""
+    predictions), in float32. The paper writes the sum over h, w and c; it is averaged over pixels here,
+    as L_seg is, since the sum would weigh it H*W times L_seg. Its minimum, 0, is two equal one-hot maps."""
     log_p, log_a = F.log_softmax(p_logits.float(), 1), F.log_softmax(a_logits.float(), 1)
     return -(log_a.exp() * log_p + log_p.exp() * log_a).sum(1).mean()
 
@@ -65,7 +66,7 @@ class UDAS(AdaptSegNet):
        plain group, dabench 0.1's behaviour; ``-H consistency=kl`` is dabench 0.1's symmetric KL,
        which drops the two entropy terms).
     3. self-train 1..R: the current model is the teacher; it labels every unlabelled target
-       image from K augmented views (geometric ops inverted, the most confident view per pixel,
+       image from K AutoAugment samples (geometric ops inverted, the most confident view per pixel,
        pixels under ``threshold`` ignored); the student (starting from the teacher) trains on these
        pseudo-labels plus the labelled data, with KL(teacher || student) on the labelled pixels.
        After each round the student becomes the teacher. Pseudo-labels are cached in the run folder.
@@ -91,7 +92,7 @@ class UDAS(AdaptSegNet):
         "autoaugment": HParam(True, None, "AutoAugment on the mixed samples (geometric ops on image and mask)"),
         "selftrain_rounds": HParam(1, choice([0, 1, 2]), "self-training rounds (0: none)"),
         "selftrain_steps": HParam(0, None, "steps per self-training round; 0 = as many as --steps"),
-        "views": HParam(3, choice([1, 2, 3, 4]), "K augmented views per target image for pseudo-labels"),
+        "views": HParam(3, choice([1, 2, 3, 4]), "K AutoAugment samples per target image for pseudo-labels (paper: 3)"),
         "threshold": HParam(0.6, uniform(0.5, 0.9), "pseudo-label confidence threshold; pixels under it are ignored"),
         "lambda_teacher": HParam(1.0, log_uniform(-1, 0.5), "weight of KL(teacher || student) on labelled pixels"),
     }
