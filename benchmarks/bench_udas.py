@@ -6,9 +6,11 @@ in K views, one forward pass) and of self-training.
     python benchmarks/bench_udas.py --size small --device cpu --precision fp32
 
 Full size: DeepLabv2-ResNet101, 19 classes, batch 1, a 1280x720 source and a 1024x512 target image,
-CycleGAN at its paper widths (ngf 64, 9 blocks) trained at the source size, as dabench's translate
-stage runs it; pseudo-labelling takes 2 target images x K=3 views. Small size: resnet18 and
-256x128 images for both domains, CycleGAN as at full size. Timings are medians of one-by-one
+CycleGAN at its paper widths (ngf 64, 9 blocks) trained on 256x256 crops of images loaded at 286
+(the reference's preprocessing, as dabench's translate stage runs it; until dabench 0.1 it trained
+on whole source-size frames); pseudo-labelling takes 2 target images x K=3 views. Small size:
+resnet18 and 256x128 images for both domains, CycleGAN as at full size (so its crops are larger
+than these images). Timings are medians of one-by-one
 calls after warm-up (see bench_segmentation.py); peak memory as there.
 """
 from __future__ import annotations

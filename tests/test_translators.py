@@ -92,7 +92,8 @@ def test_fda_clamps_to_valid_images_and_keeps_shape_and_dtype():
 
 def tiny_cyclegan(steps: int = 10, seed: int = 0, **hp) -> CycleGAN:
     torch.manual_seed(seed)
-    return CycleGAN({**defaults(CycleGAN.hparams), "ngf": 8, "ndf": 8, "blocks": 1, **hp}, steps)
+    return CycleGAN({**defaults(CycleGAN.hparams), "ngf": 8, "ndf": 8, "blocks": 1, "load_size": 0, "crop_size": 0,
+                     **hp}, steps)
 
 
 def images(n: int = 2, h: int = 32, w: int = 32, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +121,40 @@ def test_cyclegan_networks_are_the_reference_ones():
     assert d(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)  # the 70x70 PatchGAN's map at 256 px
     weights = tiny_cyclegan().G[1]
     assert abs(weights.weight.std().item() - 0.02) < 0.002 and not weights.bias.any()
+
+
+def test_cyclegan_trains_on_random_crops_of_each_domain_loaded_at_its_own_aspect():
+    """The reference's preprocessing: shorter side to load_size, then a random crop_size square."""
+    model = tiny_cyclegan(load_size=40, crop_size=32)
+    seen = []
+    model.G.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    src = torch.rand(2, 3, 48, 96) * 2 - 1  # 2:1 -> 40x80 -> 32x32 crops
+    tgt = torch.rand(2, 3, 64, 48) * 2 - 1  # 3:4 -> 53x40 -> 32x32 crops
+    model.update(src, tgt, 0)
+    assert seen and all(shape == (2, 3, 32, 32) for shape in seen)
+    assert model.training_view(src[:1]).shape == (1, 3, 32, 32)
+    crops = {tuple(model.training_view(torch.arange(40 * 80.0).view(1, 1, 40, 80).expand(1, 3, -1, -1))[0, 0, 0, :1].tolist())
+             for _ in range(20)}
+    assert len(crops) > 1  # the window moves from draw to draw
+    out = model.translate(src, tgt)
+    assert out.shape == src.shape  # translation runs on whole images
+
+
+def test_cyclegan_crop_larger_than_the_images_is_a_clear_error():
+    from dabench.errors import DabenchError
+
+    with pytest.raises(DabenchError, match="crop_size=64 is larger than the images"):
+        tiny_cyclegan(load_size=0, crop_size=64).update(*images(1, 32, 48), 0)
+
+
+def test_cover_scales_at_the_images_own_aspect_then_centre_crops():
+    from dabench.translator import cover
+
+    x = torch.arange(32.0).view(1, 1, 4, 8)
+    assert torch.equal(cover(x, (4, 6)), x[..., 1:7])  # no scaling needed: the middle 6 columns
+    small = torch.arange(8.0).view(1, 1, 2, 4)
+    assert cover(small, (4, 6)).shape == (1, 1, 4, 6)  # scaled 2x to 4x8, never stretched, then cropped
+    assert torch.equal(cover(x, (4, 8)), x)
 
 
 def test_cyclegan_translates_to_the_source_shape_in_range():

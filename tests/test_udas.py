@@ -257,10 +257,20 @@ def test_translated_source_is_cached_by_translator_config_and_reused(tmp_path, m
     assert r.exit_code == 2 and "different config" in r.stderr and "Traceback" not in r.output
 
 
-def test_a_cyclegan_translator_trains_in_its_own_stage_then_is_skipped_when_cached(tmp_path):
+def test_a_cyclegan_translator_trains_in_its_own_stage_then_is_skipped_when_cached(tmp_path, monkeypatch):
     tiny = {"translator": "cyclegan", "selftrain_rounds": 0, "cyclegan_ngf": 4, "cyclegan_ndf": 4,
-            "cyclegan_blocks": 1, "translator_steps": 2}
+            "cyclegan_blocks": 1, "translator_steps": 2, "cyclegan_load_size": 40, "cyclegan_crop_size": 32}
+    seen = []
+    original = udas_module.UDAS.update
+
+    def spy(self, batch, step):
+        if self.stage.name == "translate":
+            seen.append((tuple(batch.src_x.shape[-2:]), tuple(batch.tgt_x.shape[-2:])))
+        return original(self, batch, step)
+
+    monkeypatch.setattr(udas_module.UDAS, "update", spy)
     first = run(config(tmp_path, hparams=tiny))
+    assert seen == [((64, 96), (32, 64))] * 2  # the translator gets each domain at its own size, unstretched
     assert [r["stage"] for r in first.records] == ["adapt", "adapt"] and first.records[-1]["step"] == 6
     again = run(config(tmp_path, hparams=tiny | {"lambda_kl": 0.5}))  # cache hit: the translate steps are skipped
     assert [r["step"] for r in again.records] == [4, 6]

@@ -16,6 +16,7 @@ from dabench.data import Batch, get_batch, ordered_batches
 from dabench.errors import DabenchError
 from dabench.hparams import HParam, choice, log_uniform, uniform
 from dabench.registry import translators
+from dabench.translator import cover
 from dabench.runner import slug
 from dabench.trainer import EVAL_BATCH, autocast
 from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
@@ -190,7 +191,7 @@ class UDAS(AdaptSegNet):
             t = get_batch(tgt, rng.integers(len(tgt), size=len(x)).tolist())
             x = x.to(ctx.device)
             with torch.no_grad(), autocast(ctx.device, ctx.precision):
-                y = self.translator.translate(x, upsample(t.to(ctx.device), x.shape[-2:], align_corners=False))
+                y = self.translator.translate(x, cover(t.to(ctx.device), x.shape[-2:]))
             cache.write(done, to_uint8(y))
             done += len(x)
             ctx.reporter.advance(done, {})
@@ -228,7 +229,7 @@ class UDAS(AdaptSegNet):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         if self.stage.name == TRANSLATE:
-            return self.translator.update(batch.src_x, upsample(batch.tgt_x, batch.src_x.shape[-2:], align_corners=False), step)
+            return self.translator.update(batch.src_x, batch.tgt_x, step)  # each domain at its own size
         if self.stage.name == ADAPT:
             return self.adapt(batch, step)
         return self.self_train(batch, step)

@@ -5,6 +5,7 @@ from itertools import chain
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.functional import l1_loss, mse_loss
 
@@ -89,8 +90,12 @@ class CycleGAN(Translator):
     does, identity_weight * (|G(t) - t| + |F(s) - s|). Discriminators (frozen during the generator
     step) see translated images through a history pool of pool_size. Adam 2e-4, betas (0.5,
     0.999); the learning rate is constant for the first half of the steps, then falls linearly
-    to 0, per step rather than the reference's per epoch. Images: RGB in [-1, 1], sides
-    divisible by 4 and at least 24 px (the discriminator's depth).
+    to 0, per step rather than the reference's per epoch. Training sees each image as the
+    reference loads it: scaled at its own aspect so the shorter side is ``load_size`` (286), then a
+    random ``crop_size`` (256) square, each domain at its own size (a whole 1280x720 GTA5 frame
+    costs 14 times a 256 crop); translation runs on whole images (the generators are fully
+    convolutional). Images: RGB in [-1, 1], sides divisible by 4 and at least 24 px (the
+    discriminator's depth).
     """
 
     trainable = True
@@ -103,6 +108,8 @@ class CycleGAN(Translator):
         "ndf": HParam(64, None, "discriminator width (channels of its first conv)"),
         "blocks": HParam(9, None, "residual blocks of the generators: 9 at 256 px, 6 at 128 px in the paper"),
         "pool_size": HParam(50, None, "translated images kept to show the discriminators; 0 shows only the newest"),
+        "load_size": HParam(286, None, "training: each image scaled so its shorter side is this (0: as it is)"),
+        "crop_size": HParam(256, None, "training: a random crop_size x crop_size window of it (0: the whole image)"),
     }
 
     def __init__(self, hparams: dict[str, Any], steps: int):
@@ -123,7 +130,27 @@ class CycleGAN(Translator):
         half = self.steps // 2
         return self.hp["lr"] * (1 - max(0, step - half) / max(1, self.steps - half))
 
+    def training_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's training preprocessing: shorter side scaled to ``load_size``, then one
+        random ``crop_size`` square per image (torch's RNG, so a resumed run draws the same)."""
+        load, crop = self.hp["load_size"], self.hp["crop_size"]
+        if load:
+            h, w = x.shape[-2:]
+            scale = load / min(h, w)
+            x = F.interpolate(x, size=(max(load, round(h * scale)), max(load, round(w * scale))), mode="bilinear",
+                              align_corners=False, antialias=scale < 1)
+        if not crop:
+            return x
+        h, w = x.shape[-2:]
+        if crop > min(h, w):
+            raise DabenchError(f"CycleGAN: -H cyclegan_crop_size={crop} is larger than the images ({h}x{w} after "
+                               f"load_size {load}). Use a crop_size of at most {min(h, w)}, or 0 for whole images.")
+        tops = torch.randint(h - crop + 1, (len(x),)).tolist()
+        lefts = torch.randint(w - crop + 1, (len(x),)).tolist()
+        return torch.stack([xi[:, t : t + crop, l : l + crop] for xi, t, l in zip(x, tops, lefts)])
+
     def update(self, src_x: torch.Tensor, tgt_x: torch.Tensor, step: int) -> dict[str, float]:
+        src_x, tgt_x = self.training_view(src_x), self.training_view(tgt_x)
         check_images(src_x, tgt_x)
         self.train()
         for optim in self.optims.values():
