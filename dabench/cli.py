@@ -97,6 +97,9 @@ def _run_options(f):
         click.option("--pretrained", type=click.Path(), default=None, help="local weights file for the backbone"),
         click.option("--channels-last", is_flag=True, help="channels_last memory format (faster convolutions on GPU)"),
         click.option("--workers", type=int, default=0, show_default=True, help="data loading processes for file-backed data"),
+        click.option("--protocol", type=click.Choice(["dabench", "paper"]), default="dabench", show_default=True,
+                     help="dabench: held-out source val, target val and test; paper: train on everything, test on the "
+                          "target's official test split (Cityscapes val), last-step selection only"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -115,7 +118,7 @@ def _run_options(f):
 @click.option("--resume", is_flag=True, help="continue the unfinished run of this exact config")
 @click.option("--overwrite", is_flag=True, help="delete an existing run of this config and start again")
 def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
-        image_size, pretrained, channels_last, workers, out, resume, overwrite):
+        image_size, pretrained, channels_last, workers, protocol, out, resume, overwrite):
     """Train one algorithm on one source -> target pair and evaluate it."""
     from dabench.progress import RichReporter
     from dabench.runner import RunConfig, run as run_api
@@ -123,7 +126,7 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
     cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
-                    channels_last=channels_last, workers=workers, resume=resume, overwrite=overwrite)
+                    channels_last=channels_last, workers=workers, protocol=protocol, resume=resume, overwrite=overwrite)
     result = run_api(cfg, reporter=RichReporter(err_console, title=f"{algo} {src} -> {tgt}"))
     if result.already_done:
         err_console.print("This exact config already finished; showing its results (use --overwrite to run it again).")
@@ -134,25 +137,30 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
 
 
 def _result_table(result) -> Table:
-    from dabench.selection import choose
+    from dabench.selection import choose, protocol_methods
 
-    metric = result.config["metric"]
-    table = Table(title=f"{result.config['algo']}: {result.config['src']} -> {result.config['tgt']} ({metric})")
+    metric, protocol = result.config["metric"], result.config.get("protocol", "dabench")
+    title = f"{result.config['algo']}: {result.config['src']} -> {result.config['tgt']} ({metric})"
+    table = Table(title=title + ("" if protocol == "dabench" else f", {protocol} protocol"))
     for col in ("model selection", "step", "src-val", "tgt-test"):
         table.add_column(col, justify="right" if col != "model selection" else "left")
-    for method in ("source-val", "last"):
+    for method in protocol_methods(protocol):
+        if method.oracle:
+            continue  # the printed summary never selects with target labels
         rec = choose(method, result.records, metric)
-        table.add_row(method, str(rec["step"]), f"{rec['src-val'][metric]:.4f}", f"{rec['tgt-test'][metric]:.4f}")
+        src = rec.get("src-val", {}).get(metric)
+        table.add_row(method.name, str(rec["step"]), "-" if src is None else f"{src:.4f}", f"{rec['tgt-test'][metric]:.4f}")
     return table
 
 
 def _iou_table(result) -> Table:
-    """Per-class target-test IoU (%) of the source-val choice, as the papers print it."""
+    """Per-class target-test IoU (%) of the source-val choice (last under the paper protocol), as the papers print it."""
     from dabench.selection import choose
 
-    rec = choose("source-val", result.records, "miou")
+    method = "last" if result.config.get("protocol") == "paper" else "source-val"
+    rec = choose(method, result.records, "miou")
     classes, iou = result.config["classes"], rec["tgt-test"]["iou"]
-    table = Table(title=f"per-class target-test IoU (%), step {rec['step']} (source-val choice)")
+    table = Table(title=f"per-class target-test IoU (%), step {rec['step']} ({method} choice)")
     for name in [*classes, "mIoU"]:
         table.add_column(name, justify="right")
     table.add_row(*("-" if v is None else f"{100 * v:.1f}" for v in iou), f"{100 * rec['tgt-test']['miou']:.1f}")
@@ -254,8 +262,8 @@ def _run_all(algos: str, src: str, tgt: str, seeds: str, budgets: list, hparam_s
 @click.option("--tgt", required=True)
 @click.option("--tgt-labeled", required=True, help="labelled target budgets, comma-separated, e.g. 0,100,500,1000,all")
 @click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
-@click.option("--selection", type=click.Choice(["source-val", "target-oracle", "last"]), default="source-val",
-              show_default=True, help="model selection method for the cells")
+@click.option("--selection", type=click.Choice(["source-val", "target-oracle", "last"]), default=None,
+              help="model selection method for the cells (default: source-val; last under --protocol paper)")
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
@@ -266,6 +274,13 @@ def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, **run_optio
     from dabench.curve import build, write
     from dabench.runner import slug
 
+    from dabench.selection import PROTOCOLS
+
+    protocol = run_options["protocol"]
+    selection = selection or ("last" if protocol == "paper" else "source-val")
+    if selection not in PROTOCOLS[protocol]:
+        raise DabenchError(f"--selection {selection} is not possible under --protocol {protocol}, which holds nothing out: "
+                           f"use --selection {' or '.join(PROTOCOLS[protocol])}.")
     algo_list, budgets = [a.strip() for a in algos.split(",") if a.strip()], _budgets(tgt_labeled)
     outcomes = _run_all(algos, src, tgt, seeds, budgets, 1, out, jobs, run_options)
     failed = defaultdict(list)  # one line per algorithm, budget and message, naming its seeds

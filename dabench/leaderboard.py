@@ -24,7 +24,7 @@ from typing import Iterable
 from dabench.errors import DabenchError
 from dabench.records import read_records
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
-from dabench.selection import METHODS, TEST, Method, select_run
+from dabench.selection import TEST, Method, protocol_methods, select_run
 
 REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
 FOOTNOTE = "mean ± sample std (ddof=1) over n seeds, in percent; std is 0 when n = 1"
@@ -69,10 +69,11 @@ class Table:
     classes: list[str]
     eval_sizes: list[str]  # more than one: runs of this pair were evaluated at different sizes
     rows: list[Row]
+    protocol: str = "dabench"  # tables never pool runs of two protocols
 
     @property
     def pair(self) -> str:
-        return f"{self.src} -> {self.tgt}"
+        return f"{self.src} -> {self.tgt}" + ("" if self.protocol == "dabench" else f" ({self.protocol} protocol)")
 
     @property
     def title(self) -> str:
@@ -156,18 +157,18 @@ def _tables(runs: list[Run]) -> list[Table]:
     pairs: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         c = run.config
-        pairs[(str(c["src"]), str(c["tgt"]), str(c["task"]))].append(run)
+        pairs[(str(c["src"]), str(c["tgt"]), str(c["task"]), str(c.get("protocol", "dabench")))].append(run)
     tables = []
-    for (src, tgt, task), group in sorted(pairs.items()):
+    for (src, tgt, task, protocol), group in sorted(pairs.items()):
         rows: dict[tuple, list[Run]] = defaultdict(list)
         for run in group:
             rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0), _variant(run, group))].append(run)
         order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), str(k[2])))
         metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
         sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
-        for method in METHODS.values():
+        for method in protocol_methods(protocol):
             body = [aggregate(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
-            tables.append(Table(src, tgt, task, metric, method, classes, sizes, body))
+            tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol))
     return tables
 
 
@@ -282,9 +283,9 @@ def _latex(board: Leaderboard) -> str:
     out = ["% dabench leaderboard: " + tex(board.root), r"% needs \usepackage{booktabs} (and graphicx for per-class tables)", ""]
     footnote = tex(FOOTNOTE).replace("±", r"$\pm$")
     for t in board.tables:
-        pair = rf"{tex(t.src)} $\rightarrow$ {tex(t.tgt)}"
+        pair = rf"{tex(t.src)} $\rightarrow$ {tex(t.tgt)}" + ("" if t.protocol == "dabench" else f" ({tex(t.protocol)} protocol)")
         oracle = " (oracle: uses target labels)" if t.method.oracle else ""
-        label = "tab:" + "".join(ch if ch.isalnum() else "-" for ch in f"{t.src}-{t.tgt}-{t.method.name}")
+        label = "tab:" + "".join(ch if ch.isalnum() else "-" for ch in f"{t.src}-{t.tgt}-{t.protocol}-{t.method.name}")
         caption = (f"{pair}, model selection: {tex(t.method.name)}{oracle}. Target-test {tex(t.metric)} (\\%) at the "
                    f"step chosen from validation records only; {footnote}.")
         rows = [[tex(r.label), f"{_tex_f(r.mean)} $\\pm$ {_tex_f(r.std)}", str(r.n), _tex_f(r.src_val)] for r in t.rows]
@@ -305,7 +306,7 @@ def _latex(board: Leaderboard) -> str:
 def _csv(board: Leaderboard) -> str:
     """One long table, values in percent; per-class IoU columns (iou_<class>) for segmentation pairs."""
     classes = list(dict.fromkeys(c for t in board.tables if t.task == "segmentation" for c in t.classes))
-    fields = ["pair", "src", "tgt", "task", "metric", "selection", "oracle", "algorithm", "variant", "tgt_labeled", "n",
+    fields = ["pair", "src", "tgt", "task", "protocol", "metric", "selection", "oracle", "algorithm", "variant", "tgt_labeled", "n",
               "mean", "std", "src_val", *(f"iou_{c}" for c in classes)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fields, restval="", lineterminator="\n")
@@ -313,7 +314,8 @@ def _csv(board: Leaderboard) -> str:
     num = lambda v: "" if math.isnan(v) else round(v, 4)  # noqa: E731
     for t in board.tables:
         for r in t.rows:
-            row = dict(pair=t.pair, src=t.src, tgt=t.tgt, task=t.task, metric=t.metric, selection=t.method.name,
+            row = dict(pair=t.pair, src=t.src, tgt=t.tgt, task=t.task, protocol=t.protocol, metric=t.metric,
+                       selection=t.method.name,
                        oracle=t.method.oracle, algorithm=r.algo, variant="; ".join(f"{k}={v}" for k, v in r.variant),
                        tgt_labeled=r.tgt_labeled, n=r.n, mean=num(r.mean),
                        std=num(r.std), src_val=num(r.src_val))

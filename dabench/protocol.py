@@ -1,10 +1,17 @@
 """The protocol: which data each part of a run may see.
 
-Source: train / val (held out, labelled). Target: unlabelled train; a labelled validation split
-used only by target-oracle model selection; a test split that only the evaluation reads (no
-model selection method is ever given it). With ``--tgt-labeled N``, N labelled target samples
-are drawn from target train (seeded by the run, class-balanced) for semi-supervised and
-supervised DA. Splits are cut with a fixed seed, so every run of a pair shares one test split.
+Protocol "dabench" (the default). Source: train / val (held out, labelled). Target: unlabelled
+train; a labelled validation split used only by target-oracle model selection; a test split that
+only the evaluation reads (no model selection method is ever given it). With ``--tgt-labeled N``,
+N labelled target samples are drawn from target train (seeded by the run, class-balanced) for
+semi-supervised and supervised DA. Splits are cut with a fixed seed, so every run of a pair
+shares one test split.
+
+Protocol "paper" (``--protocol paper``): the published setting of the segmentation papers. The
+source trains on all its images, the target on all of its train split (unlabelled; labelled
+budgets are drawn from all of it), the test split is the target's official one (Cityscapes val),
+and nothing is held out, so the last step is the only selection (the papers' selection on
+Cityscapes val is the leak this protocol refuses).
 """
 from __future__ import annotations
 
@@ -73,7 +80,7 @@ def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(picked, dtype=np.int64))
 
 
-def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int) -> Splits:
+def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int, protocol: str = "dabench") -> Splits:
     if src.task != tgt.task:
         raise DabenchError(f"Source {src.name} is a {src.task} data set but target {tgt.name} is {tgt.task}: pick two domains of one task.")
     if src.classes != tgt.classes:
@@ -81,11 +88,22 @@ def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int) ->
             f"Source {src.name} and target {tgt.name} have different classes ({len(src.classes)} vs {len(tgt.classes)}; "
             f"e.g. {sorted(set(src.classes) ^ set(tgt.classes))[:5]}). Domain adaptation here needs one label space."
         )
-    src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
-    if tgt.test is not None:
-        tgt_val, tgt_train = _split(len(tgt.train), [TARGET_VAL], "target")
+    if protocol == "paper":
+        if tgt.test is None:
+            raise DabenchError(f"--protocol paper tests on the target's official test split, and {tgt.name} has none "
+                               "(cityscapes has one: its val split). Use the default protocol (dabench) for this pair.")
+        nothing = np.zeros(0, dtype=np.int64)  # no hold-out: the papers train on everything
+        src_val, src_train = nothing, np.arange(len(src.train))
+        tgt_val, tgt_train = nothing, np.arange(len(tgt.train))
         tgt_test: Dataset = tgt.test
+    elif protocol != "dabench":
+        raise DabenchError(f"--protocol must be dabench or paper, got '{protocol}'.")
+    elif tgt.test is not None:
+        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
+        tgt_val, tgt_train = _split(len(tgt.train), [TARGET_VAL], "target")
+        tgt_test = tgt.test
     else:
+        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
         test_idx, tgt_val, tgt_train = _split(len(tgt.train), [TARGET_TEST, TARGET_VAL * (1 - TARGET_TEST)], "target")
         tgt_test = Subset(tgt.train, test_idx)
     train_labeled = Subset(tgt.train, tgt_train)

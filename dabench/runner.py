@@ -37,7 +37,7 @@ DEFAULT_BACKBONE = {"classification": "digit-cnn", "segmentation": "deeplabv2"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields that decide the numbers a run produces; their hash names the run folder.
 IDENTITY = ("algo", "src", "tgt", "backbone", "tgt_labeled", "steps", "eval_every", "seed", "hparams",
-            "precision", "image_size", "pretrained", "channels_last")
+            "precision", "image_size", "pretrained", "channels_last", "protocol")
 
 
 @dataclass
@@ -59,6 +59,7 @@ class RunConfig:
     image_size: int | None = None
     pretrained: str | None = None
     channels_last: bool = False
+    protocol: str = "dabench"  # "paper": no hold-outs, the target's official test split, last-step selection
     workers: int = 0
     resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
     overwrite: bool = False
@@ -91,9 +92,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "_"
 
 
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields that decide a run's numbers (a config from before protocols existed is "dabench")."""
+    return {k: config.get(k, "dabench" if k == "protocol" else None) for k in IDENTITY}
+
+
 def run_dir_of(config: dict[str, Any], out: str | Path) -> Path:
-    identity = json.dumps({k: config[k] for k in IDENTITY}, sort_keys=True, default=str)
-    digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
+    fields = identity(config)
+    if fields["protocol"] == "dabench":
+        del fields["protocol"]  # so run folders made before protocols existed keep their names
+    identity_text = json.dumps(fields, sort_keys=True, default=str)
+    digest = hashlib.sha1(identity_text.encode()).hexdigest()[:8]
     return Path(out) / f"{slug(config['src'])}_to_{slug(config['tgt'])}" / slug(config["algo"]) / f"seed{config['seed']}-{digest}"
 
 
@@ -195,7 +204,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     factory = backbones.get(Spec.parse(backbone_name).name)
     if getattr(factory, "task", "any") not in ("any", src.task):
         raise DabenchError(f"Backbone '{backbone_name}' is for {factory.task}, but this is a {src.task} pair.")
-    splits = build_splits(src, tgt, tgt_labeled, cfg.seed)
+    splits = build_splits(src, tgt, tgt_labeled, cfg.seed, cfg.protocol)
 
     config = dataclasses.asdict(cfg) | {"backbone": backbone_name, "tgt_labeled": tgt_labeled, "hparams": values,
                                         "overrides": sorted(cfg.hparams)}  # the -H keys: a variant, not a search sample
@@ -215,8 +224,8 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def _differences(a: dict, b: dict) -> str:
-    keys = [k for k in IDENTITY if a.get(k) != b.get(k)]
-    return "; ".join(f"{k}: {a.get(k)!r} in the folder vs {b.get(k)!r} now" for k in keys)
+    a, b = identity(a), identity(b)
+    return "; ".join(f"{k}: {a[k]!r} in the folder vs {b[k]!r} now" for k in IDENTITY if a[k] != b[k])
 
 
 def _check_resumable(run_dir: Path, config: dict) -> None:

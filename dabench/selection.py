@@ -50,6 +50,18 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 
+# The protocols (dabench.protocol cuts their splits) and the selection methods each leaves possible:
+# "paper" holds nothing out, so the last step is its only honest choice.
+PROTOCOLS: dict[str, tuple[str, ...]] = {"dabench": ("source-val", "target-oracle", "last"), "paper": ("last",)}
+
+
+def protocol_methods(protocol: str) -> list[Method]:
+    """The selection methods a run of ``protocol`` can be reported under."""
+    if protocol not in PROTOCOLS:
+        raise DabenchError(f"Unknown protocol '{protocol}'. Known: {', '.join(PROTOCOLS)}.")
+    return [METHODS[name] for name in PROTOCOLS[protocol]]
+
+
 def get(method: str | Method) -> Method:
     if isinstance(method, Method):
         return method

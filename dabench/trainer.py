@@ -126,7 +126,8 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
     ctx = StageContext(splits, run_dir, cache_dir or run_dir / "cache", device, precision, seed, reporter, workers,
                        data_key or {})
-    evals = {"src-val": splits.src_val, "tgt-val": splits.tgt_val, "tgt-test": splits.tgt_test}
+    evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
+                                         "tgt-test": splits.tgt_test}.items() if len(ds)}  # "paper": no hold-outs
     algo.train()
 
     offset = 0
