@@ -59,13 +59,38 @@ class SegNet(nn.Module):
                 {"params": heads, "lr_mult": head_lr_mult}]
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (``--pretrained PATH``); keys that do not fit are named, not ignored silently."""
+IMAGENET = "imagenet"  # --pretrained imagenet: timm's ImageNet weights (downloaded once by timm, then cached)
+
+
+def timm_model(name: str, pretrained: str | None, **kwargs) -> nn.Module:
+    """``timm.create_model(name, **kwargs)``, with timm's ImageNet weights when ``pretrained`` is
+    "imagenet". timm downloads them on first use where the machine is online and reads its cache
+    afterwards; offline with no cache, the error names the cache folder and the local-file way."""
+    import os
+
+    import timm
+
+    if pretrained != IMAGENET:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as exc:  # timm / huggingface_hub raise several kinds when offline
+        hub = os.environ.get("HF_HUB_CACHE") or str(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
+        raise DabenchError(
+            f"--pretrained imagenet: timm could not load the ImageNet weights of '{name}' ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no message'}). timm downloads them once on a machine that "
+            f"is online and then reads them from its cache, {hub}. Offline: copy that cache folder from an online "
+            f"machine, or save the weights there and pass the file: --pretrained PATH (a timm state dict of {name})."
+        ) from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local state dict (``--pretrained PATH``), unwrapped from a ``{"state_dict": ...}`` checkpoint."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DabenchError(
-            f"--pretrained: no file at {path}. Pass the path of a local PyTorch state dict "
-            "(dabench never downloads weights)."
+            f"--pretrained: no file at {path}. Pass the path of a local PyTorch state dict, or "
+            f"--pretrained {IMAGENET} for timm's ImageNet weights (a timm backbone)."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -73,6 +98,15 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise DabenchError(f"--pretrained: {path} is not a readable PyTorch state dict ({exc}).") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise DabenchError(f"--pretrained: {path} holds a {type(state).__name__}, not a state dict.")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a local state dict (``--pretrained PATH``; ``state``: that file already read); keys that do
+    not fit are named, not ignored silently."""
+    state = read_state_dict(path) if state is None else state
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

@@ -195,7 +195,7 @@ def test_smp_pretrained_round_trip(tmp_path):
 @pytest.mark.parametrize("name, arg, message", [
     ("deeplabv2", "resnet77", "unknown encoder 'resnet77'.*resnet18, resnet34, resnet50, resnet101"),
     ("deeplabv2", "resnet18,bn=sync", "unknown bn mode 'sync'.*affine.*frozen.*train"),
-    ("deeplabv2", "resnet18,stride=16", "unknown option 'stride'.*Valid options: encoder.*bn"),
+    ("deeplabv2", "resnet18,stride=16", "unknown option 'stride=16'.*Valid options: encoder.*bn.*style"),
     ("deeplabv2", "resnet18,resnet50", "'encoder' given twice"),
     ("smp", None, "needs an architecture and an encoder"),
     ("smp", "Unet", "needs an architecture and an encoder"),
@@ -213,3 +213,78 @@ def test_bad_backbone_arguments_say_what_is_valid(name, arg, message):
 
 def test_smp_architecture_names_are_case_insensitive():
     assert smp("deeplabv3plus:resnet18,bn=frozen")(torch.randn(1, 3, 32, 32))[0].shape == (1, K, 32, 32)
+
+
+# The authors' DeepLab initialisation (style=caffe) and timm's ImageNet weights ---------------------
+
+def deeplab_init_layout(net: SegNet, classes: int) -> dict[str, torch.Tensor]:
+    """A state dict in the layout of DeepLab_resnet_pretrained_init-f81d91e8.pth, made from ``net``:
+    ResNet keys under 'Scale.', the ASPP classifier as 'Scale.layer5.conv2d_list.{0..3}'."""
+    torch.manual_seed(5)
+    state = {"Scale." + k[len("encoder.body."):]: torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in net.state_dict().items() if k.startswith("encoder.body.") and "num_batches" not in k}
+    width = net.head.branches[0].in_channels
+    for i in range(4):
+        state[f"Scale.layer5.conv2d_list.{i}.weight"] = torch.randn(classes, width, 3, 3)
+        state[f"Scale.layer5.conv2d_list.{i}.bias"] = torch.randn(classes)
+    return state
+
+
+@pytest.mark.parametrize("classes", [K, 21], ids=["classifier fits", "other class count: classifier dropped"])
+def test_the_deeplab_initialisation_file_loads_into_the_caffe_resnet(tmp_path, classes):
+    layout = deeplab_init_layout(deeplab("resnet18,style=caffe"), classes)
+    torch.save(layout, tmp_path / "init.pth")
+    net = deeplab("resnet18,style=caffe", pretrained=str(tmp_path / "init.pth"))
+    own = net.state_dict()
+    assert torch.equal(own["encoder.body.conv1.weight"], layout["Scale.conv1.weight"])
+    assert torch.equal(own["encoder.body.layer4.1.bn2.running_var"], layout["Scale.layer4.1.bn2.running_var"])
+    fitted = torch.equal(own["head.branches.3.weight"], layout["Scale.layer5.conv2d_list.3.weight"])
+    assert fitted == (classes == K)
+
+
+def test_a_deeplab_initialisation_file_that_does_not_fit_names_the_first_mismatching_key(tmp_path):
+    layout = deeplab_init_layout(deeplab("resnet18,style=caffe"), K)
+    layout["Scale.layer1.0.conv1.weight"] = torch.randn(64, 64, 5, 5)
+    torch.save(layout, tmp_path / "init.pth")
+    with pytest.raises(DabenchError, match=r"'Scale.layer1.0.conv1.weight' has shape \(64, 64, 5, 5\)"):
+        deeplab("resnet18,style=caffe", pretrained=str(tmp_path / "init.pth"))
+    with pytest.raises(DabenchError, match="style=caffe"):
+        deeplab("resnet18", pretrained=str(tmp_path / "init.pth"))  # the timm ResNet: refused
+
+
+def test_caffe_style_is_the_authors_resnet_and_preprocessing():
+    net = deeplab("resnet50,style=caffe")
+    block = net.encoder.body.layer2[0]
+    assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1) and net.encoder.body.maxpool.ceil_mode
+    main, aux = net(torch.zeros(1, 3, 64, 64))
+    assert main.shape[-2:] == aux.shape[-2:] == (9, 9)  # stride 8, the max-pool rounding up: 32 -> 17, not 16 (timm: 8x8)
+    # BGR, 0-255, the DeepLab mean subtracted: black is -mean; pure red lands in the last channel
+    x = torch.tensor([-1.0, -1.0, -1.0]).view(1, 3, 1, 1)
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)
+    mean = torch.tensor([104.00698793, 116.66876762, 122.67891434])
+    assert torch.allclose(net.encoder.normalize(x).flatten(), -mean)
+    assert torch.allclose(net.encoder.normalize(red).flatten(), torch.tensor([0.0, 0.0, 255.0]) - mean)
+
+
+def test_pretrained_imagenet_offline_names_the_cache_and_the_local_file_way(monkeypatch, tmp_path):
+    import timm
+    from click.testing import CliRunner
+
+    from dabench.cli import main
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(DabenchError, match=rf"resnet18.*couldn't connect.*{tmp_path / 'hub'}.*--pretrained PATH"):
+        deeplab("resnet18", pretrained="imagenet")
+    r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "toy-src", "--tgt", "toy-tgt", "--backbone",
+                                  "timm:resnet18", "--pretrained", "imagenet", "--out", str(tmp_path / "runs")])
+    assert r.exit_code == 2 and "--pretrained imagenet" in r.output and "Traceback" not in r.output
+    with pytest.raises(DabenchError, match="style=timm"):
+        deeplab("resnet18,style=caffe", pretrained="imagenet")

@@ -4,7 +4,10 @@ segmentation_models_pytorch model (``--backbone smp:DeepLabV3Plus:resnet50,bn=fr
 Both expect images in [-1, 1] RGB and convert them inside the network to the ImageNet mean/std
 normalisation that ImageNet-trained timm / smp encoders were trained with (a fixed affine with no
 parameters, ``Normalize``), so a local ImageNet state dict given with ``--pretrained`` sees the
-inputs it expects. Nothing is ever downloaded: without ``--pretrained`` the weights are random.
+inputs it expects. Without ``--pretrained`` the weights are random; ``--pretrained imagenet``
+takes timm's ImageNet weights (downloaded once by timm where the machine is online).
+``deeplabv2:resnet101,style=caffe`` is the authors' Caffe-converted ResNet instead, for the DeepLab
+initialisation file that AdaptSegNet and ADVENT start from.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dabench.errors import DabenchError
-from dabench.nets import SegNet, load_weights
+from dabench.nets import IMAGENET, SegNet, load_weights, read_state_dict, timm_model
 from dabench.registry import plugin
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -27,6 +30,8 @@ BN_MODES = {
 }
 ASPP_RATES = (6, 12, 18, 24)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # AdaptSegNet's / ADVENT's IMG_MEAN, 0-255
+STYLES = ("timm", "caffe")
 
 
 class Normalize(nn.Module):
@@ -43,6 +48,18 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+
+class CaffeNormalize(nn.Module):
+    """[-1, 1] RGB inputs -> what the Caffe-converted DeepLab ResNet was trained on: BGR, 0-255,
+    the DeepLab mean subtracted, no division by a std (AdaptSegNet's and ADVENT's preprocessing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flip(1) + 1) * 127.5 - self.mean.to(x.dtype)
 
 
 class ASPP(nn.Module):
@@ -68,9 +85,9 @@ class ASPP(nn.Module):
 class ResNetEncoder(nn.Module):
     """A timm ResNet at output stride 8, returning (layer3, layer4) feature maps."""
 
-    def __init__(self, body: nn.Module, in_channels: int = 3):
+    def __init__(self, body: nn.Module, in_channels: int = 3, normalize: nn.Module | None = None):
         super().__init__()
-        self.normalize, self.body = Normalize(in_channels), body
+        self.normalize, self.body = normalize or Normalize(in_channels), body
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = self.body(self.normalize(x))
@@ -112,10 +129,10 @@ def _bn_mode(value: str, name: str) -> str:
     return value
 
 
-def _options(arg: str | None, default_encoder: str) -> tuple[str, str]:
-    """``resnet50,bn=frozen`` -> ("resnet50", "frozen"); order free, both optional."""
+def _options(arg: str | None, default_encoder: str) -> tuple[str, str, str]:
+    """``resnet50,bn=frozen,style=caffe`` -> ("resnet50", "frozen", "caffe"); order free, all optional."""
     usage = "Write e.g. --backbone deeplabv2:resnet50,bn=frozen."
-    encoder, bn, named = default_encoder, "affine", set()
+    encoder, bn, style, named = default_encoder, "affine", "timm", set()
     for token in (t.strip() for t in (arg or "").split(",")):
         if not token:
             continue
@@ -130,10 +147,13 @@ def _options(arg: str | None, default_encoder: str) -> tuple[str, str]:
             encoder = value
         elif key == "bn":
             bn = _bn_mode(value, "deeplabv2")
+        elif key == "style" and value in STYLES:
+            style = value
         else:
-            raise DabenchError(f"deeplabv2: unknown option '{key}' in 'deeplabv2:{arg}'. Valid options: "
-                               f"encoder (a name alone, one of {', '.join(RESNETS)}) and bn ({', '.join(BN_MODES)}). {usage}")
-    return encoder, bn
+            raise DabenchError(f"deeplabv2: unknown option '{token}' in 'deeplabv2:{arg}'. Valid options: "
+                               f"encoder (a name alone, one of {', '.join(RESNETS)}), bn ({', '.join(BN_MODES)}) and "
+                               f"style ({', '.join(STYLES)}). {usage}")
+    return encoder, bn, style
 
 
 def _need_classes(name: str, num_classes: int | None) -> int:
@@ -143,22 +163,60 @@ def _need_classes(name: str, num_classes: int | None) -> int:
     return num_classes
 
 
-def _load(net: nn.Module, encoder: nn.Module, path: str | Path) -> None:
+def _load(net: nn.Module, encoder: nn.Module, path: str | Path, state: dict | None = None) -> None:
     """``--pretrained``: a whole-network state dict (a dabench checkpoint of this backbone), else an
     encoder-only one (a timm / torchvision state dict of the same encoder)."""
+    state = read_state_dict(path) if state is None else state
     try:
-        load_weights(net, path)
+        load_weights(net, path, state)
     except DabenchError as whole:
         try:
-            load_weights(encoder, path)
+            load_weights(encoder, path, state)
         except DabenchError:
             example = next(iter(encoder.state_dict()))
             raise DabenchError(f"{whole} Nor does it fit the encoder alone (keys like '{example}', as in a timm "
                                "state dict of the same model).") from None
 
 
-@plugin(task="segmentation", description="DeepLabv2 (ASPP 6/12/18/24, aux head on layer3, stride 8) on a timm ResNet, "
-                                         "e.g. deeplabv2:resnet50,bn=frozen (random init unless --pretrained PATH)")
+def deeplab_init(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    """The DeepLab initialisation file that the AdaptSegNet and ADVENT code start from
+    (``DeepLab_resnet_pretrained_init-f81d91e8.pth``), keyed for this network: ``Scale.<resnet key>``
+    -> ``encoder.body.<resnet key>``, and the ASPP classifier ``Scale.layer5.conv2d_list.{i}`` ->
+    ``head.branches.{i}`` when its class count fits, else dropped, as the reference script drops it.
+    A key this network lacks, or a tensor of another shape, is refused, naming the first one."""
+    own, out = net.state_dict(), {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "Scale":
+            raise DabenchError(f"--pretrained: '{key}' in a DeepLab initialisation file: every key should start with "
+                               "'Scale.' (the file AdaptSegNet and ADVENT start from).")
+        if parts[1] == "layer5":  # Scale.layer5.conv2d_list.{i}.{weight,bias}
+            target = f"head.branches.{parts[3]}.{parts[4]}"
+            if target in own and own[target].shape != value.shape:
+                continue  # another class count: the classifier is not used
+        else:
+            target = "encoder.body." + ".".join(parts[1:])
+        if target not in own:
+            raise DabenchError(f"--pretrained: '{key}' of the DeepLab initialisation file has no place in this network "
+                               f"(looked for '{target}'). Is it a ResNet-101 file for --backbone deeplabv2:resnet101,style=caffe?")
+        if own[target].shape != value.shape:
+            raise DabenchError(f"--pretrained: '{key}' has shape {tuple(value.shape)} but this network's '{target}' has "
+                               f"{tuple(own[target].shape)}. Use the encoder the file was made for (resnet101).")
+        out[target] = value
+    return out
+
+
+def _caffe_resnet(body: nn.Module) -> None:
+    """The authors' Caffe ResNet, where it differs from timm's at output stride 8: the stride-2 block of
+    layer2 strides in its first 1x1 convolution, not the 3x3; the stem's max-pool rounds up."""
+    block = body.layer2[0]
+    if hasattr(block, "conv3"):  # a bottleneck (resnet50 and up); basic blocks stride in their first conv already
+        block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
+    body.maxpool.ceil_mode = True
+
+
+@plugin(task="segmentation", description="DeepLabv2 (ASPP 6/12/18/24, aux head on layer3, stride 8) on a ResNet, e.g. "
+                                         "deeplabv2:resnet50,bn=frozen (random init unless --pretrained PATH|imagenet)")
 def deeplabv2(arg: str | None = None, *, in_channels: int = 3, image_size=None, pretrained: str | None = None,
               num_classes: int | None = None) -> DeepLabV2:
     """DeepLabv2 as AdaptSegNet uses it (Chen et al., TPAMI 2017; Tsai et al., CVPR 2018): a ResNet
@@ -166,30 +224,47 @@ def deeplabv2(arg: str | None = None, *, in_channels: int = 3, image_size=None, 
     classifier on layer4 and an auxiliary one on layer3 (for multi-level methods).
 
     Every 3x3 convolution of layer3 / layer4 gets the stage's dilation, the first block's too, as in
-    the authors' Caffe-style ResNet (timm and torchvision keep the previous dilation there). The
-    ResNet is timm's (stride in the 3x3 convolution, not Caffe's 1x1), so the authors' converted
-    DeepLab weights do not load; a timm ResNet state dict does (``--pretrained PATH``, also a
-    whole-network one). Without ``--pretrained`` the weights are random: nothing is downloaded.
+    the authors' Caffe-style ResNet (timm and torchvision keep the previous dilation there).
+
+    ``style``: ``timm`` (default) is timm's ResNet (stride in the 3x3 convolution) behind ImageNet
+    mean/std normalisation; it takes timm's ImageNet weights (``--pretrained imagenet``) or a timm
+    state dict (``--pretrained PATH``, also a whole-network one). ``caffe`` is the authors' ResNet
+    (stride in the 1x1 convolution, max-pool rounding up) behind their preprocessing (BGR, 0-255,
+    mean subtracted): it takes the DeepLab initialisation file the AdaptSegNet and ADVENT code start
+    from (``--pretrained DeepLab_resnet_pretrained_init-f81d91e8.pth``). Without ``--pretrained``
+    the weights are random.
 
     ``bn``: ``affine`` (default) freezes the batch-norm scale and shift but uses batch statistics
     in training, as the authors' code does; ``frozen`` also keeps running statistics (the usual
     choice with a pretrained encoder at batch size 1); ``train`` trains everything.
     ``image_size`` is not needed (fully convolutional) and ignored.
     """
-    import timm
-
-    encoder_name, bn = _options(arg, "resnet101")
+    encoder_name, bn, style = _options(arg, "resnet101")
     num_classes = _need_classes("deeplabv2", num_classes)
-    body = timm.create_model(encoder_name, pretrained=False, in_chans=in_channels, features_only=True,
-                             output_stride=8, out_indices=(3, 4))
+    if style == "caffe" and (pretrained == IMAGENET or in_channels != 3):
+        raise DabenchError("deeplabv2 style=caffe is the authors' Caffe ResNet for RGB images; timm's ImageNet "
+                           "weights fit style=timm. Use --backbone deeplabv2:resnet101 with --pretrained imagenet, or "
+                           "style=caffe with --pretrained PATH of the DeepLab initialisation file.")
+    body = timm_model(encoder_name, pretrained if style == "timm" else None, in_chans=in_channels,
+                      features_only=True, output_stride=8, out_indices=(3, 4))
+    if style == "caffe":
+        _caffe_resnet(body)
     for stage, dilation in (("layer3", 2), ("layer4", 4)):
         for conv in getattr(body, stage).modules():
             if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
                 conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
     low, high = body.feature_info.channels()
-    net = DeepLabV2(ResNetEncoder(body, in_channels), ASPP(high, num_classes), ASPP(low, num_classes), bn)
-    if pretrained:
-        _load(net, body, pretrained)
+    encoder = ResNetEncoder(body, in_channels, CaffeNormalize() if style == "caffe" else None)
+    net = DeepLabV2(encoder, ASPP(high, num_classes), ASPP(low, num_classes), bn)
+    if pretrained and pretrained != IMAGENET:
+        state = read_state_dict(pretrained)
+        if any(k.startswith("Scale.") for k in state):
+            if style != "caffe":
+                raise DabenchError(f"--pretrained: {pretrained} is the Caffe-converted DeepLab initialisation (keys "
+                                   "'Scale.*'); it fits the authors' ResNet: --backbone deeplabv2:resnet101,style=caffe.")
+            net.load_state_dict(deeplab_init(state, net), strict=False)
+        else:
+            _load(net, body, pretrained, state)
     return net
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dabench.errors import DabenchError
-from dabench.nets import Backbone, load_weights
+from dabench.nets import IMAGENET, Backbone, load_weights, timm_model
 from dabench.registry import plugin
 
 
@@ -29,11 +29,12 @@ class _PooledHead(nn.Module):
         return self._model[0].forward_head(x, pre_logits=True)
 
 
-@plugin(task="classification", description="any timm model by name, e.g. timm:resnet50 (random init unless --pretrained PATH)")
+@plugin(task="classification", description="any timm model by name, e.g. timm:resnet50 (random init unless --pretrained PATH|imagenet)")
 def timm_backbone(arg: str | None = None, *, in_channels: int = 3, image_size: int = 224, pretrained: str | None = None,
               num_classes: int | None = None) -> Backbone:
     """A timm model without its classifier; ``lower`` = ``forward_features`` (the last feature
-    map), ``upper`` = timm's pooling head. Weights come only from a local file."""
+    map), ``upper`` = timm's pooling head. Weights: random, a local file (``--pretrained PATH``), or
+    timm's ImageNet weights (``--pretrained imagenet``, downloaded once by timm where online)."""
     import timm
 
     if not arg:
@@ -42,7 +43,7 @@ def timm_backbone(arg: str | None = None, *, in_channels: int = 3, image_size: i
         close = difflib.get_close_matches(arg, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise DabenchError(f"timm has no model '{arg}'.{hint} List them with python -c 'import timm; print(timm.list_models())'.")
-    model = timm.create_model(arg, pretrained=False, num_classes=0, in_chans=in_channels)
-    if pretrained:
+    model = timm_model(arg, pretrained, num_classes=0, in_chans=in_channels)
+    if pretrained and pretrained != IMAGENET:
         load_weights(model, pretrained)
     return Backbone(_Features(model), _PooledHead(model), model.num_features)
