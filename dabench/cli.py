@@ -94,7 +94,8 @@ def _run_options(f):
         click.option("--image-size", type=int, default=None,
                      help="classification: side of the square images; segmentation: the training height, each "
                           "domain keeping its aspect (default: the data set's own)"),
-        click.option("--pretrained", type=click.Path(), default=None, help="local weights file for the backbone"),
+        click.option("--pretrained", type=click.Path(), default=None,
+                     help="backbone weights: a local file, or imagenet (timm's ImageNet weights, downloaded once by timm)"),
         click.option("--channels-last", is_flag=True, help="channels_last memory format (faster convolutions on GPU)"),
         click.option("--workers", type=int, default=0, show_default=True, help="data loading processes for file-backed data"),
         click.option("--protocol", type=click.Choice(["dabench", "paper"]), default="dabench", show_default=True,
