@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dabench.errors import DabenchError
+from dabench.errors import DabenchError, RunFailed
 
 console = Console()
 err_console = Console(stderr=True)
@@ -60,8 +60,6 @@ class _Group(click.Group):
     """Turns DabenchError into one paragraph on stderr and exit code 2; RunFailed into exit code 1."""
 
     def invoke(self, ctx):
-        from dabench.trainer import RunFailed
-
         try:
             return super().invoke(ctx)
         except DabenchError as exc:
@@ -121,14 +119,14 @@ def _run_options(f):
 def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
         image_size, pretrained, channels_last, workers, protocol, out, resume, overwrite):
     """Train one algorithm on one source -> target pair and evaluate it."""
-    from dabench.progress import RichReporter
+    from dabench.progress import make_reporter
     from dabench.runner import RunConfig, run as run_api
 
     cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
                     channels_last=channels_last, workers=workers, protocol=protocol, resume=resume, overwrite=overwrite)
-    result = run_api(cfg, reporter=RichReporter(err_console, title=f"{algo} {src} -> {tgt}"))
+    result = run_api(cfg, reporter=make_reporter(err_console, title=f"{algo} {src} -> {tgt}"))
     if result.already_done:
         err_console.print("This exact config already finished; showing its results (use --overwrite to run it again).")
     console.print(_result_table(result))
@@ -174,7 +172,7 @@ def list_(kind):
     """Show the registered plugins (built-in and installed), with descriptions."""
     from dabench.registry import REGISTRIES, describe
 
-    for name in [kind] if kind else ["algorithms", "datasets", "backbones"]:
+    for name in [kind] if kind else list(REGISTRIES):
         reg = REGISTRIES[name]
         table = Table(title=name, title_justify="left", show_lines=name == "algorithms")
         table.add_column("name", style="bold")
@@ -213,7 +211,8 @@ def list_(kind):
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
-def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, **run_options):
+@click.option("--debug", is_flag=True, help="print each failed run's full Python traceback")
+def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, debug, **run_options):
     """Run every algorithm x budget x seed x hyperparameter sample; skip finished runs."""
     outcomes = _run_all(algos, src, tgt, seeds, _budgets(tgt_labeled), hparam_samples, out, jobs, run_options)
     bad = [o for o in outcomes if o.status in ("failed", "invalid")]
@@ -222,6 +221,8 @@ def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, **run_
     console.print(f"sweep: {done} finished, {skipped} already done, {len(bad)} failed")
     for o in bad:
         err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {escape(o.message)}", soft_wrap=True)
+        if debug and o.detail:
+            err_console.print(escape(o.detail), highlight=False, soft_wrap=True)
     if bad:
         sys.exit(1)
 
@@ -268,7 +269,8 @@ def _run_all(algos: str, src: str, tgt: str, seeds: str, budgets: list, hparam_s
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
-def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, **run_options):
+@click.option("--debug", is_flag=True, help="print each failed run's full Python traceback")
+def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, debug, **run_options):
     """Data efficiency: every algorithm x budget x seed (finished runs skipped), as a table and a plot."""
     from collections import defaultdict
 
@@ -288,6 +290,8 @@ def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, **run_optio
     for o in outcomes:
         if o.status in ("failed", "invalid"):
             failed[(o.status, o.config.algo, o.config.tgt_labeled, o.message)].append(str(o.config.seed))
+            if debug and o.detail:
+                err_console.print(escape(o.detail), highlight=False, soft_wrap=True)
     done, skipped = (sum(o.status == s for o in outcomes) for s in ("done", "skipped"))
     console.print(f"curve: {done} finished, {skipped} already done, {len(outcomes) - done - skipped} failed")
     for (status, algo, n, message), seeds_ in failed.items():
@@ -322,11 +326,14 @@ def leaderboard(path, fmt):
 @click.option("--images", required=True, type=click.Path(), help="folder of images to predict")
 @click.option("--out", required=True, type=click.Path(), help="folder for the predictions")
 @click.option("--device", default="auto", show_default=True)
-def predict(run_dir, images, out, device):
+@click.option("--selection", type=click.Choice(["source-val", "last"]), default=None,
+              help="which step's model: the one source-val selection chose, as the tables (default; last under "
+                   "--protocol paper), or the last")
+def predict(run_dir, images, out, device, selection):
     """Apply a run's model to a folder of images: coloured masks and overlays (segmentation) or a CSV."""
     from dabench.predict import predict as predict_api
 
-    written = predict_api(run_dir, images, out, device)
+    written = predict_api(run_dir, images, out, device, selection)
     console.print(f"wrote {len(written)} files to {out}")
 
 

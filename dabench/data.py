@@ -7,6 +7,7 @@ batch has no target label field at all, so no plugin can read one.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -32,6 +33,7 @@ class Domain:
     test: Dataset | None = None
     image_size: int | tuple[int, int] = 28
     info: dict[str, Any] = field(default_factory=dict)  # anything worth recording in config.json
+    labeled: bool = True  # False: images without labels (a target given as arrays X alone)
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +57,60 @@ def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     """Pixels 0-255 (uint8, or floats) -> float32 in [-1, 1]: the one conversion every loader uses.
     The input is never modified."""
     return pixels.to(torch.float32, copy=True).div_(127.5).sub_(1.0)
+
+
+def as_uint8_images(images, what: str = "images") -> torch.Tensor:
+    """User arrays -> uint8 (N, 3, H, W): numpy or torch, (N, H, W), (N, C, H, W) or (N, H, W, C)
+    with C 1 or 3, uint8 0-255 or floats in [0, 1]; one channel is replicated to three."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or (x.shape[1] not in (1, 3) and x.shape[-1] not in (1, 3)):
+        raise DabenchError(f"{what}: expected images shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with 1 or 3 "
+                           f"channels, got shape {tuple(x.shape)}.")
+    if x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.dtype != torch.uint8:
+        if not x.is_floating_point():
+            raise DabenchError(f"{what}: expected uint8 (0-255) or float (0-1) pixels, got {x.dtype}.")
+        if len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise DabenchError(f"{what}: float pixels must lie in [0, 1] (got {float(x.min()):.3g} to "
+                               f"{float(x.max()):.3g}); divide by the maximum or pass uint8 0-255.")
+        x = (x.float() * 255).round().to(torch.uint8)
+    return x.expand(-1, 3, -1, -1).contiguous()
+
+
+def from_arrays(images, labels=None, *, classes: list[str] | None = None, name: str | None = None,
+                task: str = CLASSIFICATION) -> Domain:
+    """A domain from arrays, as skada and ADAPT take data: ``images`` as ``as_uint8_images`` reads
+    them; ``labels`` (N,) class ids for classification, (N, H, W) label maps for segmentation (255:
+    ignore), or None for unlabelled target images (of ``task``). ``classes`` defaults to "0", "1", ... up to
+    the largest label. The name (the run folder's) is a hash of the content unless given, so the
+    same arrays give the same run."""
+    x = as_uint8_images(images)
+    digest = hashlib.sha1(x.numpy().tobytes())
+    if labels is None:
+        y = torch.full((len(x),), -1, dtype=torch.long)  # placeholders, never served: the domain is unlabelled
+        classes = classes or ["0"]
+    else:
+        y = torch.as_tensor(np.asarray(labels)).long()
+        if y.ndim not in (1, 3) or len(y) != len(x) or (y.ndim == 3 and y.shape[1:] != x.shape[2:]):
+            raise DabenchError(f"labels: expected (N,) class ids or (N, H, W) label maps matching the {len(x)} images "
+                               f"of size {tuple(x.shape[2:])}, got shape {tuple(y.shape)}.")
+        task = CLASSIFICATION if y.ndim == 1 else SEGMENTATION
+        digest.update(y.numpy().tobytes())
+        known = y[y != 255] if task == SEGMENTATION else y
+        if len(known) and (int(known.min()) < 0 or (classes is not None and int(known.max()) >= len(classes))):
+            raise DabenchError(f"labels must be class ids 0..{len(classes) - 1 if classes else 'K-1'}"
+                               f"{' (255: ignore)' if task == SEGMENTATION else ''}, got {int(known.min())}..{int(known.max())}.")
+        if classes is None:
+            classes = [str(c) for c in range(int(known.max()) + 1 if len(known) else 1)]
+    h, w = x.shape[2:]
+    if task == CLASSIFICATION and h != w:
+        raise DabenchError(f"Classification images must be square (all of one size), got {w}x{h}. Crop or resize them.")
+    name = name or f"arrays-{digest.hexdigest()[:10]}"
+    return Domain(name, task, list(classes), TensorImages(x, y), image_size=h if task == CLASSIFICATION else (w, h),
+                  info={"arrays": len(x)}, labeled=labels is not None)
 
 
 class TensorImages(Dataset):

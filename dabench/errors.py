@@ -6,3 +6,7 @@ class DabenchError(Exception):
 
     Messages say what was wrong, what was expected, and what to do.
     """
+
+
+class RunFailed(Exception):
+    """Training stopped (e.g. a non-finite loss). The CLI reports it with exit code 1."""

@@ -144,6 +144,8 @@ def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int
             incomplete.append((run_dir, run.records[-1]["step"] if run.records else None))
         elif not run.records:
             skipped.append((run_dir, "finished (has done) but results.jsonl has no evaluation records"))
+        elif TEST not in run.records[-1]:
+            skipped.append((run_dir, "no target test results: its target was given without labels"))
         else:
             runs.append(run)
     return runs, incomplete, skipped

@@ -5,52 +5,24 @@
 
 Segmentation runs write, per image, ``<stem>.png`` (the prediction in the Cityscapes palette, at
 the image's own resolution) and ``<stem>_overlay.png`` (half image, half prediction).
-Classification runs write ``predictions.csv`` (file, class, probability). The model is the run's
-last checkpoint (the one ``--resume`` would continue from).
+Classification runs write ``predictions.csv`` (file, class, probability). The model is the step
+source-val selection chose, the tables' model (``selection="last"``: the final step).
 """
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from dabench.algorithm import upsample
 from dabench.data import to_unit_range
 from dabench.errors import DabenchError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-
-
-def _input_size(config: dict) -> tuple[int, int]:
-    """(W, H) the target images were fed at during the run."""
-    w, h = (int(v) for v in str(config.get("eval_size", "")).split("x"))
-    return w, h
-
-
-def load_run(run_dir: str | Path, device: str = "auto"):
-    """The trained algorithm of a run folder (its last checkpoint), in eval mode, and its config."""
-    from dabench.runner import build_algorithm, resolve_device
-
-    run_dir = Path(run_dir).expanduser()
-    config_path, ckpt = run_dir / "config.json", run_dir / "checkpoint.pt"
-    if not config_path.is_file() or not ckpt.is_file():
-        raise DabenchError(
-            f"{run_dir} is not a run folder with a checkpoint: expected {config_path} and {ckpt}, as `dabench run` "
-            "writes them (the folder is printed at the end of a run)."
-        )
-    config = json.loads(config_path.read_text())
-    dev = resolve_device(device)
-    size = _input_size(config)
-    image_size = size if config["task"] == "segmentation" else size[0]
-    algo = build_algorithm(config, image_size, dev)
-    state = torch.load(ckpt, map_location=dev, weights_only=False)
-    algo.load_state_dict(state["model"])
-    algo.eval()
-    return algo, config, dev
 
 
 def _read(path: Path) -> Image.Image:
@@ -60,28 +32,38 @@ def _read(path: Path) -> Image.Image:
         raise DabenchError(f"{path} is not a readable image ({exc}).") from None
 
 
-def _tensor(img: Image.Image, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(np.asarray(img.resize(size, Image.BICUBIC), dtype=np.float32)).permute(2, 0, 1)
+def _tensor(img: Image.Image, size: tuple[int, int], task: str, device: torch.device) -> torch.Tensor:
+    """An image as the run's loaders feed one: classification folders resize with PIL bilinear,
+    segmentation files bicubic with antialiasing (``dabench_plugins.datasets.segfiles``)."""
+    if task == "segmentation":
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+        x = TF.resize(x, [size[1], size[0]], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    else:
+        x = torch.from_numpy(np.array(img.resize(size, Image.BILINEAR))).permute(2, 0, 1)
     return to_unit_range(x).unsqueeze(0).to(device)
 
 
 @torch.no_grad()
-def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: str = "auto") -> list[Path]:
-    """Predict every image in ``images`` with the run's model; returns the files written."""
+def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: str = "auto",
+            selection: str | None = None) -> list[Path]:
+    """Predict every image in ``images`` with the run's model (the step ``selection`` chose:
+    source-val by default, as the tables); returns the files written."""
+    from dabench.api import load
     from dabench.segmentation import colorize
 
     images, out = Path(images).expanduser(), Path(out).expanduser()
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images.is_dir() else []
     if not files:
         raise DabenchError(f"--images {images}: no image files ({', '.join(IMAGE_SUFFIXES)}) in that folder.")
-    algo, config, dev = load_run(run_dir, device)
-    size, classes = _input_size(config), config["classes"]
+    run = load(run_dir, selection=selection, device=device)
+    algo, config, dev = run.algorithm, run.config, run.device
+    size, classes = run.input_size, config["classes"]
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows = []
     for path in files:
         img = _read(path)
-        logits = algo.predict(_tensor(img, size, dev)).float()
+        logits = algo.predict(_tensor(img, size, config["task"], dev)).float()
         if config["task"] == "segmentation":
             logits = upsample(logits, (img.height, img.width))
             colour = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), classes)

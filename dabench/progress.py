@@ -1,5 +1,8 @@
-"""A rich progress display for the trainer: a bar with the live losses, a line per evaluation."""
+"""What the trainer shows: on a terminal a rich bar with the live losses; elsewhere (a Slurm or CI
+log file) plain lines. Both print one line per evaluation. ``make_reporter`` picks."""
 from __future__ import annotations
+
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -7,6 +10,52 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 def _fmt(losses: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.3f}" for k, v in losses.items())
+
+
+def make_reporter(console: Console | None = None, title: str = "train"):
+    """A live bar when ``console`` (default: stderr) is a terminal, plain lines otherwise."""
+    console = console or Console(stderr=True)
+    return RichReporter(console, title) if console.is_terminal else PlainReporter(console, title)
+
+
+def _eval_line(record: dict) -> str:
+    shown = []
+    for split in ("src-val", "tgt-val"):  # test numbers are shown once, at the end
+        metrics = record.get(split, {})
+        shown += [f"{split} {k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+    return f"step {record['step']:>6}  " + "  ".join(shown)
+
+
+class PlainReporter:
+    """Progress as plain lines, for output that is not a terminal: ``<title> <stage> step k/n  losses
+    (mean since the last line)  steps/s``, every tenth of a stage or every ``interval_s`` seconds,
+    whichever comes first, and at its end."""
+
+    def __init__(self, console: Console | None = None, title: str = "train", interval_s: float = 60.0):
+        self.console = console or Console(stderr=True)
+        self.title, self.interval_s = title, interval_s
+
+    def start(self, total: int, done: int, stage: str = "train") -> None:
+        self.total, self.stage, self.every = total, stage, max(1, total // 10)
+        self.last_step, self.last_time, self.sums, self.count = done, time.perf_counter(), {}, 0
+
+    def advance(self, step: int, losses: dict[str, float]) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        now = time.perf_counter()
+        if step % self.every and step != self.total and now - self.last_time < self.interval_s:
+            return
+        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        mean = {k: v / self.count for k, v in self.sums.items()}
+        self.console.print(f"{self.title} {self.stage} step {step}/{self.total}  {_fmt(mean)}  {rate:.2f} steps/s",
+                           markup=False, highlight=False, soft_wrap=True)
+        self.last_step, self.last_time, self.sums, self.count = step, now, {}, 0
+
+    def evaluated(self, record: dict) -> None:
+        self.console.print(_eval_line(record), markup=False, highlight=False, soft_wrap=True)
+
+    def stop(self) -> None: ...
 
 
 class RichReporter:
@@ -32,11 +81,7 @@ class RichReporter:
         self.progress.update(self.task, completed=step, losses=_fmt(self.smooth))
 
     def evaluated(self, record: dict) -> None:
-        shown = []
-        for split in ("src-val", "tgt-val"):  # test numbers are shown once, at the end
-            metrics = record.get(split, {})
-            shown += [f"{split} {k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
-        self.progress.console.print(f"step {record['step']:>6}  " + "  ".join(shown))
+        self.progress.console.print(_eval_line(record))
 
     def stop(self) -> None:
         if self.progress:

@@ -48,7 +48,10 @@ class Splits:
         return {n: len(getattr(self, n)) if getattr(self, n) is not None else 0 for n in names}
 
 
-def load_domain(text: str, root: Path | None, image_size=None) -> Domain:
+def load_domain(text: str | Domain, root: Path | None, image_size=None) -> Domain:
+    """A data set by name (``uci-digits``, ``folder:PATH``), or a ``Domain`` given as it is."""
+    if isinstance(text, Domain):
+        return text
     spec = Spec.parse(text)
     factory = datasets.get(spec.name)
     domain = factory(spec.arg, root=root, image_size=image_size)
@@ -68,6 +71,21 @@ def _split(n: int, fractions: list[float], salt: str) -> list[np.ndarray]:
     return parts
 
 
+def _target_parts(n: int) -> list[np.ndarray]:
+    """(test, val, train) indices of a target without an official test split (protocol dabench)."""
+    return _split(n, [TARGET_TEST, TARGET_VAL * (1 - TARGET_TEST)], "target")
+
+
+def test_split(domain: Domain, protocol: str = "dabench") -> Dataset:
+    """The split a run tests on when ``domain`` is its target: the official test split, or the
+    part the protocol holds out of train with its fixed seed (the same for every run)."""
+    if domain.test is not None:
+        return domain.test
+    if protocol == "paper":
+        raise DabenchError(f"{domain.name} has no official test split, which --protocol paper tests on.")
+    return Subset(domain.train, _target_parts(len(domain.train))[0])
+
+
 def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """n indices drawn round-robin over classes (seeded): class-balanced as far as the classes allow."""
     rng = np.random.default_rng([seed, 7])
@@ -83,12 +101,21 @@ def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int, protocol: str = "dabench") -> Splits:
     if src.task != tgt.task:
         raise DabenchError(f"Source {src.name} is a {src.task} data set but target {tgt.name} is {tgt.task}: pick two domains of one task.")
-    if src.classes != tgt.classes:
+    if tgt.labeled and src.classes != tgt.classes:
         raise DabenchError(
             f"Source {src.name} and target {tgt.name} have different classes ({len(src.classes)} vs {len(tgt.classes)}; "
             f"e.g. {sorted(set(src.classes) ^ set(tgt.classes))[:5]}). Domain adaptation here needs one label space."
         )
-    if protocol == "paper":
+    if not src.labeled:
+        raise DabenchError(f"The source {src.name} has no labels: give the source as (images, labels).")
+    if not tgt.labeled:  # target images alone (arrays X): nothing to hold out, nothing to test on
+        if tgt_labeled:
+            raise DabenchError(f"The target {tgt.name} has no labels, so no labelled-target budget can be drawn from "
+                               "it: give the target as (images, labels), or train without --tgt-labeled.")
+        nothing = np.zeros(0, dtype=np.int64)
+        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
+        tgt_val, tgt_train, tgt_test = nothing, np.arange(len(tgt.train)), Subset(tgt.train, nothing)
+    elif protocol == "paper":
         if tgt.test is None:
             raise DabenchError(f"--protocol paper tests on the target's official test split, and {tgt.name} has none "
                                "(cityscapes has one: its val split). Use the default protocol (dabench) for this pair.")
@@ -104,7 +131,7 @@ def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int, pr
         tgt_test = tgt.test
     else:
         src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
-        test_idx, tgt_val, tgt_train = _split(len(tgt.train), [TARGET_TEST, TARGET_VAL * (1 - TARGET_TEST)], "target")
+        test_idx, tgt_val, tgt_train = _target_parts(len(tgt.train))
         tgt_test = Subset(tgt.train, test_idx)
     train_labeled = Subset(tgt.train, tgt_train)
     if tgt_labeled == "all":

@@ -25,7 +25,7 @@ import torch
 import dabench
 from dabench import hparams as hp
 from dabench.algorithm import Algorithm
-from dabench.data import SEGMENTATION
+from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import Splits, build_splits, load_domain
@@ -43,8 +43,8 @@ IDENTITY = ("algo", "src", "tgt", "backbone", "tgt_labeled", "steps", "eval_ever
 @dataclass
 class RunConfig:
     algo: str
-    src: str
-    tgt: str
+    src: str | Domain  # a data set name (uci-digits, folder:PATH) or a Domain (dabench.from_arrays makes one)
+    tgt: str | Domain
     backbone: str | None = None  # None: the task's default (digit-cnn for classification)
     tgt_labeled: int | str = 0  # labelled target samples, or "all" (every target train image labelled)
     steps: int = 2000
@@ -164,10 +164,51 @@ def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pr
     return algorithm
 
 
+def _config_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config's fields, shallow (a ``Domain`` given as src or tgt stays one object)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"hparams": dict(cfg.hparams)}
+
+
+def _domain_name(value: str | Domain) -> str:
+    return value.name if isinstance(value, Domain) else value
+
+
+def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> dict[str, Any]:
+    """The config as ``config.json`` records it, before the data-dependent fields are added."""
+    tgt_labeled = "all" if algo_cls.target_labels == "all" and not cfg.tgt_labeled else cfg.tgt_labeled
+    config = _config_dict(cfg) | {"src": _domain_name(cfg.src), "tgt": _domain_name(cfg.tgt),
+                                  "backbone": cfg.backbone or DEFAULT_BACKBONE[task], "tgt_labeled": tgt_labeled,
+                                  "hparams": values, "overrides": sorted(cfg.hparams)}  # the -H keys: a variant
+    for transient in ("resume", "overwrite", "out", "data_root", "device", "workers"):
+        config.pop(transient)
+    return config
+
+
+def finished_run(cfg: RunConfig) -> Path | None:
+    """The folder of a finished run of ``cfg``, found from the config alone: no data is loaded and
+    no network built, so re-running a finished sweep is instant. The task (which decides the
+    default backbone and hyperparameters) is not known without the data, so each task the
+    algorithm supports is tried; the folder name hashes every field, so only the true one exists."""
+    try:
+        algo_cls = algorithms.get(cfg.algo)
+        tasks = ("classification", SEGMENTATION) if algo_cls.task == "any" else (algo_cls.task,)
+        for task in tasks:
+            space = algo_cls.space(task)
+            values = hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams)
+            run_dir = run_dir_of(_recorded(cfg, task, algo_cls, values), cfg.out)
+            if (run_dir / "done").exists() and (run_dir / "config.json").exists():
+                return run_dir
+    except DabenchError:
+        return None  # ``prepare`` explains what is wrong
+    return None
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     """Check the config, build data, backbone and algorithm; create nothing on disk."""
     _positive("--steps", cfg.steps)
     _positive("--eval-every", cfg.eval_every)
+    if cfg.image_size is not None:
+        _positive("--image-size", cfg.image_size)
     if cfg.precision not in PRECISIONS:
         raise DabenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'.")
     if cfg.seed < 0 or cfg.hparam_index < 0:
@@ -177,10 +218,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     device = resolve_device(cfg.device)
     algo_cls = algorithms.get(cfg.algo)
 
-    tgt_labeled = cfg.tgt_labeled
-    if algo_cls.target_labels == "all" and not tgt_labeled:
-        tgt_labeled = "all"  # the oracle: every target label unless a budget N is given
-    elif algo_cls.target_labels == "required" and not tgt_labeled:
+    if algo_cls.target_labels == "required" and not cfg.tgt_labeled:
         raise DabenchError(
             f"'{cfg.algo}' is a supervised DA method: it needs a few labelled target samples. "
             f"Add --tgt-labeled N (for example --tgt-labeled 100 for 10 per class on digits)."
@@ -195,21 +233,16 @@ def prepare(cfg: RunConfig) -> Prepared:
     tgt = load_domain(cfg.tgt, root, cfg.image_size if src.task == SEGMENTATION else src.image_size)
     if algo_cls.task not in ("any", src.task):
         raise DabenchError(
-            f"'{cfg.algo}' is a {algo_cls.task} algorithm but {cfg.src} -> {cfg.tgt} is a {src.task} pair. "
+            f"'{cfg.algo}' is a {algo_cls.task} algorithm but {src.name} -> {tgt.name} is a {src.task} pair. "
             f"See 'dabench list algorithms' for the {src.task} ones."
         )
     space = algo_cls.space(src.task)
     values = hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams)
-    backbone_name = cfg.backbone or DEFAULT_BACKBONE[src.task]
-    factory = backbones.get(Spec.parse(backbone_name).name)
+    config = _recorded(cfg, src.task, algo_cls, values)
+    factory = backbones.get(Spec.parse(config["backbone"]).name)
     if getattr(factory, "task", "any") not in ("any", src.task):
-        raise DabenchError(f"Backbone '{backbone_name}' is for {factory.task}, but this is a {src.task} pair.")
-    splits = build_splits(src, tgt, tgt_labeled, cfg.seed, cfg.protocol)
-
-    config = dataclasses.asdict(cfg) | {"backbone": backbone_name, "tgt_labeled": tgt_labeled, "hparams": values,
-                                        "overrides": sorted(cfg.hparams)}  # the -H keys: a variant, not a search sample
-    for transient in ("resume", "overwrite", "out", "data_root", "device", "workers"):
-        config.pop(transient)
+        raise DabenchError(f"Backbone '{config['backbone']}' is for {factory.task}, but this is a {src.task} pair.")
+    splits = build_splits(src, tgt, config["tgt_labeled"], cfg.seed, cfg.protocol)
     config |= {
         "task": src.task, "metric": PRIMARY_METRIC[src.task], "classes": src.classes,
         "eval_size": size_text(tgt.image_size),  # the target images' input size (W x H)
@@ -251,7 +284,11 @@ def _data_key(config: dict) -> dict:
 
 
 def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
-    """Train and evaluate one config; returns its records and run folder."""
+    """Train and evaluate one config; returns its records and run folder. A config that already
+    finished returns its records at once (``already_done``), without loading data or network."""
+    if cfg.resume is not True and not cfg.overwrite and (done := finished_run(cfg)) is not None:
+        return RunResult(done, json.loads((done / "config.json").read_text()), read_records(done / "results.jsonl"),
+                         already_done=True)
     prep = prepare(cfg)
     run_dir, config = prep.run_dir, prep.config
     resume = cfg.resume

@@ -21,8 +21,9 @@ from dabench.runner import RunConfig, run
 class Outcome:
     config: RunConfig
     status: str  # "done" | "skipped" (already done) | "failed" | "invalid"
-    message: str = ""
+    message: str = ""  # one line: what went wrong
     run_dir: str | None = None
+    detail: str = ""  # a failed run's full traceback (shown with --debug)
     final: dict = field(default_factory=dict)
 
 
@@ -67,8 +68,7 @@ def _run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
     except DabenchError as exc:
         return Outcome(cfg, "invalid", str(exc))
     except Exception as exc:  # noqa: BLE001 - a sweep survives any one run failing
-        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-        return Outcome(cfg, "failed", f"{type(exc).__name__}: {exc}\n{tail}")
+        return Outcome(cfg, "failed", f"{type(exc).__name__}: {exc}", detail="".join(traceback.format_exception(exc)))
     status = "skipped" if result.already_done else "done"
     return Outcome(cfg, status, run_dir=str(result.run_dir), final=result.final)
 

@@ -1,8 +1,9 @@
 """The training loop: one screen, top to bottom.
 
 Every ``eval_every`` steps: evaluate on source val, target val and target test, append one JSON
-line to ``results.jsonl``, then write the checkpoint (model, optimisers, RNG states, step)
-atomically. Batches are a pure function of (seed, step), so a resumed run continues with
+line to ``results.jsonl``, keep the weights in ``selected.pt`` when source-val selection now
+chooses this step (so the model a table reports is the model ``dabench.load`` gives), then
+write the checkpoint (model, optimisers, RNG states, step) atomically. Batches are a pure function of (seed, step), so a resumed run continues with
 exactly the batches, random numbers and therefore the numbers of an uninterrupted one.
 
 A multi-stage method declares its stages (``Algorithm.stages``); they share the global step
@@ -25,15 +26,14 @@ import torch
 
 from dabench.algorithm import Algorithm, StageContext, upsample
 from dabench.data import Batch, Labeled, ordered_batches, stream
-from dabench.metrics import ConfusionMatrix
+from dabench.errors import RunFailed  # noqa: F401 - raised here; importable from here as before
+from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
 from dabench.protocol import Splits
 from dabench.records import append_record, read_records
+from dabench.selection import select
 
 EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")
-
-
-class RunFailed(Exception):
-    """Training stopped (e.g. a non-finite loss). The CLI reports it with exit code 1."""
+SELECTED = "selected.pt"  # the weights of the step source-val selection chooses (the tables' model)
 
 
 class NullReporter:
@@ -100,6 +100,13 @@ def save_checkpoint(path: Path, algo: Algorithm, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill leaves the old checkpoint or the new one, never half of one
+
+
+def save_weights(path: Path, algo: Algorithm, step: int, selection: str) -> None:
+    """The model alone (no optimiser), of the step a selection method chose; atomic as checkpoints."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"step": step, "selection": selection, "model": algo.state_dict()}, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
@@ -183,6 +190,8 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                                                 EVAL_BATCH[splits.task], channels_last, workers)
                     append_record(results, record)
                     records.append(record)
+                    if "src-val" in record and select("source-val", records, PRIMARY_METRIC[splits.task]) == len(records) - 1:
+                        save_weights(run_dir / SELECTED, algo, step + 1, "source-val")
                     reporter.evaluated(record)
                     sums, count = {}, 0
                 save_checkpoint(ckpt, algo, step + 1)

@@ -39,6 +39,7 @@ def test_run_prints_a_results_table_and_the_run_folder(tmp_path):
     (["--algo", "dann", *TOY, "--tgt-labeled", "5000"], "more labelled target samples than target train holds"),
     (["--algo", "dann", *TOY, "--data-root", "/no/such/dir"], "The data root /no/such/dir does not exist"),
     (["--algo", "dann", *TOY, "--pretrained", "/no/such.pt"], "--pretrained: no file at /no/such.pt"),
+    (["--algo", "dann", *TOY, "--image-size", "0"], "--image-size must be a positive whole number, got 0"),
 ])
 def test_bad_input_is_one_clear_paragraph_exit_2_and_no_folder(tmp_path, args, message):
     out = tmp_path / "runs"
@@ -47,6 +48,14 @@ def test_bad_input_is_one_clear_paragraph_exit_2_and_no_folder(tmp_path, args, m
     assert message in " ".join(r.stderr.split()), r.stderr
     assert "Traceback" not in r.output
     assert not out.exists()  # nothing half-written
+
+
+def test_progress_to_a_log_file_is_plain_lines(tmp_path):
+    r = invoke("run", "--algo", "dann", *TOY, "--out", str(tmp_path))  # CliRunner's output is not a terminal
+    lines = [line for line in r.stderr.splitlines() if " train step " in line]
+    assert [line.split(" train step ")[1].split()[0] for line in lines] == [f"{k}/20" for k in range(2, 21, 2)]
+    assert all("cls " in line and "steps/s" in line for line in lines)
+    assert "━" not in r.stderr and "step     10  src-val acc" in r.stderr
 
 
 def test_resume_with_a_different_config_exits_2(tmp_path):
@@ -59,7 +68,8 @@ def test_list_shows_every_kind_with_descriptions_and_hparams(monkeypatch):
     monkeypatch.setattr(cli, "console", Console(width=250))  # no wrapping inside table cells
     r = CliRunner().invoke(main, ["list"])
     assert r.exit_code == 0
-    for name in ("dann", "ccsa", "sagnet", "erm", "oracle", "syndigits", "uci-digits", "digit-cnn", "timm"):
+    for name in ("dann", "ccsa", "sagnet", "erm", "oracle", "syndigits", "uci-digits", "digit-cnn", "timm",
+                 "translators", "cyclegan", "fda"):
         assert name in r.stdout
     assert "lambda_max=1.0" in r.stdout and "[needs" in r.stdout and "--tgt-labeled]" in r.stdout
     assert "segmentation: aux_weight=0.1" in r.stdout  # erm is task-aware: both spaces are listed
@@ -85,6 +95,9 @@ def test_sweep_skips_finished_runs_and_survives_a_failure(tmp_path, monkeypatch)
     assert r.exit_code == 1
     assert "3 finished, 0 already done, 1 failed" in r.stdout
     assert "RuntimeError: boom" in " ".join(r.stderr.split())
+    assert "Traceback" not in r.output  # one line per failure; --debug shows the traceback
+    r = invoke(*args, "--debug")
+    assert r.exit_code == 1 and r.stderr.count("Traceback (most recent call last)") == 1
 
     monkeypatch.setattr(DANN, "update", original)
     r = invoke(*args)

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dabench import RunConfig, leaderboard, render, run
+from dabench import RunConfig, run
+from dabench.leaderboard import leaderboard, render
 from dabench.cli import main
 from dabench.selection import choose
 from dabench.trainer import NullReporter

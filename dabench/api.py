@@ -1,0 +1,260 @@
+"""The notebook API: train, evaluate, predict, save and load, as the CLI does in a shell.
+
+    import dabench
+    run = dabench.fit("dann", src="syndigits", tgt="uci-digits", steps=500)      # trains, returns a Run
+    print(run.evaluate("uci-digits"))                                            # {"acc": ...}
+    run.save("dann.pt"); same = dabench.load("dann.pt"); same.predict(images)    # logits
+
+``fit`` is ``dabench run``: the same RunConfig, the same run folder under ``runs/`` (or ``out``),
+the same records, so a notebook run and a CLI run are one thing. Data is a data set name
+(``"uci-digits"``, ``"folder:PATH"``), a ``Domain``, or arrays as skada and ADAPT take them:
+``(X, y)`` labelled, ``X`` alone for unlabelled target images (``dabench.from_arrays`` reads them).
+
+The model a ``Run`` holds is the one the tables report: the step source-val selection chose
+(``selection="last"`` for the final step; under ``--protocol paper``, which holds nothing out,
+the last step is the only one).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dabench.data import CLASSIFICATION, SEGMENTATION, Domain, as_uint8_images, from_arrays, to_unit_range
+from dabench.errors import DabenchError
+from dabench.records import read_records
+from dabench.selection import PROTOCOLS, choose
+
+FORMAT = "dabench-run"  # what ``Run.save`` writes, so ``load`` can tell its files from other .pt files
+KEPT = ("source-val", "last")  # the selections whose weights a run folder keeps
+
+
+def _as_domain(data: Any, *, task: str | None = None, classes: list[str] | None = None) -> str | Domain:
+    """A name or Domain as given; ``(X, y)`` or ``X`` made into a Domain."""
+    if isinstance(data, (str, Domain)):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return from_arrays(data[0], data[1], classes=classes)
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        return from_arrays(data, None, classes=classes, task=task or CLASSIFICATION)
+    raise DabenchError(f"Data must be a data set name (e.g. 'uci-digits', 'folder:PATH'), a dabench Domain, (images, "
+                       f"labels) arrays or images alone; got {type(data).__name__}.")
+
+
+def _task_of(src: str | Domain) -> str:
+    if isinstance(src, Domain):
+        return src.task
+    from dabench.registry import Spec, datasets
+
+    return getattr(datasets.get(Spec.parse(src).name), "task", CLASSIFICATION)
+
+
+def fit(algo: str, src: Any, tgt: Any, *, out: str | Path | None = "runs", progress: bool = True, **options) -> "Run":
+    """Train ``algo`` from ``src`` to ``tgt`` and return the trained ``Run``.
+
+    Keyword options are ``RunConfig``'s, which mirror the CLI's: ``steps``, ``seed``, ``backbone``,
+    ``hparams`` (a dict, as ``-H``), ``tgt_labeled``, ``device``, ``precision``, ``image_size``,
+    ``pretrained``, ``protocol``, ``eval_every``, ``data_root``, ``resume``, ``overwrite``...
+    ``out=None`` writes the run folder to a new temporary folder. A config that already finished
+    is not trained again (as ``dabench run``): pass ``overwrite=True`` for that."""
+    from dabench.runner import RunConfig, run
+
+    names = {f.name for f in dataclasses.fields(RunConfig)} - {"algo", "src", "tgt", "out"}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise DabenchError(f"fit() got unknown option(s) {', '.join(unknown)}. Options: {', '.join(sorted(names))}.")
+    src = _as_domain(src)
+    tgt = _as_domain(tgt, task=_task_of(src), classes=src.classes if isinstance(src, Domain) else None)
+    out = Path(tempfile.mkdtemp(prefix="dabench-runs-")) if out is None else Path(out)
+    reporter = None
+    if progress:
+        from dabench.progress import make_reporter
+
+        reporter = make_reporter(title=f"{algo} {_name(src)} -> {_name(tgt)}")
+    result = run(RunConfig(algo=algo, src=src, tgt=tgt, out=str(out), **options), reporter=reporter)
+    return load(result.run_dir, device=options.get("device", "auto"))
+
+
+def _name(data: str | Domain) -> str:
+    return data.name if isinstance(data, Domain) else data
+
+
+def _weights(run_dir: Path, config: dict, records: list[dict], selection: str) -> tuple[dict, int]:
+    """(model state, step) of ``selection`` in a run folder."""
+    if selection == "last":
+        ckpt = run_dir / "checkpoint.pt"
+        if not ckpt.is_file():
+            raise DabenchError(f"{run_dir} has no checkpoint.pt: it is not a run folder, or its run never got to a step.")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        return state["model"], int(state["step"])
+    chosen = choose(selection, records, config["metric"])["step"]
+    path = run_dir / "selected.pt"
+    if not path.is_file():
+        raise DabenchError(f"{run_dir} keeps no selected.pt (it was made before dabench kept the weights of the "
+                           "source-val step): load it with selection='last' (--selection last), or run it again.")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if int(state["step"]) != chosen:
+        raise DabenchError(f"{path} holds step {state['step']}, but source-val selection over results.jsonl chooses step "
+                           f"{chosen}: the folder was changed after its run. Run it again (--overwrite).")
+    return state["model"], chosen
+
+
+def load(path: str | Path, *, selection: str | None = None, device: str = "auto") -> "Run":
+    """A trained ``Run`` from a run folder or a file ``Run.save`` wrote. A run folder gives the step
+    ``selection`` chooses: source-val by default (last under --protocol paper), or last."""
+    from dabench.runner import resolve_device
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise DabenchError(f"{path} is not a run folder: it has no config.json (`dabench run` prints the run folder "
+                               "at its end; folders look like runs/<src>_to_<tgt>/<algo>/seed0-1a2b3c4d).")
+        config = json.loads(config_path.read_text())
+        records = read_records(path / "results.jsonl")
+        protocol = config.get("protocol", "dabench")
+        selection = selection or PROTOCOLS[protocol][0]
+        if selection not in KEPT or selection not in PROTOCOLS[protocol]:
+            possible = [s for s in KEPT if s in PROTOCOLS[protocol]]
+            raise DabenchError(f"selection '{selection}': a {protocol}-protocol run folder keeps the weights of "
+                               f"{' and '.join(possible)} only.")
+        state, step = _weights(path, config, records, selection)
+        run_dir: Path | None = path
+    elif path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+            raise DabenchError(f"{path} is not a file Run.save wrote ({type(exc).__name__}: {exc}).") from None
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            raise DabenchError(f"{path} is not a file Run.save wrote (a checkpoint.pt? load its run folder instead).")
+        if selection not in (None, saved["selection"]):
+            raise DabenchError(f"{path} holds the {saved['selection']} step only; load the run folder for '{selection}'.")
+        config, records, state, step, selection = (saved[k] for k in ("config", "records", "model", "step", "selection"))
+        run_dir = Path(saved["run_dir"]) if saved.get("run_dir") else None
+    else:
+        raise DabenchError(f"{path} does not exist: give a run folder or a file Run.save wrote.")
+    return Run(config, records, state, step, selection, run_dir, resolve_device(device))
+
+
+class Run:
+    """A trained model with the config and records of the run that made it."""
+
+    def __init__(self, config: dict, records: list[dict], state: dict, step: int, selection: str,
+                 run_dir: Path | None, device: torch.device):
+        from dabench.runner import build_algorithm
+
+        self.config, self.records, self.step, self.selection = config, records, step, selection
+        self.run_dir, self.device = run_dir, device
+        self.algorithm = build_algorithm(config, self.input_size if self.task == SEGMENTATION else self.input_size[0],
+                                         device)
+        self.algorithm.load_state_dict(state)
+        self.algorithm.eval()
+
+    def __repr__(self) -> str:
+        return (f"Run({self.config['algo']}: {self.config['src']} -> {self.config['tgt']}, seed {self.config['seed']}, "
+                f"step {self.step} ({self.selection}), {self.run_dir or 'loaded from a file'})")
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.config["classes"]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(W, H) the target images were fed at."""
+        w, h = (int(v) for v in str(self.config["eval_size"]).split("x"))
+        return w, h
+
+    @property
+    def result(self) -> dict:
+        """The evaluation record of the step this model is (its ``tgt-test`` is the table's number)."""
+        return next((r for r in self.records if r["step"] == self.step), {})
+
+    def _tensor(self, images) -> tuple[torch.Tensor, tuple[int, int]]:
+        """User images -> (the network's input: [-1, 1] floats at the run's input size, their own (H, W))."""
+        x = to_unit_range(as_uint8_images(images))
+        own = tuple(x.shape[-2:])
+        w, h = self.input_size
+        if own != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        return x, own
+
+    @torch.no_grad()
+    def predict(self, images, batch_size: int = 256) -> torch.Tensor:
+        """Logits for images (arrays as ``dabench.from_arrays`` reads them): (N, K) for
+        classification, (N, K, H, W) at the images' own size for segmentation."""
+        from dabench.algorithm import upsample
+        from dabench.trainer import autocast
+
+        x, size = self._tensor(images)
+        out = []
+        for part in x.split(batch_size):
+            with autocast(self.device, self.config.get("precision", "fp32")):
+                logits = self.algorithm.predict(part.to(self.device)).float()
+            if logits.ndim == 4:
+                logits = upsample(logits, size)
+            out.append(logits.cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def evaluate(self, data, *, data_root: str | Path | None = None) -> dict:
+        """Metrics of this model on ``data``: the run's target (by name) is scored on the run's own
+        test split, so the number equals the table's; another data set on its official test split,
+        or all its images when it has none; ``(X, y)`` arrays on all of them."""
+        from dabench.protocol import load_domain, test_split
+        from dabench.trainer import EVAL_BATCH, evaluate
+
+        if isinstance(data, (np.ndarray, torch.Tensor)):
+            raise DabenchError("evaluate needs labels: pass (images, labels).")
+        domain = _as_domain(data, classes=self.classes)
+        if not isinstance(domain, Domain):
+            root = Path(data_root).expanduser() if data_root else None
+            size = self.config.get("image_size") if self.task == SEGMENTATION else self.input_size[0]
+            domain = load_domain(domain, root, size)
+        if domain.classes != self.classes:
+            raise DabenchError(f"{domain.name} has other classes than this run ({len(domain.classes)} vs "
+                               f"{len(self.classes)}): a model is scored on its own label space.")
+        if domain.name == self.config["tgt"]:
+            dataset = test_split(domain, self.config.get("protocol", "dabench"))
+        elif domain.test is not None:
+            dataset = domain.test
+        else:
+            dataset = domain.train
+        if self.task == CLASSIFICATION and domain.image_size != self.input_size[0]:
+            dataset = _Resized(dataset, self.input_size[0])
+        return evaluate(self.algorithm, dataset, self.task, len(self.classes), self.device,
+                        self.config.get("precision", "fp32"), EVAL_BATCH[self.task], self.config.get("channels_last", False))
+
+    def save(self, path: str | Path) -> Path:
+        """One file with the weights of this model, its config and records: ``dabench.load`` reads it."""
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"format": FORMAT, "config": self.config, "records": self.records, "step": self.step,
+                    "selection": self.selection, "run_dir": str(self.run_dir) if self.run_dir else None,
+                    "model": self.algorithm.state_dict()}, tmp)
+        tmp.replace(path)
+        return path
+
+
+class _Resized(torch.utils.data.Dataset):
+    """Classification images of another size, resized as ``Run.predict`` resizes them."""
+
+    def __init__(self, base, size: int):
+        self.base, self.size = base, size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
+                             antialias=True)[0], y
