@@ -8,7 +8,6 @@ without ``done`` was cut off while it was written: it is rebuilt, never read. A 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
@@ -17,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -54,12 +54,8 @@ class KeyedFolder:
         """Hold an exclusive lock on the folder while checking or building it, so parallel runs
         (sweep --jobs) needing the same cache build it once and never read it half-written."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / f".{self.path.name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield self
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with FileLock(self.path.parent / f".{self.path.name}.lock"):  # filelock: Unix and Windows alike
+            yield self
 
     def start(self) -> None:
         """Empty the folder (a half-written one included) and record the key."""

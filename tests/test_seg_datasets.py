@@ -89,13 +89,19 @@ def make_cityscapes(root: Path) -> None:
                 (gt / f"{stem}_gtFine_polygons.json").write_text("{}")
 
 
-def make_synthia(root: Path, n: int = 3) -> None:
+def make_synthia(root: Path, n: int = 3, folder: str = "synthia") -> None:
     for i in range(n):
-        photo(root / "synthia" / "RGB" / f"{i:07d}.png", 64, 38, i)
+        photo(root / folder / "RGB" / f"{i:07d}.png", 64, 38, i)
         label = np.zeros((38, 64, 3), dtype=np.uint16)
         label[..., 0] = stripes(SYN_IDS, 64, 38)
         label[..., 1] = 1000 + i  # the instance channel: not a class
-        png16(root / "synthia" / "GT" / "LABELS" / f"{i:07d}.png", label)
+        png16(root / folder / "GT" / "LABELS" / f"{i:07d}.png", label)
+
+
+def test_synthia_is_found_where_its_archive_unpacks(tmp_path):
+    make_synthia(tmp_path, 2, folder="synthia/RAND_CITYSCAPES")
+    d = synthia(root=tmp_path, image_size=19)
+    assert len(d.train) == 2 and d.info["path"] == str(tmp_path / "synthia" / "RAND_CITYSCAPES")
 
 
 @pytest.fixture(scope="module")

@@ -306,6 +306,32 @@ def test_keyed_folder_refuses_another_config(tmp_path):
         KeyedFolder(tmp_path / "f", {"x": 2}).complete
 
 
+def test_keyed_folder_lock_lets_one_builder_in_at_a_time(tmp_path):
+    import threading
+    import time
+
+    inside, most, builds = [0], [0], []
+
+    def build(k):
+        folder = KeyedFolder(tmp_path / "f", {"x": 1})
+        with folder.lock():
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            if not folder.complete:
+                folder.start()
+                time.sleep(0.2)  # a slow build: the other thread must wait, then find it done
+                folder.finish()
+                builds.append(k)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=build, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and len(builds) == 1
+
+
 def test_udas_runs_on_gta5_and_cityscapes_folders_in_their_published_layouts(tmp_path):
     from test_seg_datasets import make_cityscapes, make_gta5
 

@@ -29,7 +29,7 @@ CITYSCAPES_WHERE = ("Cityscapes (Cordts et al., CVPR 2016) is published at citys
                     "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip and unpack both into "
                     "<data root>/cityscapes. " + ROOT_HINT)
 SYNTHIA_WHERE = ("SYNTHIA (Ros et al., CVPR 2016) is published at synthia-dataset.net: download SYNTHIA-RAND-CITYSCAPES "
-                 "(9,400 frames) and unpack it so that RGB/ and GT/LABELS/ lie in <data root>/synthia. " + ROOT_HINT)
+                 "(9,400 frames) and unpack it in <data root>/synthia (RGB/ and GT/LABELS/ there or in its RAND_CITYSCAPES/). " + ROOT_HINT)
 
 # SYNTHIA-RAND-CITYSCAPES class id (first channel of GT/LABELS/*.png) -> class, from the set's README,
 # as mapped by DACS (data/synthia_dataset.py) and DAFormer (tools/convert_datasets/synthia.py).
@@ -149,8 +149,11 @@ def synthia(arg: str | None = None, *, root: Path | None = None, image_size: int
                            "truck or train, so there is no 19-class version. Write synthia or synthia:13.")
     classes = SYNTHIA_13 if arg == "13" else SYNTHIA_16
     name = "synthia" if arg is None else f"synthia:{arg}"
-    layout = "<data root>/synthia/RGB/*.png and <data root>/synthia/GT/LABELS/*.png"
+    layout = ("<data root>/synthia/RGB/*.png and <data root>/synthia/GT/LABELS/*.png (or under "
+              "<data root>/synthia/RAND_CITYSCAPES/, where the archive unpacks them)")
     base = _base(root, name, "synthia", layout, SYNTHIA_WHERE)
+    if not (base / "RGB").is_dir() and (base / "RAND_CITYSCAPES" / "RGB").is_dir():
+        base = base / "RAND_CITYSCAPES"  # the published archive's own top folder
     for sub in ("RGB", "GT/LABELS"):
         _need(base / sub, name, layout, SYNTHIA_WHERE)
     pairs = pair_up(listing(base / "RGB", (".png",)), listing(base / "GT" / "LABELS", (".png",)), name,
