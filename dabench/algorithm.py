@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from dabench.data import CLASSIFICATION, SEGMENTATION, Batch
 from dabench.hparams import HParam, choice, int_log2, log_uniform
@@ -41,10 +42,22 @@ class Stage:
 
 
 @dataclass
-class StageContext:
-    """What ``begin_stage`` may use: the run's data and folders, and where to show progress."""
+class TrainData:
+    """The data a stage draws its batches from, and all of the run's data ``begin_stage`` is handed:
+    source train, the unlabelled target images and the labelled-target budget. The evaluation
+    splits (source val, target val and test) never leave the trainer, and in unsupervised DA no
+    object reachable from here holds a target label (``dabench.data.unlabeled``)."""
 
-    splits: Any  # dabench.protocol.Splits
+    src_train: Dataset  # labelled source images
+    tgt_train: Dataset  # target images alone (ImagesOnly); or (image, pseudo-label) pairs a stage made
+    tgt_labeled: Dataset | None = None  # the --tgt-labeled budget; None in unsupervised DA
+
+
+@dataclass
+class StageContext:
+    """What ``begin_stage`` may use: the training data, the run's folders, and where to show progress."""
+
+    data: TrainData
     run_dir: Path
     cache_dir: Path  # shared by runs: caches keyed by their config (e.g. translated source images)
     device: torch.device
@@ -113,10 +126,11 @@ class Algorithm(nn.Module):
 
     def begin_stage(self, stage: Stage, ctx: StageContext, resumed: bool):
         """Called when ``stage`` starts, or restarts after ``--resume`` (``resumed``: the weights came
-        from a checkpoint inside it). Returns the splits the stage draws batches from (``ctx.splits``
-        or a copy with other ``src_train``/``tgt_train``; a ``tgt_train`` that yields (image, label)
-        pairs fills ``Batch.tgt_pseudo``), or None to skip the stage's steps (its work is cached)."""
-        return ctx.splits
+        from a checkpoint inside it). Returns the ``TrainData`` the stage draws batches from
+        (``ctx.data``, or ``dataclasses.replace(ctx.data, ...)`` with other ``src_train``/``tgt_train``;
+        a ``tgt_train`` that yields (image, label) pairs fills ``Batch.tgt_pseudo``), or None to skip
+        the stage's steps (its work is cached)."""
+        return ctx.data
 
     # Helpers shared by the plugins -----------------------------------------------------------
 

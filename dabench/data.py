@@ -135,6 +135,9 @@ class TensorImages(Dataset):
     def labels(self) -> np.ndarray:
         return self.targets.numpy()
 
+    def images_only(self) -> "ImageTensor":
+        return ImageTensor(self.images)
+
 
 class Subset(Dataset):
     """A view on some indices of a dataset; keeps the fast batch path and the label listing."""
@@ -158,20 +161,54 @@ class Subset(Dataset):
         return labels_of(self.base)[self.indices]
 
 
-class ImagesOnly(Dataset):
-    """The unlabelled view of a labelled dataset: yields images and nothing else."""
+class ImageTensor(Dataset):
+    """Images kept in memory as uint8 (N, C, H, W), no labels: ``TensorImages.images_only()``."""
 
-    def __init__(self, base: Dataset):
-        self.base = base
+    def __init__(self, images: torch.Tensor):
+        self.images = images
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return image_of(self.base, i)
+        return self.image(i)
+
+    def image(self, i: int) -> torch.Tensor:
+        return to_unit_range(self.images[i])
 
     def get_batch(self, idx: Sequence[int]) -> torch.Tensor:
-        return get_batch(self.base, idx)[0]
+        return to_unit_range(self.images[torch.as_tensor(idx, dtype=torch.long)])
+
+
+def unlabeled(ds: Dataset) -> Dataset:
+    """A view of ``ds`` from which no label can be reached: the dataset's own ``images_only()``
+    (TensorImages, the folder and segmentation-file readers have one), through Subsets. A dataset
+    without one is used as it is; give yours an ``images_only()`` to keep its labels sealed."""
+    if isinstance(ds, Subset):
+        return Subset(unlabeled(ds.base), ds.indices)
+    if hasattr(ds, "images_only"):
+        return ds.images_only()
+    return ds
+
+
+class ImagesOnly(Dataset):
+    """The unlabelled view of a labelled dataset: yields images and nothing else. It holds only
+    the dataset's label-free view (``unlabeled``), so no attribute path leads to a label."""
+
+    def __init__(self, base: Dataset):
+        self._images = unlabeled(base)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return image_of(self._images, i)
+
+    def get_batch(self, idx: Sequence[int]) -> torch.Tensor:
+        if not in_memory(self._images):
+            return torch.stack([self[i] for i in idx])
+        out = get_batch(self._images, idx)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def image_of(ds: Dataset, i: int) -> torch.Tensor:
@@ -183,8 +220,10 @@ def image_of(ds: Dataset, i: int) -> torch.Tensor:
 def in_memory(ds: Dataset) -> bool:
     """Whether ``ds`` serves whole batches by indexing (no DataLoader worth its start-up): true for
     ``TensorImages``, for views on one, and for any dataset of its own with a ``get_batch``."""
-    if isinstance(ds, (Subset, ImagesOnly)):
+    if isinstance(ds, Subset):
         return in_memory(ds.base)
+    if isinstance(ds, ImagesOnly):
+        return in_memory(ds._images)
     return hasattr(ds, "get_batch")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dabench.algorithm import Algorithm, StageContext, upsample
+from dabench.algorithm import Algorithm, StageContext, TrainData, upsample
 from dabench.data import Batch, Labeled, ordered_batches, stream
 from dabench.errors import RunFailed  # noqa: F401 - raised here; importable from here as before
 from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
@@ -131,7 +131,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     start = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else 0
     records = [r for r in read_records(results) if r["step"] <= start]  # drop evaluations past the checkpoint
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
-    ctx = StageContext(splits, run_dir, cache_dir or run_dir / "cache", device, precision, seed, reporter, workers,
+    ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir, cache_dir or run_dir / "cache", device, precision, seed, reporter, workers,
                        data_key or {})
     evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
                                          "tgt-test": splits.tgt_test}.items() if len(ds)}  # "paper": no hold-outs

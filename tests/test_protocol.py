@@ -44,7 +44,7 @@ def test_test_split_is_fixed_across_seeds_and_disjoint_from_train_and_val():
     src, tgt = load_domain("toy-src", None), load_domain("toy-tgt", None)
     a, b = build_splits(src, tgt, 8, seed=0), build_splits(src, tgt, 8, seed=1)
     assert np.array_equal(a.tgt_test.indices, b.tgt_test.indices)
-    train = set(a.tgt_train.base.indices.tolist())
+    train = set(a.tgt_train._images.indices.tolist())  # the unlabelled view keeps the indices of target train
     assert not train & set(a.tgt_test.indices.tolist())
     assert not train & set(a.tgt_val.indices.tolist())
     assert len(train) + len(a.tgt_val) + len(a.tgt_test) == 120

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from dabench import RunConfig, run
-from dabench.algorithm import Stage, StageContext
+from dabench.algorithm import Stage, StageContext, TrainData
 from dabench.cache import KeyedFolder
 from dabench.cli import main
 from dabench.errors import DabenchError
@@ -158,7 +158,7 @@ def test_stages_follow_the_ablation_hyperparameters(tmp_path):
 def test_a_round_makes_the_student_the_teacher(tmp_path):
     prep = prepare(config(tmp_path, hparams={"selftrain_rounds": 2}))
     algo = prep.algorithm
-    ctx = StageContext(prep.splits, tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
+    ctx = StageContext(TrainData(prep.splits.src_train, prep.splits.tgt_train, prep.splits.tgt_labeled), tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
     with torch.no_grad():
         for p in algo.segmenter.parameters():
             p.add_(1.0)  # the student has moved away from the teacher
@@ -221,7 +221,7 @@ class _StopIn(NullReporter):
 def test_half_written_pseudo_labels_are_made_again_not_trained_on(tmp_path):
     prep = prepare(config(tmp_path))
     algo = prep.algorithm
-    ctx = StageContext(prep.splits, tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
+    ctx = StageContext(TrainData(prep.splits.src_train, prep.splits.tgt_train, prep.splits.tgt_labeled), tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
     algo.begin_stage(Stage("self-train 1", 2), ctx, resumed=False)
     folder = tmp_path / "run" / "pseudo" / "round1"
     (folder / "done").unlink()  # as if killed while labelling

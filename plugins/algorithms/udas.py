@@ -152,15 +152,15 @@ class UDAS(AdaptSegNet):
         self.stage = stage
         cache = self.translation_cache(ctx)
         if stage.name == TRANSLATE:
-            return None if cache.complete else ctx.splits
+            return None if cache.complete else ctx.data
         source = self.translated_source(ctx, cache)
         if stage.name == ADAPT:
-            return dataclasses.replace(ctx.splits, src_train=source)
+            return dataclasses.replace(ctx.data, src_train=source)
         if not resumed:  # a new round: the model so far becomes the teacher
             self.teacher.load_state_dict(self.segmenter.state_dict())
         rnd = int(stage.name.split()[-1])
         labels = self.pseudo_label(ctx, rnd)
-        return dataclasses.replace(ctx.splits, src_train=source, tgt_train=CachedLabels(ctx.splits.tgt_train, labels))
+        return dataclasses.replace(ctx.data, src_train=source, tgt_train=CachedLabels(ctx.data.tgt_train, labels))
 
     def translation_cache(self, ctx: StageContext) -> KeyedFolder:
         """The folder of translated source images this config makes: keyed by the translator, its
@@ -173,7 +173,7 @@ class UDAS(AdaptSegNet):
 
     def translated_source(self, ctx: StageContext, cache: KeyedFolder):
         """Source train with translated images (built once, then read from the cache)."""
-        src = ctx.splits.src_train
+        src = ctx.data.src_train
         if self.hp["translator"] == "none":
             return src
         with cache.lock():
@@ -184,7 +184,7 @@ class UDAS(AdaptSegNet):
     def translate_all(self, ctx: StageContext, cache: KeyedFolder) -> None:
         """Translate every source training image once, pairing each with a seeded random target
         image (FDA takes its spectrum), and write them to ``cache``."""
-        src, tgt = ctx.splits.src_train, ctx.splits.tgt_train
+        src, tgt = ctx.data.src_train, ctx.data.tgt_train
         cache.start()
         rng = np.random.default_rng([ctx.seed, 11])  # which target image each source image is paired with
         bs = EVAL_BATCH["segmentation"]
@@ -207,7 +207,7 @@ class UDAS(AdaptSegNet):
     def pseudo_label(self, ctx: StageContext, rnd: int) -> KeyedFolder:
         """Round ``rnd``'s pseudo-labels of every unlabelled target image, made by the teacher (in
         the run folder; a folder cut off while written is made again)."""
-        tgt = ctx.splits.tgt_train
+        tgt = ctx.data.tgt_train
         key = {"round": rnd, "views": self.hp["views"], "threshold": self.hp["threshold"], "images": len(tgt)}
         folder = KeyedFolder(ctx.run_dir / "pseudo" / f"round{rnd}", key)
         if folder.complete:

@@ -46,6 +46,45 @@ class ImageFiles(Dataset):
     def labels(self) -> np.ndarray:
         return self.targets
 
+    def images_only(self) -> "ImageFiles":
+        """The same files with no labels (-1 in their place): what an unlabelled target view holds."""
+        return ImageFiles(self.files, [-1] * len(self.files), self.size)
+
+
+class _Pixels:
+    """Image files decoded once, on first use, into uint8 (N, 3, size, size); no labels."""
+
+    def __init__(self, files: list[Path], size: int):
+        self.files, self.size = files, size
+        self._images: torch.Tensor | None = None
+
+    def tensor(self) -> torch.Tensor:
+        if self._images is None:
+            images = torch.empty((len(self.files), 3, self.size, self.size), dtype=torch.uint8)
+            for i, path in enumerate(self.files):
+                images[i] = torch.from_numpy(decode(path, self.size)).permute(2, 0, 1)
+            self._images = images
+        return self._images
+
+
+class DecodedImages(Dataset):
+    """The unlabelled view of ``DecodedFiles``: shares its decoded pixels, holds no label."""
+
+    def __init__(self, pixels: _Pixels):
+        self.pixels = pixels
+
+    def __len__(self) -> int:
+        return len(self.pixels.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.image(i)
+
+    def image(self, i: int) -> torch.Tensor:
+        return to_unit_range(self.pixels.tensor()[i])
+
+    def get_batch(self, idx: Sequence[int]) -> torch.Tensor:
+        return to_unit_range(self.pixels.tensor()[torch.as_tensor(idx, dtype=torch.long)])
+
 
 class DecodedFiles(Dataset):
     """The same image files decoded once, on first use, into uint8 (N, 3, size, size) and then served
@@ -54,6 +93,7 @@ class DecodedFiles(Dataset):
 
     def __init__(self, files: ImageFiles):
         self.source = files
+        self.pixels = _Pixels(files.files, files.size)
         self._memory: TensorImages | None = None
 
     @property
@@ -65,11 +105,7 @@ class DecodedFiles(Dataset):
 
     def memory(self) -> TensorImages:
         if self._memory is None:
-            size = self.source.size
-            images = torch.empty((len(self.source), 3, size, size), dtype=torch.uint8)
-            for i, path in enumerate(self.source.files):
-                images[i] = torch.from_numpy(decode(path, size)).permute(2, 0, 1)
-            self._memory = TensorImages(images, torch.from_numpy(self.source.targets))
+            self._memory = TensorImages(self.pixels.tensor(), torch.from_numpy(self.source.targets))
         return self._memory
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +116,9 @@ class DecodedFiles(Dataset):
 
     def labels(self) -> np.ndarray:
         return self.source.targets
+
+    def images_only(self) -> DecodedImages:
+        return DecodedImages(self.pixels)
 
 
 def memory_limit_mb() -> float:

@@ -6,6 +6,8 @@ decoding, and turn a requested height into a (W, H) size.
 """
 from __future__ import annotations
 
+import copy
+
 import os
 import struct
 import warnings
@@ -135,6 +137,14 @@ class SegmentationFiles(Dataset):
         """Item ``i``'s image alone; the label file is not opened."""
         return _unit(self.transform(tv_tensors.Image(read_rgb(self.pairs[i][0]))))
 
+    def images_only(self) -> "SegmentationFiles":
+        """The same images with no label files: what an unlabelled target view holds (``image(i)``
+        reads an image; there is no label path left to read)."""
+        view = copy.copy(self)
+        view.pairs = [(image, "") for image, _ in self.pairs]
+        view.read_label = _no_labels
+        return view
+
     def train_ids(self, label_path: str) -> np.ndarray:
         """A label file's train ids at its stored resolution, uint8 (h, w)."""
         stored = self.read_label(label_path)
@@ -151,6 +161,10 @@ class SegmentationFiles(Dataset):
                               "are no class index and not 255; those pixels are ignored like 255. Said once per "
                               "data set: check the other labels and classes.txt.", stacklevel=2)
         return ids
+
+
+def _no_labels(path: str) -> np.ndarray:
+    raise TypeError("this is the unlabelled view of a segmentation data set: it has no labels")
 
 
 # --- finding and pairing files ------------------------------------------------------------------
