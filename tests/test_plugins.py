@@ -1,68 +1,35 @@
-"""A third-party algorithm (and dataset) in its own distribution, found through entry points,
-listed and run with no change to dabench: what CONTRIBUTING.md promises."""
+"""A third-party algorithm, backbone and dataset in their own distribution, found through entry
+points, listed and run with no change to dabench: the code and entry points are taken from
+CONTRIBUTING.md itself, so the page cannot drift from what works."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
-import textwrap
+import tomllib
+from pathlib import Path
 
-PLUGIN = '''
-"""A throwaway plugin distribution."""
-import torch
-import torch.nn.functional as F
-from dabench.algorithm import Algorithm
-from dabench.data import Domain, TensorImages
-from dabench.hparams import HParam
-from dabench.registry import plugin
+CONTRIBUTING = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
 
 
-class CenterLoss(Algorithm):
-    """Source CE plus pulling target features to the source mean (test plugin)."""
-
-    hparams = {**Algorithm.hparams, "weight": HParam(0.1, None, "alignment weight")}
-
-    def __init__(self, backbone, num_classes, hparams, steps):
-        super().__init__(backbone, num_classes, hparams, steps)
-        self.net = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.out_features, num_classes))
-        self.optims["all"] = self.sgd(self.parameters())
-
-    def update(self, batch, step):
-        self.anneal(step)
-        fs, ft = self.net[0](batch.src_x), self.net[0](batch.tgt_x)
-        cls = F.cross_entropy(self.net[1](fs), batch.src_y)
-        align = (fs.mean(0) - ft.mean(0)).pow(2).sum()
-        self.step(cls + self.hp["weight"] * align, self.optims["all"])
-        return {"cls": cls.item(), "align": align.item()}
-
-    def predict(self, x):
-        return self.net(x)
+def section(title: str) -> str:
+    return CONTRIBUTING.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
 
 
-@plugin(task="classification", description="stripes, shifted by the argument")
-def stripes(arg=None, *, root=None, image_size=None):
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(80) % 2
-    x = torch.rand(80, 3, 16, 16, generator=g) * 0.2 + float(arg or 0)
-    x[y == 0, :, ::2] += 0.5
-    x[y == 1, :, :, ::2] += 0.5
-    return Domain("stripes", "classification", ["rows", "cols"], TensorImages((x.clamp(0, 1) * 255).byte(), y), image_size=16)
-'''
-
-
-def make_distribution(root):
-    (root / "centerloss_plugin").mkdir()
-    (root / "centerloss_plugin" / "__init__.py").write_text(PLUGIN)
-    info = root / "centerloss_plugin-0.1.dist-info"
+def make_distribution(root: Path) -> None:
+    text = section("Add an algorithm in your own package")
+    code = "\n\n".join(re.findall(r"```python\n(.*?)```", text, re.S))
+    (root / "my_plugin").mkdir()
+    (root / "my_plugin" / "__init__.py").write_text(code)
+    project = tomllib.loads(re.search(r"```toml\n(.*?)```", text, re.S).group(1))["project"]
+    info = root / "my_dabench_plugin-0.1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: centerloss-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent("""\
-        [dabench.algorithms]
-        centerloss = centerloss_plugin:CenterLoss
-
-        [dabench.datasets]
-        stripes = centerloss_plugin:stripes
-        """))
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in eps.items()) + "\n"
+        for group, eps in project["entry-points"].items()))
 
 
 def dabench(args, root, cwd):
@@ -70,20 +37,20 @@ def dabench(args, root, cwd):
     return subprocess.run([sys.executable, "-m", "dabench", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
-def test_third_party_algorithm_is_listed_and_runs(tmp_path):
+def test_the_plugin_of_contributing_md_is_listed_and_runs(tmp_path):
     make_distribution(tmp_path)
-    listed = dabench(["list", "algorithms"], tmp_path, tmp_path)
+    listed = dabench(["list"], tmp_path, tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert "centerloss" in listed.stdout and "weight=0.1" in listed.stdout
-    assert "Source CE plus pulling" in listed.stdout
-    datasets = dabench(["list", "datasets"], tmp_path, tmp_path)
-    assert "stripes" in datasets.stdout
+    for text in ("meanmatch", "weight=0.1", "Source cross-entropy plus matching", "tiny-cnn", "stripes"):
+        assert text in listed.stdout
 
+    commands = re.findall(r"^dabench run (.*?)$", section("Add an algorithm in your own package"), re.M)
+    assert len(commands) == 1
     out = tmp_path / "runs"
-    ran = dabench(["run", "--algo", "centerloss", "--src", "stripes", "--tgt", "stripes:0.3", "--steps", "20",
-                   "--eval-every", "10", "-H", "weight=0.5", "--out", str(out)], tmp_path, tmp_path)
+    ran = dabench(["run", *shlex.split(commands[0]), "--steps", "20", "--eval-every", "10", "--out", str(out)],
+                  tmp_path, tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert "run folder:" in ran.stdout
-    (run_dir,) = (out / "stripes_to_stripes_0.3" / "centerloss").iterdir()
-    assert (run_dir / "done").exists()
-    assert '"weight": 0.5' in (run_dir / "config.json").read_text()
+    (run_dir,) = (out / "stripes_to_stripes_0.3" / "meanmatch").iterdir()
+    config = (run_dir / "config.json").read_text()
+    assert (run_dir / "done").exists() and '"weight": 0.3' in config and '"backbone": "tiny-cnn"' in config
