@@ -96,6 +96,9 @@ def _run_options(f):
                      help="backbone weights: a local file, or imagenet (timm's ImageNet weights, downloaded once by timm)"),
         click.option("--channels-last", is_flag=True, help="channels_last memory format (faster convolutions on GPU)"),
         click.option("--workers", type=int, default=0, show_default=True, help="data loading processes for file-backed data"),
+        click.option("--log", type=click.Choice(["jsonl", "tensorboard"]), default="jsonl", show_default=True,
+                     help="every step's losses go to the run folder's steps.jsonl; tensorboard: also TensorBoard "
+                          "event files in its tensorboard/ (pip install 'dabench[tensorboard]')"),
         click.option("--protocol", type=click.Choice(["dabench", "paper"]), default="dabench", show_default=True,
                      help="dabench: held-out source val, target val and test; paper: train on everything, test on the "
                           "target's official test split (Cityscapes val), last-step selection only"),
@@ -117,7 +120,7 @@ def _run_options(f):
 @click.option("--resume", is_flag=True, help="continue the unfinished run of this exact config")
 @click.option("--overwrite", is_flag=True, help="delete an existing run of this config and start again")
 def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
-        image_size, pretrained, channels_last, workers, protocol, out, resume, overwrite):
+        image_size, pretrained, channels_last, workers, log, protocol, out, resume, overwrite):
     """Train one algorithm on one source -> target pair and evaluate it."""
     from dabench.progress import make_reporter
     from dabench.runner import RunConfig, run as run_api
@@ -125,7 +128,8 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
     cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
-                    channels_last=channels_last, workers=workers, protocol=protocol, resume=resume, overwrite=overwrite)
+                    channels_last=channels_last, workers=workers, log=log, protocol=protocol, resume=resume,
+                    overwrite=overwrite)
     result = run_api(cfg, reporter=make_reporter(err_console, title=f"{algo} {src} -> {tgt}"))
     if result.already_done:
         err_console.print("This exact config already finished; showing its results (use --overwrite to run it again).")

@@ -61,6 +61,7 @@ class RunConfig:
     channels_last: bool = False
     protocol: str = "dabench"  # "paper": no hold-outs, the target's official test split, last-step selection
     workers: int = 0
+    log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard": also TensorBoard event files
     resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
     overwrite: bool = False
 
@@ -179,7 +180,7 @@ def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> di
     config = _config_dict(cfg) | {"src": _domain_name(cfg.src), "tgt": _domain_name(cfg.tgt),
                                   "backbone": cfg.backbone or DEFAULT_BACKBONE[task], "tgt_labeled": tgt_labeled,
                                   "hparams": values, "overrides": sorted(cfg.hparams)}  # the -H keys: a variant
-    for transient in ("resume", "overwrite", "out", "data_root", "device", "workers"):
+    for transient in ("resume", "overwrite", "out", "data_root", "device", "workers", "log"):
         config.pop(transient)
     return config
 
@@ -209,6 +210,14 @@ def prepare(cfg: RunConfig) -> Prepared:
     _positive("--eval-every", cfg.eval_every)
     if cfg.image_size is not None:
         _positive("--image-size", cfg.image_size)
+    if cfg.log not in ("jsonl", "tensorboard"):
+        raise DabenchError(f"--log must be jsonl or tensorboard, got '{cfg.log}'.")
+    if cfg.log == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise DabenchError("--log tensorboard needs the tensorboard package: pip install 'dabench[tensorboard]' "
+                               "(or drop --log; every step's losses are in the run folder's steps.jsonl).") from None
     if cfg.precision not in PRECISIONS:
         raise DabenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'.")
     if cfg.seed < 0 or cfg.hparam_index < 0:
@@ -316,7 +325,7 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
         records = fit(prep.algorithm, prep.splits, eval_every=cfg.eval_every, seed=cfg.seed,
                       run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
                       resume=resume, reporter=reporter, workers=cfg.workers, cache_dir=Path(cfg.out) / "cache",
-                      data_key=_data_key(config))
+                      data_key=_data_key(config), log=cfg.log)
     except DabenchError:
         if not resume and not (run_dir / "checkpoint.pt").exists():
             shutil.rmtree(run_dir)  # refused before anything was trained: leave no half-made run behind

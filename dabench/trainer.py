@@ -123,83 +123,132 @@ def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
 def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
         device: torch.device, precision: str = "fp32", channels_last: bool = False, resume: bool = False,
         reporter: NullReporter | None = None, workers: int = 0, cache_dir: Path | None = None,
-        data_key: dict | None = None) -> list[dict]:
+        data_key: dict | None = None, log: str = "jsonl") -> list[dict]:
     """Train ``algo`` through its stages (one of ``algo.steps`` updates unless it declares more);
-    returns every evaluation record of the run."""
+    returns every evaluation record of the run. Every step's losses go to ``steps.jsonl`` (and
+    to TensorBoard event files under ``tensorboard/`` with ``log="tensorboard"``)."""
     reporter = reporter or NullReporter()
     ckpt, results = run_dir / "checkpoint.pt", run_dir / "results.jsonl"
     start = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else 0
     records = [r for r in read_records(results) if r["step"] <= start]  # drop evaluations past the checkpoint
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
-    ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir, cache_dir or run_dir / "cache", device, precision, seed, reporter, workers,
-                       data_key or {})
-    evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
-                                         "tgt-test": splits.tgt_test}.items() if len(ds)}  # "paper": no hold-outs
-    algo.train()
+    with StepLog(run_dir, start, log) as step_log:
+        ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir,
+                           cache_dir or run_dir / "cache", device, precision, seed, reporter, workers, data_key or {})
+        evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
+                                             "tgt-test": splits.tgt_test}.items() if len(ds)}  # "paper": no hold-outs
+        algo.train()
 
-    offset = 0
-    for index, stage in enumerate(algo.stages()):
-        first, end = max(start, offset), offset + stage.steps
-        offset = end
-        if first >= end:
-            continue  # done before the checkpoint (or a stage of no steps)
-        if index and first == end - stage.steps:
-            seed_all(seed * 1000 + index)  # a stage's random numbers do not depend on whether earlier ones ran or were cached
-        t_begin = time.perf_counter()
-        data = algo.begin_stage(stage, ctx, resumed=first > end - stage.steps)
-        if data is None:  # its work is cached: skip its steps
-            save_checkpoint(ckpt, algo, end)
-            _log_time(run_dir, stage.name, "cached", 0, time.perf_counter() - t_begin)
-            continue
-        prepare_s = time.perf_counter() - t_begin
-        bs = algo.hp["batch_size"]
-        src = stream(data.src_train, bs, seed, 0, first, end, workers)
-        tgt = stream(data.tgt_train, bs, seed, 1, first, end, workers)
-        lab = (stream(data.tgt_labeled, min(bs, len(data.tgt_labeled)), seed, 2, first, end, workers)
-               if data.tgt_labeled else None)
-        sums: dict[str, float] = {}
-        count, t0 = 0, time.perf_counter()
-        reporter.start(stage.steps, first - (end - stage.steps), stage.name)
-        try:
-            for step in range(first, end):
-                local = step - (end - stage.steps)
-                (sx, sy), t = next(src), next(tgt)
-                tx, pseudo = t if isinstance(t, (tuple, list)) else (t, None)
-                labeled = Labeled(*next(lab)) if lab is not None else None
-                batch = Batch(sx, sy, tx, labeled, pseudo).to(device, channels_last)
-                with autocast(device, precision):
-                    losses = algo.update(batch, local)
-                bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-                if bad:
-                    raise RunFailed(
-                        f"Loss became non-finite at step {step + 1} ({', '.join(f'{k}={v}' for k, v in bad.items())}). "
-                        f"The last good checkpoint (step {start if not records else records[-1]['step']}) is kept in "
-                        f"{run_dir}. Try a smaller learning rate (-H lr=...) or --precision fp32."
-                    )
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                reporter.advance(local + 1, losses)
-                if (step + 1) % eval_every and step + 1 != end:
-                    continue
-                if stage.evaluate:
-                    record = {"step": step + 1, "stage": stage.name, "time_s": round(time.perf_counter() - t0, 3),
-                              "losses": {k: v / count for k, v in sums.items()}}
-                    for name, ds in evals.items():
-                        record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
-                                                EVAL_BATCH[splits.task], channels_last, workers)
-                    append_record(results, record)
-                    records.append(record)
-                    if "src-val" in record and select("source-val", records, PRIMARY_METRIC[splits.task]) == len(records) - 1:
-                        save_weights(run_dir / SELECTED, algo, step + 1, "source-val")
-                    reporter.evaluated(record)
-                    sums, count = {}, 0
-                save_checkpoint(ckpt, algo, step + 1)
-        finally:
-            reporter.stop()
-        _log_time(run_dir, stage.name, "prepare", 0, prepare_s)
-        _log_time(run_dir, stage.name, "train", end - first, time.perf_counter() - t0)
-    return records
+        offset = 0
+        for index, stage in enumerate(algo.stages()):
+            first, end = max(start, offset), offset + stage.steps
+            offset = end
+            if first >= end:
+                continue  # done before the checkpoint (or a stage of no steps)
+            if index and first == end - stage.steps:
+                seed_all(seed * 1000 + index)  # a stage's random numbers do not depend on whether earlier ones ran or were cached
+            t_begin = time.perf_counter()
+            data = algo.begin_stage(stage, ctx, resumed=first > end - stage.steps)
+            if data is None:  # its work is cached: skip its steps
+                save_checkpoint(ckpt, algo, end)
+                _log_time(run_dir, stage.name, "cached", 0, time.perf_counter() - t_begin)
+                continue
+            prepare_s = time.perf_counter() - t_begin
+            bs = algo.hp["batch_size"]
+            src = stream(data.src_train, bs, seed, 0, first, end, workers)
+            tgt = stream(data.tgt_train, bs, seed, 1, first, end, workers)
+            lab = (stream(data.tgt_labeled, min(bs, len(data.tgt_labeled)), seed, 2, first, end, workers)
+                   if data.tgt_labeled else None)
+            sums: dict[str, float] = {}
+            count, t0 = 0, time.perf_counter()
+            reporter.start(stage.steps, first - (end - stage.steps), stage.name)
+            try:
+                for step in range(first, end):
+                    local = step - (end - stage.steps)
+                    (sx, sy), t = next(src), next(tgt)
+                    tx, pseudo = t if isinstance(t, (tuple, list)) else (t, None)
+                    labeled = Labeled(*next(lab)) if lab is not None else None
+                    batch = Batch(sx, sy, tx, labeled, pseudo).to(device, channels_last)
+                    with autocast(device, precision):
+                        losses = algo.update(batch, local)
+                    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+                    if bad:
+                        raise RunFailed(
+                            f"Loss became non-finite at step {step + 1} ({', '.join(f'{k}={v}' for k, v in bad.items())}). "
+                            f"The last good checkpoint (step {start if not records else records[-1]['step']}) is kept in "
+                            f"{run_dir}. Try a smaller learning rate (-H lr=...) or --precision fp32."
+                        )
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    reporter.advance(local + 1, losses)
+                    step_log.step(step + 1, stage.name, losses)
+                    if (step + 1) % eval_every and step + 1 != end:
+                        continue
+                    if stage.evaluate:
+                        record = {"step": step + 1, "stage": stage.name, "time_s": round(time.perf_counter() - t0, 3),
+                                  "losses": {k: v / count for k, v in sums.items()}}
+                        for name, ds in evals.items():
+                            record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
+                                                    EVAL_BATCH[splits.task], channels_last, workers)
+                        append_record(results, record)
+                        records.append(record)
+                        if "src-val" in record and select("source-val", records, PRIMARY_METRIC[splits.task]) == len(records) - 1:
+                            save_weights(run_dir / SELECTED, algo, step + 1, "source-val")
+                        reporter.evaluated(record)
+                        step_log.evaluated(record)
+                        sums, count = {}, 0
+                    step_log.flush()  # before the checkpoint: a resume never finds a step the log lacks
+                    save_checkpoint(ckpt, algo, step + 1)
+            finally:
+                reporter.stop()
+            _log_time(run_dir, stage.name, "prepare", 0, prepare_s)
+            _log_time(run_dir, stage.name, "train", end - first, time.perf_counter() - t0)
+        return records
+
+
+class StepLog:
+    """The losses of every step: one JSON line each in ``steps.jsonl`` (``{"step", "stage", losses}``,
+    the global step after the update) and, with ``log="tensorboard"``, scalars in TensorBoard event
+    files (losses under ``train/``, evaluations under ``<split>/``). A resumed run first drops the
+    lines past its checkpoint, so the file reads as one uninterrupted run."""
+
+    def __init__(self, run_dir: Path, start: int, log: str = "jsonl"):
+        path = run_dir / "steps.jsonl"
+        kept = [r for r in read_records(path) if r["step"] <= start] if start else []
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.file = open(path, "a")
+        self.writer = None
+        if log == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter  # checked by the runner before training
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
+
+    def step(self, step: int, stage: str, losses: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, "stage": stage, **losses}) + "\n")
+        if self.writer:
+            for k, v in losses.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+
+    def evaluated(self, record: dict) -> None:
+        if self.writer:
+            for split in EVAL_SPLITS:
+                for k, v in (record.get(split) or {}).items():
+                    if isinstance(v, float):
+                        self.writer.add_scalar(f"{split}/{k}", v, record["step"])
+
+    def flush(self) -> None:
+        self.file.flush()
+        if self.writer:
+            self.writer.flush()
+
+    def __enter__(self) -> "StepLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+        if self.writer:
+            self.writer.close()
 
 
 def _log_time(run_dir: Path, stage: str, part: str, steps: int, seconds: float) -> None:

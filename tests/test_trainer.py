@@ -72,6 +72,25 @@ def test_resume_after_kill_gives_identical_numbers(tmp_path, monkeypatch):
     assert (resumed.run_dir / "done").exists()
     assert numbers(resumed.records) == numbers(full.records)
     assert numbers(read_records(resumed.run_dir / "results.jsonl")) == numbers(full.records)
+    # the step log reads as one run too: the steps after the kill's checkpoint are not doubled
+    assert read_records(resumed.run_dir / "steps.jsonl") == read_records(full.run_dir / "steps.jsonl")
+
+
+def test_every_step_is_logged_and_evaluations_average_them(tmp_path):
+    result = run(cfg(tmp_path, log="tensorboard"))
+    steps = read_records(result.run_dir / "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, 41)) and {"cls", "dom", "lambda"} <= set(steps[0])
+    for record in result.records:  # each evaluation's losses are the mean over the steps since the last one
+        window = [s for s in steps if record["step"] - 10 < s["step"] <= record["step"]]
+        assert record["losses"]["dom"] == pytest.approx(sum(s["dom"] for s in window) / 10)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/cls")] == list(range(1, 41))
+    assert [e.value for e in events.Scalars("train/cls")] == pytest.approx([s["cls"] for s in steps])
+    assert [e.step for e in events.Scalars("src-val/acc")] == [10, 20, 30, 40]
 
 
 def test_unfinished_run_needs_resume_or_overwrite(tmp_path, monkeypatch):
@@ -121,3 +140,12 @@ def test_losses_fall_for_every_classification_algorithm(tmp_path):
         result = run(cfg(tmp_path, algo=algo, tgt_labeled=n, steps=60, eval_every=20))
         first, last = result.records[0]["losses"]["cls"], result.records[-1]["losses"]["cls"]
         assert last < first, (algo, first, last)
+
+
+def test_tensorboard_without_the_package_is_refused_with_the_pip_command(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    with pytest.raises(DabenchError, match=r"pip install 'dabench\[tensorboard\]'"):
+        run(cfg(tmp_path, log="tensorboard"))
+    assert not list(tmp_path.iterdir())
