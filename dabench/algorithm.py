@@ -29,6 +29,10 @@ TARGET_LABELS = {
 }
 
 
+FREEZE_HELP = ("train the heads only: the backbone (a segmenter's encoder) keeps its loaded weights (--pretrained) "
+               "and batch-norm statistics")
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of a multi-stage method (UDAS: translate, adapt, self-train rounds). The trainer
@@ -77,6 +81,7 @@ class Algorithm(nn.Module):
         "lr": HParam(0.01, log_uniform(-3, -1.5), "initial SGD learning rate, annealed as in DANN"),
         "batch_size": HParam(64, int_log2(5, 7), "images per domain per step"),
         "weight_decay": HParam(0.0, lambda rng: float(10 ** rng.uniform(-6, -2)), "L2 penalty"),
+        "freeze_backbone": HParam(False, None, FREEZE_HELP),
     }
 
     # The segmentation defaults of DeepLab and AdaptSegNet (Tsai et al. 2018): SGD 2.5e-4 with
@@ -90,6 +95,7 @@ class Algorithm(nn.Module):
                                "ADVENT code decay over 250000 and stop at 150000"),
         "head_lr_mult": HParam(10.0, None, "learning-rate multiplier of the freshly initialised heads"),
         "aux_weight": HParam(0.1, None, "weight of the auxiliary head's loss (lambda_seg), when the network has one"),
+        "freeze_backbone": HParam(False, None, FREEZE_HELP),
     }
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict[str, Any], steps: int):
@@ -100,6 +106,28 @@ class Algorithm(nn.Module):
         self.segmentation = isinstance(backbone, SegNet)
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.scaler = torch.amp.GradScaler("cpu", enabled=False)  # the trainer swaps in an enabled one for fp16
+        # The network as the backbone plugin built it, kept outside the module tree (the subclass
+        # registers it under its own name), for ``embed`` and ``freeze_backbone``.
+        self.__dict__["_backbone"] = backbone
+        self.__dict__["_frozen"] = None
+        if self.hp.get("freeze_backbone"):
+            frozen = backbone.encoder if self.segmentation else backbone
+            frozen.requires_grad_(False)  # optimisers skip parameters without gradients
+            self.__dict__["_frozen"] = frozen
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._frozen is not None:
+            self._frozen.eval()  # a frozen backbone's batch-norm statistics stay as loaded too
+        return self
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) features of the backbone (a segmenter's encoder output, averaged over the image):
+        what ``dabench divergence`` measures the distance between domains on."""
+        if self.segmentation:
+            return self._backbone.encoder(x)[1].float().mean((2, 3))
+        return self._backbone(x).float().flatten(1)
 
     @classmethod
     def space(cls, task: str) -> dict[str, HParam]:

@@ -341,6 +341,31 @@ def predict(run_dir, images, out, device, selection):
     console.print(f"wrote {len(written)} files to {out}")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--selection", type=click.Choice(["source-val", "last"]), default=None,
+              help="the trained step to measure (default: source-val; last under --protocol paper)")
+@click.option("--images", type=int, default=1000, show_default=True, help="images per domain")
+@click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def divergence(run_dir, selection, images, data_root, device):
+    """Proxy A-distance between source and target features, at the start and the selected step."""
+    import os
+
+    from dabench.divergence import divergence as measure
+
+    report = measure(run_dir, selection=selection, images=images, data_root=data_root or os.environ.get("DABENCH_DATA"),
+                     device=device)
+    table = Table(title=f"proxy A-distance, {report['images_per_domain']} images per domain "
+                        f"({report['source']} vs {report['target']}; 0 = indistinguishable, 2 = separable)")
+    for col in ("model", "step", "PAD", "domain classifier error"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    table.add_row("start (as built)", "0", f"{report['start']['pad']:.3f}", f"{report['start']['error']:.3f}")
+    sel = report["selected"]
+    table.add_row(f"selected ({sel['selection']})", str(sel["step"]), f"{sel['pad']:.3f}", f"{sel['error']:.3f}")
+    console.print(table)
+
+
 @main.group()
 def datasets():
     """Inspect data sets."""

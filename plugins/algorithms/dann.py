@@ -107,3 +107,10 @@ class DANN(Algorithm):
 
     def predict(self, x):
         return self.classifier(self.featurizer(x))
+
+    @torch.no_grad()
+    def embed(self, x):
+        """The features the domain classifier reads (the conv features, or the feature vector): where
+        DANN aligns the domains, so where ``dabench divergence`` measures it."""
+        low = self.featurizer.lower(x)
+        return (low.flatten(1) if self.on_conv else self.featurizer.upper(low)).float()

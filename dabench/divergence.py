@@ -1,0 +1,106 @@
+"""How far apart the domains are in a model's features: the proxy A-distance (PAD).
+
+Ben-David et al. (NeurIPS 2007) bound the target error by the source error plus the A-distance
+between the domains; Ganin et al. (JMLR 2016, section 5.1.4) estimate it as PAD = 2 (1 - 2 err),
+where err is the test error of a linear classifier trained to tell source features from target
+features. PAD is 0 when the classifier is at chance (the features do not tell the domains
+apart) and 2 when it separates them perfectly.
+
+    from dabench.divergence import divergence
+    report = divergence("runs/mnist5k_to_mnistm5k/dann/seed0-1a2b3c4d")   # {"start": {...}, "selected": {...}}
+
+``dabench divergence RUN_DIR`` measures it at the start of the run (the network as built from
+the run's seed and --pretrained weights) and at the selected step, on images no training step
+read: source validation and target test (images only; their class labels are not used).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dabench.errors import DabenchError
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def proxy_a_distance(fs: np.ndarray, ft: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """(PAD, err) of features ``fs`` (source) and ``ft`` (target), each (N, D): a logistic
+    regression on standardised features, its C picked by 3-fold cross-validation on one half of
+    each domain, tested on the other half. Equal counts per domain keep chance at 0.5."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = min(len(fs), len(ft))
+    if n < 6:
+        raise DabenchError(f"The proxy A-distance needs at least 6 images per domain; got {len(fs)} and {len(ft)}.")
+    rng = np.random.default_rng(seed)
+    fs, ft = fs[rng.permutation(len(fs))[:n]], ft[rng.permutation(len(ft))[:n]]
+    half = n // 2
+    x_train = np.concatenate([fs[:half], ft[:half]])
+    x_test = np.concatenate([fs[half:], ft[half:]])
+    y_train = np.r_[np.zeros(half), np.ones(half)]
+    y_test = np.r_[np.zeros(n - half), np.ones(n - half)]
+    model = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+                         {"logisticregression__C": list(C_GRID)}, cv=3)
+    model.fit(x_train, y_train)
+    err = float((model.predict(x_test) != y_test).mean())
+    return 2 * (1 - 2 * err), err
+
+
+def _features(algorithm, dataset, n: int, device: torch.device, seed: int) -> np.ndarray:
+    from dabench.data import get_batch, image_of, in_memory
+
+    pick = np.sort(np.random.default_rng([seed, 5]).permutation(len(dataset))[:n]).tolist()
+    algorithm.eval()
+    out = []
+    for i in range(0, len(pick), 64):
+        idx = pick[i : i + 64]
+        if in_memory(dataset):
+            x = get_batch(dataset, idx)
+            x = x[0] if isinstance(x, (tuple, list)) else x
+        else:
+            x = torch.stack([image_of(dataset, j) for j in idx])
+        out.append(algorithm.embed(x.to(device)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def divergence(run_dir: str | Path, *, selection: str | None = None, images: int = 1000,
+               data_root: str | Path | None = None, device: str = "auto") -> dict:
+    """PAD at the start of a run and at its selected step; also written to ``divergence.json``."""
+    from dabench.api import load
+    from dabench.data import ImagesOnly
+    from dabench.protocol import build_splits, load_domain
+    from dabench.runner import build_algorithm
+
+    if images < 6:
+        raise DabenchError(f"--images must be at least 6, got {images}.")
+    trained = load(run_dir, selection=selection, device=device)
+    config = trained.config
+    if config["src"].startswith("arrays-") or config["tgt"].startswith("arrays-"):
+        raise DabenchError("divergence reloads the run's data sets by name; this run was given arrays. Use "
+                           "dabench.divergence.proxy_a_distance on features you compute from your arrays.")
+    root = Path(data_root).expanduser() if data_root else None
+    size = config.get("image_size") if config["task"] == "segmentation" else trained.input_size[0]
+    src = load_domain(config["src"], root, size)
+    tgt = load_domain(config["tgt"], root, size if config["task"] == "segmentation" else src.image_size)
+    splits = build_splits(src, tgt, 0, config["seed"], config.get("protocol", "dabench"))
+    src_set, src_name = (splits.src_val, "src-val") if len(splits.src_val) else (splits.src_train, "src-train")
+    tgt_set, tgt_name = (ImagesOnly(splits.tgt_test), "tgt-test") if len(splits.tgt_test) else (splits.tgt_train, "tgt-train")
+    n = min(images, len(src_set), len(tgt_set))
+    image_size = trained.input_size if config["task"] == "segmentation" else trained.input_size[0]
+    start = build_algorithm(config, image_size, trained.device, config.get("pretrained"))
+    report: dict = {"images_per_domain": n, "source": src_name, "target": tgt_name}
+    for name, algorithm, step in (("start", start, 0), ("selected", trained.algorithm, trained.step)):
+        fs = _features(algorithm, src_set, n, trained.device, config["seed"])
+        ft = _features(algorithm, tgt_set, n, trained.device, config["seed"] + 1)
+        pad, err = proxy_a_distance(fs, ft, config["seed"])
+        report[name] = {"step": step, "pad": pad, "error": err}
+    report["selected"]["selection"] = trained.selection
+    if trained.run_dir is not None:
+        (trained.run_dir / "divergence.json").write_text(json.dumps(report, indent=2))
+    return report
