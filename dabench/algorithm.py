@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from dabench.data import CLASSIFICATION, SEGMENTATION, Batch
 from dabench.hparams import HParam, choice, int_log2, log_uniform
-from dabench.metrics import IGNORE_INDEX
+from dabench.segmentation import IGNORE_INDEX
 from dabench.nets import SegNet
 
 # Who may see target labels, and how many. The protocol enforces these before training starts.

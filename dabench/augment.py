@@ -24,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from dabench.algorithm import upsample
-from dabench.metrics import IGNORE_INDEX
+from dabench.segmentation import IGNORE_INDEX
 
 # Domain CutMix ---------------------------------------------------------------------------------
 

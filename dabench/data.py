@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dabench.errors import DabenchError
+from dabench.segmentation import IGNORE_INDEX
 
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
@@ -99,7 +100,7 @@ def from_arrays(images, labels=None, *, classes: list[str] | None = None, name: 
                                f"of size {tuple(x.shape[2:])}, got shape {tuple(y.shape)}.")
         task = CLASSIFICATION if y.ndim == 1 else SEGMENTATION
         digest.update(y.numpy().tobytes())
-        known = y[y != 255] if task == SEGMENTATION else y
+        known = y[y != IGNORE_INDEX] if task == SEGMENTATION else y
         if len(known) and (int(known.min()) < 0 or (classes is not None and int(known.max()) >= len(classes))):
             raise DabenchError(f"labels must be class ids 0..{len(classes) - 1 if classes else 'K-1'}"
                                f"{' (255: ignore)' if task == SEGMENTATION else ''}, got {int(known.min())}..{int(known.max())}.")

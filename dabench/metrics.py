@@ -5,7 +5,7 @@ import math
 
 import torch
 
-IGNORE_INDEX = 255
+from dabench.segmentation import IGNORE_INDEX  # noqa: F401 - the one ignore label, importable from here
 
 
 class ConfusionMatrix:

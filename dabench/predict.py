@@ -34,7 +34,7 @@ def _read(path: Path) -> Image.Image:
 
 def _tensor(img: Image.Image, size: tuple[int, int], task: str, device: torch.device) -> torch.Tensor:
     """An image as the run's loaders feed one: classification folders resize with PIL bilinear,
-    segmentation files bicubic with antialiasing (``dabench_plugins.datasets.segfiles``)."""
+    segmentation files bicubic with antialiasing (``dabench.segfiles``)."""
     if task == "segmentation":
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
         x = TF.resize(x, [size[1], size[0]], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255  # as dabench.metrics; repeated so the leaderboard can import this without torch
+IGNORE_INDEX = 255  # the one ignore label (here, not in metrics, so the leaderboard imports it without torch)
 
 CITYSCAPES_CLASSES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",

@@ -29,7 +29,7 @@ from dabench.augment import (
     pseudo_labels,
     sample_lambda,
 )
-from dabench.metrics import IGNORE_INDEX
+from dabench.segmentation import IGNORE_INDEX
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -16,6 +16,7 @@ from dabench.data import Batch, get_batch, ordered_batches
 from dabench.errors import DabenchError
 from dabench.hparams import HParam, choice, log_uniform, uniform
 from dabench.registry import translators
+from dabench.segmentation import IGNORE_INDEX
 from dabench.translator import cover
 from dabench.runner import slug
 from dabench.trainer import EVAL_BATCH, autocast
@@ -44,7 +45,7 @@ def teacher_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, label
     """KL(teacher || student) per pixel, averaged over the labelled pixels (label != 255)."""
     log_t, log_s = F.log_softmax(teacher_logits.float(), 1), F.log_softmax(student_logits.float(), 1)
     kl = (log_t.exp() * (log_t - log_s)).sum(1)
-    mask = labels != 255
+    mask = labels != IGNORE_INDEX
     return kl[mask].sum() / mask.sum().clamp(min=1)
 
 
@@ -221,7 +222,7 @@ class UDAS(AdaptSegNet):
             x = get_batch(tgt, list(range(i, min(i + bs, len(tgt))))).to(ctx.device)
             with autocast(ctx.device, ctx.precision):
                 labels, _ = pseudo_labels(lambda v: self.teacher(v)[0], x, self.hp["views"], self.hp["threshold"], gen)
-            kept += int((labels != 255).sum())
+            kept += int((labels != IGNORE_INDEX).sum())
             folder.write(done, labels.to(torch.uint8).cpu().numpy())
             done += len(x)
             ctx.reporter.advance(done, {"kept": kept / max(1, done * x.shape[-1] * x.shape[-2])})

@@ -16,7 +16,7 @@ from dabench.registry import plugin
 from dabench.segmentation import (CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN, SYNTHIA_13, SYNTHIA_16,
                                   lookup_table, remap)
 
-from .segfiles import (Pair, SegmentationFiles, Survey, header, listing, pair_up, read_first_channel, scaled, survey,
+from dabench.segfiles import (Pair, SegmentationFiles, Survey, header, listing, pair_up, read_first_channel, scaled, survey,
                        warn_mismatch)
 
 GTA5_SIZE, CITYSCAPES_SIZE, SYNTHIA_SIZE = (1280, 720), (1024, 512), (1280, 760)

@@ -29,7 +29,7 @@ from dabench.data import SEGMENTATION, Domain, TensorImages, image_count
 from dabench.errors import DabenchError
 from dabench.registry import plugin
 
-from .segfiles import scaled
+from dabench.segfiles import scaled
 
 CLASSES = ["road", "sidewalk", "building", "pole", "vegetation", "sky", "person", "car"]
 DEFAULT_SIZE = (128, 64)  # (W, H): Cityscapes' 2:1 at a size one CPU core trains on
