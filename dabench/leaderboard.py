@@ -14,49 +14,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from dabench.errors import DabenchError
-from dabench.records import read_records
+from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, variant
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
-from dabench.selection import TEST, Method, protocol_methods, select_run
-
-REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
-FOOTNOTE = "mean ± sample std (ddof=1) over n seeds, in percent; std is 0 when n = 1"
-
-
-@dataclass
-class Run:
-    path: Path
-    config: dict
-    records: list[dict]
-    done: bool
-
-
-@dataclass
-class Row:
-    algo: str
-    tgt_labeled: int | str
-    n: int  # seeds
-    mean: float  # target test, percent
-    std: float  # sample std (ddof=1), 0 when n == 1
-    src_val: float  # mean source-validation metric at the chosen steps, percent
-    iou: list[float] | None = None  # segmentation: per-class target-test IoU, mean over seeds, percent
-    variant: tuple = ()  # ((hyperparameter, value), ...) set with -H that tell this row from its siblings
-
-    @property
-    def label(self) -> str:
-        parts = [f"{k}={v}" for k, v in self.variant]
-        if self.tgt_labeled == "all":
-            parts.append("all labels")
-        elif self.tgt_labeled:
-            parts.append(f"N={self.tgt_labeled}")
-        return f"{self.algo} ({', '.join(parts)})" if parts else self.algo
+from dabench.selection import Method, protocol_methods
 
 
 @dataclass
@@ -95,7 +61,7 @@ class Table:
         return {}
 
     def subset_means(self, row: "Row") -> list[float]:
-        return [_mean([row.iou[i] for i in idx if not math.isnan(row.iou[i])]) for idx in self.subsets.values()]
+        return [mean([row.iou[i] for i in idx if not math.isnan(row.iou[i])]) for idx in self.subsets.values()]
 
 
 @dataclass
@@ -104,18 +70,6 @@ class Leaderboard:
     tables: list[Table]
     incomplete: list[tuple[Path, int | None]]  # (run folder, last step evaluated)
     skipped: list[tuple[Path, str]]  # (run folder, why it could not be read)
-
-
-def load_run(run_dir: Path) -> Run:
-    config = json.loads((run_dir / "config.json").read_text())
-    if not isinstance(config, dict):
-        raise ValueError("config.json is not a JSON object")
-    missing = [k for k in REQUIRED if k not in config]
-    if missing:
-        raise ValueError(f"config.json lacks {', '.join(missing)}")
-    if not isinstance(config["seed"], int) or not isinstance(config.get("tgt_labeled", 0), (int, str)):
-        raise ValueError("config.json has a seed or tgt_labeled that is not a number (or 'all')")
-    return Run(run_dir, config, read_records(run_dir / "results.jsonl"), (run_dir / "done").exists())
 
 
 def leaderboard(path: str | Path) -> Leaderboard:
@@ -131,26 +85,6 @@ def leaderboard(path: str | Path) -> Leaderboard:
     return Leaderboard(root, _tables(runs), incomplete, skipped)
 
 
-def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int | None]], list[tuple[Path, str]]]:
-    """(finished runs with records, unfinished ones with their last step, unreadable ones with why)."""
-    runs, incomplete, skipped = [], [], []
-    for run_dir in run_dirs:
-        try:
-            run = load_run(run_dir)
-        except (OSError, ValueError) as exc:
-            skipped.append((run_dir, f"unreadable config.json: {exc}"))
-            continue
-        if not run.done:
-            incomplete.append((run_dir, run.records[-1]["step"] if run.records else None))
-        elif not run.records:
-            skipped.append((run_dir, "finished (has done) but results.jsonl has no evaluation records"))
-        elif TEST not in run.records[-1]:
-            skipped.append((run_dir, "no target test results: its target was given without labels"))
-        else:
-            runs.append(run)
-    return runs, incomplete, skipped
-
-
 def _budget_order(n: int | str) -> tuple:
     return (0, n, "") if isinstance(n, int) else (1, 0, str(n))
 
@@ -164,7 +98,7 @@ def _tables(runs: list[Run]) -> list[Table]:
     for (src, tgt, task, protocol), group in sorted(pairs.items()):
         rows: dict[tuple, list[Run]] = defaultdict(list)
         for run in group:
-            rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0), _variant(run, group))].append(run)
+            rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0), variant(run, group))].append(run)
         order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), str(k[2])))
         metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
         sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
@@ -172,49 +106,6 @@ def _tables(runs: list[Run]) -> list[Table]:
             body = [aggregate(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
             tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol))
     return tables
-
-
-def _variant(run: Run, group: list[Run]) -> tuple:
-    """The hyperparameters set with -H whose values differ between runs of this algorithm in the
-    table (an ablation: ``udas`` with ``translator=none``), as ((name, value), ...). Runs that
-    differ only in random-search samples share a row and model selection picks among them."""
-    algo = run.config["algo"]
-    peers = [r for r in group if r.config["algo"] == algo]
-    keys = sorted({k for r in peers for k in r.config.get("overrides") or []})
-    varying = [k for k in keys if len({json.dumps((r.config.get("hparams") or {}).get(k)) for r in peers}) > 1]
-    return tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying)
-
-
-def aggregate(method: Method, key: tuple, runs: list[Run], metric: str, seg: bool, n_classes: int) -> Row:
-    """One row for key (algo, tgt_labeled): each seed's selected target-test value, mean ± std over seeds."""
-    seeds: dict = defaultdict(list)
-    for run in sorted(runs, key=lambda r: (r.config.get("hparam_index", 0), str(r.path))):
-        seeds[run.config["seed"]].append(run)
-    test, src, ious = [], [], []
-    for candidates in seeds.values():
-        r, i = select_run(method, [c.records for c in candidates], metric)
-        record = candidates[r].records[i]  # the only place a test value is read
-        test.append(100 * _num((record.get(TEST) or {}).get(metric)))
-        src.append(100 * _num((record.get("src-val") or {}).get(metric)))
-        ious.append((record.get(TEST) or {}).get("iou") or [])
-    mean, std = _mean_std(test)
-    iou = [_mean([100 * v[c] for v in ious if c < len(v) and v[c] is not None]) for c in range(n_classes)]
-    return Row(key[0], key[1], len(test), mean, std, _mean(src), iou if seg else None, key[2] if len(key) > 2 else ())
-
-
-def _num(v) -> float:
-    return math.nan if v is None else float(v)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    m = _mean(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def _f(v: float) -> str:

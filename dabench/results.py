@@ -1,0 +1,126 @@
+"""Run folders as results: reading them, and one table row per algorithm from its seeds.
+
+Shared by ``dabench leaderboard`` and ``dabench curve``. Reads only what runs leave on disk
+(``config.json``, ``results.jsonl``, ``done``) and never imports training code (nor torch), so a
+results folder copied from a cluster can be tabulated anywhere. A row's value is the target-test
+metric at the step each selection method chose from validation records only (see
+``dabench.selection``), as mean ± sample std (ddof=1) over seeds, in percent.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from dabench.records import read_records
+from dabench.selection import TEST, Method, select_run
+
+REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
+FOOTNOTE = "mean ± sample std (ddof=1) over n seeds, in percent; std is 0 when n = 1"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    records: list[dict]
+    done: bool
+
+
+@dataclass
+class Row:
+    algo: str
+    tgt_labeled: int | str
+    n: int  # seeds
+    mean: float  # target test, percent
+    std: float  # sample std (ddof=1), 0 when n == 1
+    src_val: float  # mean source-validation metric at the chosen steps, percent
+    iou: list[float] | None = None  # segmentation: per-class target-test IoU, mean over seeds, percent
+    variant: tuple = ()  # ((hyperparameter, value), ...) set with -H that tell this row from its siblings
+
+    @property
+    def label(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.variant]
+        if self.tgt_labeled == "all":
+            parts.append("all labels")
+        elif self.tgt_labeled:
+            parts.append(f"N={self.tgt_labeled}")
+        return f"{self.algo} ({', '.join(parts)})" if parts else self.algo
+
+
+def load_run(run_dir: Path) -> Run:
+    config = json.loads((run_dir / "config.json").read_text())
+    if not isinstance(config, dict):
+        raise ValueError("config.json is not a JSON object")
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise ValueError(f"config.json lacks {', '.join(missing)}")
+    if not isinstance(config["seed"], int) or not isinstance(config.get("tgt_labeled", 0), (int, str)):
+        raise ValueError("config.json has a seed or tgt_labeled that is not a number (or 'all')")
+    return Run(run_dir, config, read_records(run_dir / "results.jsonl"), (run_dir / "done").exists())
+
+
+def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int | None]], list[tuple[Path, str]]]:
+    """(finished runs with records, unfinished ones with their last step, unreadable ones with why)."""
+    runs, incomplete, skipped = [], [], []
+    for run_dir in run_dirs:
+        try:
+            run = load_run(run_dir)
+        except (OSError, ValueError) as exc:
+            skipped.append((run_dir, f"unreadable config.json: {exc}"))
+            continue
+        if not run.done:
+            incomplete.append((run_dir, run.records[-1]["step"] if run.records else None))
+        elif not run.records:
+            skipped.append((run_dir, "finished (has done) but results.jsonl has no evaluation records"))
+        elif TEST not in run.records[-1]:
+            skipped.append((run_dir, "no target test results: its target was given without labels"))
+        else:
+            runs.append(run)
+    return runs, incomplete, skipped
+
+
+def variant(run: Run, group: list[Run]) -> tuple:
+    """The hyperparameters set with -H whose values differ between runs of this algorithm in the
+    table (an ablation: ``udas`` with ``translator=none``), as ((name, value), ...). Runs that
+    differ only in random-search samples share a row and model selection picks among them."""
+    algo = run.config["algo"]
+    peers = [r for r in group if r.config["algo"] == algo]
+    keys = sorted({k for r in peers for k in r.config.get("overrides") or []})
+    varying = [k for k in keys if len({json.dumps((r.config.get("hparams") or {}).get(k)) for r in peers}) > 1]
+    return tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying)
+
+
+def aggregate(method: Method, key: tuple, runs: list[Run], metric: str, seg: bool, n_classes: int) -> Row:
+    """One row for key (algo, tgt_labeled): each seed's selected target-test value, mean ± std over seeds."""
+    seeds: dict = defaultdict(list)
+    for run in sorted(runs, key=lambda r: (r.config.get("hparam_index", 0), str(r.path))):
+        seeds[run.config["seed"]].append(run)
+    test, src, ious = [], [], []
+    for candidates in seeds.values():
+        r, i = select_run(method, [c.records for c in candidates], metric)
+        record = candidates[r].records[i]  # the only place a test value is read
+        test.append(100 * _num((record.get(TEST) or {}).get(metric)))
+        src.append(100 * _num((record.get("src-val") or {}).get(metric)))
+        ious.append((record.get(TEST) or {}).get("iou") or [])
+    average, std = _mean_std(test)
+    iou = [mean([100 * v[c] for v in ious if c < len(v) and v[c] is not None]) for c in range(n_classes)]
+    return Row(key[0], key[1], len(test), average, std, mean(src), iou if seg else None, key[2] if len(key) > 2 else ())
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = mean(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
