@@ -24,11 +24,11 @@ import torch
 
 from bench_segmentation import NUM_CLASSES, SIZES, Size, timed
 from dabench.algorithm import Stage
-from dabench.augment import pseudo_labels
 from dabench.data import SEGMENTATION, Batch, Labeled
 from dabench.hparams import defaults
 from dabench.registry import algorithms, backbones
 from dabench.trainer import autocast
+from dabench_plugins.algorithms.udas import pseudo_labels
 
 STAGES = ["translate", "adapt", "pseudo-label", "self-train"]
 

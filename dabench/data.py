@@ -54,6 +54,19 @@ def image_count(name: str, arg: str | None, default: int, minimum: int = 10) -> 
     return n
 
 
+def decode_image(path, size: int) -> np.ndarray:
+    """An image file as classification data reads it: uint8 (size, size, 3), RGB, PIL bilinear
+    to (size, size). The folder loaders and ``dabench predict`` both read files with it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files in all three
+        raise DabenchError(f"Cannot read the image {path} ({type(exc).__name__}: {exc}). "
+                           "Replace or delete the file and run again.") from None
+
+
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     """Pixels 0-255 (uint8, or floats) -> float32 in [-1, 1]: the one conversion every loader uses.
     The input is never modified."""

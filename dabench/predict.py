@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
+from torchvision import tv_tensors
 
 from dabench.algorithm import upsample
-from dabench.data import to_unit_range
+from dabench.data import decode_image, to_unit_range
 from dabench.errors import DabenchError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -32,14 +32,14 @@ def _read(path: Path) -> Image.Image:
         raise DabenchError(f"{path} is not a readable image ({exc}).") from None
 
 
-def _tensor(img: Image.Image, size: tuple[int, int], task: str, device: torch.device) -> torch.Tensor:
-    """An image as the run's loaders feed one: classification folders resize with PIL bilinear,
-    segmentation files bicubic with antialiasing (``dabench.segfiles``)."""
+def _tensor(path: Path, size: tuple[int, int], task: str, device: torch.device) -> torch.Tensor:
+    """An image file as the run's loaders read one: the same decoding and resizing functions."""
     if task == "segmentation":
-        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
-        x = TF.resize(x, [size[1], size[0]], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        from dabench.segfiles import read_rgb, resize_step
+
+        x = resize_step(size)(tv_tensors.Image(read_rgb(path))).as_subclass(torch.Tensor)
     else:
-        x = torch.from_numpy(np.array(img.resize(size, Image.BILINEAR))).permute(2, 0, 1)
+        x = torch.from_numpy(decode_image(path, size[0])).permute(2, 0, 1)
     return to_unit_range(x).unsqueeze(0).to(device)
 
 
@@ -63,7 +63,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: st
     rows = []
     for path in files:
         img = _read(path)
-        logits = algo.predict(_tensor(img, size, config["task"], dev)).float()
+        logits = algo.predict(_tensor(path, size, config["task"], dev)).float()
         if config["task"] == "segmentation":
             logits = upsample(logits, (img.height, img.width))
             colour = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), classes)

@@ -80,6 +80,12 @@ def read_first_channel(path: str | Path) -> np.ndarray:
                            "Replace or delete the file (and its image) and run again.") from None
 
 
+def resize_step(size: Size) -> v2.Resize:
+    """How segmentation images are resized to (W, H): bicubic with antialiasing. The datasets'
+    transforms and ``dabench predict`` both use it."""
+    return v2.Resize((size[1], size[0]), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+
 def _unit(img: torch.Tensor) -> torch.Tensor:
     return to_unit_range(img.as_subclass(torch.Tensor))
 
@@ -109,8 +115,7 @@ class SegmentationFiles(Dataset):
         self.lut = np.append(np.asarray(lut, dtype=np.uint8), np.uint8(IGNORE_INDEX))  # clip target for large ids
         self.read_label, self.warn_unmapped, self.name = read_label, warn_unmapped, name
         self._warned = False
-        w, h = self.image_size
-        steps = [v2.Resize((h, w), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
+        steps = [resize_step(self.image_size)]
         if crop:
             steps.append(v2.RandomCrop((crop[1], crop[0])))
         if flip:

@@ -155,3 +155,16 @@ def test_import_dabench_and_the_leaderboard_do_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["0", "False"], out.stdout + out.stderr
     assert callable(dabench.fit) and "fit" in dir(dabench)
+
+
+def test_predict_reads_an_image_file_exactly_as_training_does(tmp_path):
+    from dabench.predict import _tensor
+    from dabench.segfiles import SegmentationFiles
+    from dabench_plugins.datasets.folder import ImageFiles
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(path)
+    cpu = torch.device("cpu")
+    assert torch.equal(_tensor(path, (16, 16), "classification", cpu)[0], ImageFiles([path], [0], 16)[0][0])
+    seg = SegmentationFiles([(path, path)], (40, 24), None, np.arange(256, dtype=np.uint8))
+    assert torch.equal(_tensor(path, (40, 24), "segmentation", cpu)[0], seg.image(0))

@@ -15,19 +15,21 @@ from dabench.augment import (
     GEOMETRIC_OPS,
     IMAGENET_POLICY,
     PHOTOMETRIC_OPS,
+    apply_op,
+    auto_augment,
+    cutmix_box,
+    domain_cutmix,
+    magnitude,
+    sample_lambda,
+)
+from dabench_plugins.algorithms.udas import (  # UDAS's own multi-view pseudo-labels
     _pixel_map,
     _sampling_theta,
     _warp,
-    apply_op,
-    auto_augment,
     autoaugment_views,
-    cutmix_box,
-    domain_cutmix,
     invert_views,
-    magnitude,
     max_confidence_labels,
     pseudo_labels,
-    sample_lambda,
 )
 from dabench.segmentation import IGNORE_INDEX
 
@@ -232,7 +234,7 @@ def test_autoaugment_views_invert_back_to_the_labels_away_from_edges(monkeypatch
     """The views are samples of the AutoAugment policy; mapping each view's output back through its
     recorded geometry recovers the labels (photometric ops off here: they would recolour the one-hot
     test image that the 'perfect segmenter' reads)."""
-    import dabench.augment as augment
+    import dabench_plugins.algorithms.udas as augment  # the views call photometric from there
 
     ops = []
     monkeypatch.setattr(augment, "photometric", lambda x, op, m: ops.append(op) or x)
@@ -263,7 +265,7 @@ def test_autoaugment_views_recolour_the_images():
 
 
 def test_pseudo_labels_run_all_views_in_one_forward_pass(monkeypatch):
-    import dabench.augment as augment
+    import dabench_plugins.algorithms.udas as augment  # the views call photometric from there
 
     monkeypatch.setattr(augment, "photometric", lambda x, op, m: x)  # they would recolour the one-hot image
     blocks = torch.randint(0, 3, (2, 4, 4), generator=gen(13))

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -10,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dabench.algorithm import Stage, StageContext, upsample
-from dabench.augment import auto_augment, domain_cutmix, pseudo_labels, sample_lambda
+from dabench.augment import GEOMETRIC_OPS, auto_augment, domain_cutmix, draw_policy, photometric, sample_lambda
 from dabench.cache import CachedImages, CachedLabels, KeyedFolder, key_hash, to_uint8
 from dabench.data import Batch, get_batch, ordered_batches
 from dabench.errors import DabenchError
@@ -280,3 +283,127 @@ class UDAS(AdaptSegNet):
         loss = seg + pseudo + self.hp["lambda_teacher"] * kl
         self.step(loss, self.optims["seg"])
         return {"seg": seg.item(), "pseudo": pseudo.item(), "teacher_kl": float(kl.detach())}
+
+
+# Pseudo-labels from augmented views (UDAS sec. 4.2.5) -------------------------------------------------
+# The teacher predicts on K AutoAugment views in one forward pass, each view's geometric transform
+# is undone on the probabilities, and per pixel the most confident view gives the class; pixels
+# below the threshold are ignored (255).
+
+
+@dataclass
+class Views:
+    """How ``autoaugment_views`` made its k * N views (view-major: view v of image n is row v * N + n).
+    ``theta`` (k * N, 2, 3) is each view's sampling matrix in ``affine_grid``'s normalised
+    coordinates: view(p) = image(theta @ [p, 1])."""
+
+    k: int
+    theta: torch.Tensor
+
+
+def autoaugment_views(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Views]:
+    """k samples of AutoAugment's ImageNet policy for each image of x (N, C, H, W), stacked view-major
+    (k * N, C, H, W) for one forward pass: UDAS's pseudo-label views (sec. 4.2.5, K = 3).
+
+    Each view draws the policy with ``draw_policy``, as ``auto_augment`` does. Its photometric ops change the image; its
+    geometric ops (rotation about the centre, shears, translations, on torchvision's AutoAugment
+    scales) are composed into one affine map, applied last with bilinear resampling (outside: 0, mid
+    grey), and recorded in ``Views.theta`` so that ``invert_views`` maps each pixel back. Applying
+    the photometric ops before the geometric ones, not in the policy's order, changes nothing for
+    the per-pixel ops and only the grey border's share of the histogram for Equalize/AutoContrast."""
+    if k < 1:
+        raise ValueError(f"autoaugment_views needs k >= 1 views, got {k}.")
+    n, _, height, width = x.shape
+    images, thetas = [], []
+    for _ in range(k):
+        for i in range(n):
+            xi, forward = x[i : i + 1], torch.eye(3, dtype=torch.float64)
+            for op, m in draw_policy(height, width, generator):
+                if op in GEOMETRIC_OPS:
+                    forward = _pixel_map(op, m, height, width) @ forward
+                else:
+                    xi = photometric(xi, op, m)
+            images.append(xi)
+            thetas.append(_sampling_theta(forward, height, width))
+    theta = torch.stack(thetas).to(x.device, torch.float32)
+    return _warp(torch.cat(images), theta, padding="zeros"), Views(k, theta)
+
+
+def _pixel_map(op: str, m: float, height: int, width: int) -> torch.Tensor:
+    """The 3x3 map of a geometric op from input to output pixel coordinates (x right, y down, pixel
+    centres at integers): rotation by m degrees about the image centre, shear x += m y (or y += m x),
+    translation by m pixels."""
+    a = torch.eye(3, dtype=torch.float64)
+    if op == "Rotate":
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        c, s = math.cos(math.radians(m)), math.sin(math.radians(m))
+        a[:2, :2] = torch.tensor([[c, s], [-s, c]], dtype=torch.float64)  # counter-clockwise on screen
+        a[:2, 2] = torch.tensor([cx - c * cx - s * cy, cy + s * cx - c * cy], dtype=torch.float64)
+    elif op == "ShearX":
+        a[0, 1] = m
+    elif op == "ShearY":
+        a[1, 0] = m
+    elif op == "TranslateX":
+        a[0, 2] = m
+    else:
+        a[1, 2] = m
+    return a
+
+
+def _sampling_theta(forward: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``affine_grid``'s (2, 3) matrix (normalised coordinates, align_corners=False) that samples the
+    image a pixel map ``forward`` makes: output -> input is the inverse map, N forward^-1 N^-1."""
+    to_norm = torch.tensor([[2 / width, 0, 1 / width - 1], [0, 2 / height, 1 / height - 1], [0, 0, 1]],
+                           dtype=torch.float64)
+    return (to_norm @ torch.linalg.inv(forward) @ torch.linalg.inv(to_norm))[:2]
+
+
+def invert_views(probs: torch.Tensor, params: Views) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo each view's geometric transform on the network's softmax outputs (k * N, C, H, W) at
+    input resolution. Returns probabilities (k, N, C, H, W) aligned with the original images
+    (float32) and ``valid`` (k, N, H, W): False where the view saw nothing of that pixel."""
+    total, channels, height, width = probs.shape
+    if total != params.theta.shape[0]:
+        raise ValueError(f"invert_views got {total} probability maps for {params.theta.shape[0]} views.")
+    theta = params.theta.double()
+    last_row = torch.tensor([0.0, 0.0, 1.0], dtype=theta.dtype, device=theta.device).expand(total, 1, 3)
+    inverse = torch.linalg.inv(torch.cat([theta, last_row], 1))[:, :2].to(probs.device, torch.float32)
+    grid = F.affine_grid(inverse, [total, channels, height, width], align_corners=False)
+    back = F.grid_sample(probs.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    valid = (grid.abs() <= 1).all(-1)
+    k = params.k
+    return back.view(k, total // k, channels, height, width), valid.view(k, total // k, height, width)
+
+
+def max_confidence_labels(
+    probs: torch.Tensor, valid: torch.Tensor, threshold: float = 0.6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel, the class of the most confident view (confidence = max softmax probability, 0
+    where the view is not valid). probs (k, N, C, H, W), valid (k, N, H, W). Returns labels
+    (N, H, W) int64, 255 where the best confidence is below ``threshold``, and that confidence."""
+    confidence, classes = probs.max(dim=2)
+    confidence = torch.where(valid, confidence, torch.zeros_like(confidence))
+    best, view = confidence.max(dim=0)
+    labels = classes.gather(0, view[None])[0]
+    labels = torch.where(best < threshold, torch.full_like(labels, IGNORE_INDEX), labels)
+    return labels, best
+
+
+@torch.no_grad()
+def pseudo_labels(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    k: int = 3,
+    threshold: float = 0.6,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """UDAS's multi-view pseudo-labels of images x: ``predict`` (the teacher, returning logits)
+    runs once on all k views stacked; see ``max_confidence_labels`` for what comes back."""
+    views, params = autoaugment_views(x, k, generator)
+    probs = upsample(predict(views), x.shape[-2:]).float().softmax(1)
+    return max_confidence_labels(*invert_views(probs, params), threshold)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, padding: str) -> torch.Tensor:
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dabench.data import CLASSIFICATION, Domain, TensorImages, to_unit_range
+from dabench.data import CLASSIFICATION, Domain, TensorImages, decode_image as decode, to_unit_range
 from dabench.errors import DabenchError
 from dabench.registry import plugin
 
@@ -18,16 +18,6 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_SIZE = 64
 MEMORY_LIMIT_MB = 1024  # a folder that decodes to at most this is decoded once and held in memory
 MEMORY_LIMIT_VAR = "DABENCH_FOLDER_MEMORY_MB"
-
-
-def decode(path: Path, size: int) -> np.ndarray:
-    """One image file as uint8 (size, size, 3): RGB, PIL bilinear to (size, size)."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB").resize((size, size), Image.BILINEAR))
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files in all three
-        raise DabenchError(f"Cannot read the image {path} ({type(exc).__name__}: {exc}). "
-                           "Replace or delete the file and run again.") from None
 
 
 class ImageFiles(Dataset):
