@@ -108,6 +108,50 @@ def _run_options(f):
     return f
 
 
+LAUNCH_OPTIONS = ("launcher", "slurm", "partition", "gpus_per_job", "time_min", "account", "array_parallelism",
+                  "ray_address", "dry_run")
+
+
+def _launch_options(f):
+    options = [
+        click.option("--launcher", type=click.Choice(["local", "submitit", "ray"]), default="local", show_default=True,
+                     help="local: processes here (--jobs); submitit: one Slurm job per run (pip install "
+                          "'dabench[slurm]'); ray: tasks on a Ray cluster (pip install 'dabench[ray]')"),
+        click.option("--partition", default=None, help="submitit: the Slurm partition"),
+        click.option("--gpus-per-job", type=int, default=None, help="submitit: GPUs per job; ray: GPUs per run "
+                     "(default 1 where the cluster has GPUs)"),
+        click.option("--time", "time_min", type=int, default=None, help="submitit: each job's time limit, minutes"),
+        click.option("--account", default=None, help="submitit: the Slurm account"),
+        click.option("--array-parallelism", type=int, default=None, help="submitit: at most this many jobs at once"),
+        click.option("--slurm", multiple=True, metavar="KEY=VALUE",
+                     help="submitit: any other parameter it passes to sbatch (e.g. --slurm qos=high --slurm "
+                          "mem_gb=64); cluster=local runs the jobs as local processes"),
+        click.option("--ray-address", default=None, help="ray: the cluster's address (default: a local Ray instance)"),
+        click.option("--dry-run", is_flag=True, help="print the plan (runs to do, runs done) and the device-hours "
+                     "it needs, from measured per-step times; run nothing"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _launcher(opts: dict, jobs: int):
+    from dabench.launchers import Launcher
+
+    slurm = {}
+    for item in opts["slurm"]:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DabenchError(f"--slurm expects key=value (for example --slurm qos=high), got '{item}'.")
+        slurm[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
+    for key, name in (("partition", "partition"), ("gpus_per_job", "gpus_per_node"), ("time_min", "timeout_min"),
+                      ("account", "account"), ("array_parallelism", "array_parallelism")):
+        if opts[key] is not None:
+            slurm[name] = opts[key]
+    gpus = opts["gpus_per_job"] if opts["launcher"] == "ray" else None
+    return Launcher(opts["launcher"], jobs=jobs, slurm=slurm, ray_address=opts["ray_address"], gpus_per_run=gpus)
+
+
 @main.command()
 @click.option("--algo", required=True, help="algorithm name (see: dabench list algorithms)")
 @click.option("--src", required=True, help="source domain, e.g. syndigits, folder:PATH")
@@ -216,6 +260,7 @@ def list_(kind):
 @click.option("--out", type=click.Path(), default="runs", show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
 @click.option("--debug", is_flag=True, help="print each failed run's full Python traceback")
+@_launch_options
 def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, debug, **run_options):
     """Run every algorithm x budget x seed x hyperparameter sample; skip finished runs."""
     outcomes = _run_all(algos, src, tgt, seeds, _budgets(tgt_labeled), hparam_samples, out, jobs, run_options)
@@ -224,7 +269,8 @@ def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, debug,
     skipped = sum(o.status == "skipped" for o in outcomes)
     console.print(f"sweep: {done} finished, {skipped} already done, {len(bad)} failed")
     for o in bad:
-        err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {escape(o.message)}", soft_wrap=True)
+        err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {escape(o.message)}"
+                          + (f" (log: {o.log})" if o.log else ""), soft_wrap=True)
         if debug and o.detail:
             err_console.print(escape(o.detail), highlight=False, soft_wrap=True)
     if bad:
@@ -234,15 +280,19 @@ def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, debug,
 def _run_all(algos: str, src: str, tgt: str, seeds: str, budgets: list, hparam_samples: int, out: str, jobs: int,
              run_options: dict) -> list:
     """What sweep and curve share: plan every algorithm x budget x seed x sample, run them (finished
-    runs skipped), print one line per run; returns the outcomes."""
+    runs skipped) with the chosen launcher, print one line per run; returns the outcomes."""
+    from dabench.launchers import launch, require
     from dabench.runner import RunConfig
-    from dabench.sweep import plan, sweep as sweep_api
+    from dabench.sweep import plan
 
     seed_list = _ints(seeds, "--seeds")
     seed_list = list(range(seed_list[0])) if "," not in seeds else seed_list
     if not seed_list or hparam_samples < 1 or jobs < 1:
         raise DabenchError("--seeds, --hparam-samples and --jobs must be at least 1.")
     options = dict(run_options)
+    launch_opts = {k: options.pop(k) for k in LAUNCH_OPTIONS}
+    launcher = _launcher(launch_opts, jobs)
+    require(launcher.name)
     base = RunConfig(algo="", src=src, tgt=tgt, hparams=_parse_h(options.pop("hparam")), out=out, **options)
     configs, notes = plan([a.strip() for a in algos.split(",") if a.strip()], seed_list, budgets, hparam_samples, base)
     for note in notes:
@@ -259,7 +309,25 @@ def _run_all(algos: str, src: str, tgt: str, seeds: str, budgets: list, hparam_s
         else:
             err_console.print(f"{label}: [red]{o.status}[/]: {escape(o.message.splitlines()[0])}", soft_wrap=True)
 
-    return sweep_api(configs, jobs=jobs, on_outcome=show)
+    if launch_opts["dry_run"]:
+        _dry_run(configs)
+        sys.exit(0)
+    return launch(configs, launcher, on_outcome=show)
+
+
+def _dry_run(configs: list) -> None:
+    from dabench.plan import estimate
+
+    report = estimate(configs)
+    table = Table(title=f"plan: {len(configs)} runs, {report.done} already done, {len(configs) - report.done} to run")
+    for col in ("algorithm", "to run", "done", "s per step", "measured on", "device-hours"):
+        table.add_column(col, justify="left" if col in ("algorithm", "measured on") else "right")
+    for row in report.rows:
+        table.add_row(row.algo, str(row.todo), str(row.done), f"{row.seconds_per_step:.3f}", row.source,
+                      f"{row.hours:.3f}")
+    console.print(table)
+    console.print(f"total: {report.hours:.3f} device-hours on {report.device} (training and evaluation, at the "
+                  "measured rates)")
 
 
 @main.command()
@@ -274,6 +342,7 @@ def _run_all(algos: str, src: str, tgt: str, seeds: str, budgets: list, hparam_s
 @click.option("--out", type=click.Path(), default="runs", show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
 @click.option("--debug", is_flag=True, help="print each failed run's full Python traceback")
+@_launch_options
 def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, debug, **run_options):
     """Data efficiency: every algorithm x budget x seed (finished runs skipped), as a table and a plot."""
     from collections import defaultdict

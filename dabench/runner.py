@@ -185,23 +185,33 @@ def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> di
     return config
 
 
-def finished_run(cfg: RunConfig) -> Path | None:
-    """The folder of a finished run of ``cfg``, found from the config alone: no data is loaded and
-    no network built, so re-running a finished sweep is instant. The task (which decides the
-    default backbone and hyperparameters) is not known without the data, so each task the
-    algorithm supports is tried; the folder name hashes every field, so only the true one exists."""
+def _candidate_dirs(cfg: RunConfig) -> list[Path]:
+    """The run folders ``cfg`` can have, found from the config alone: no data is loaded and no
+    network built. The task (which decides the default backbone and hyperparameters) is not known
+    without the data, so there is one per task the algorithm supports; the folder name hashes
+    every field, so only the true one can exist."""
     try:
         algo_cls = algorithms.get(cfg.algo)
         tasks = ("classification", SEGMENTATION) if algo_cls.task == "any" else (algo_cls.task,)
+        dirs = []
         for task in tasks:
             space = algo_cls.space(task)
             values = hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams)
-            run_dir = run_dir_of(_recorded(cfg, task, algo_cls, values), cfg.out)
-            if (run_dir / "done").exists() and (run_dir / "config.json").exists():
-                return run_dir
+            dirs.append(run_dir_of(_recorded(cfg, task, algo_cls, values), cfg.out))
+        return dirs
     except DabenchError:
-        return None  # ``prepare`` explains what is wrong
-    return None
+        return []  # ``prepare`` explains what is wrong
+
+
+def finished_run(cfg: RunConfig) -> Path | None:
+    """The folder of a finished run of ``cfg`` (with ``done``), found without building anything:
+    re-running a finished sweep is instant."""
+    return next((d for d in _candidate_dirs(cfg) if (d / "done").exists() and (d / "config.json").exists()), None)
+
+
+def existing_run(cfg: RunConfig) -> Path | None:
+    """The folder of ``cfg``'s run if one was started (finished or not)."""
+    return next((d for d in _candidate_dirs(cfg) if (d / "config.json").exists()), None)
 
 
 def prepare(cfg: RunConfig) -> Prepared:

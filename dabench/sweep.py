@@ -14,7 +14,7 @@ from typing import Callable
 
 from dabench.errors import DabenchError
 from dabench.registry import algorithms
-from dabench.runner import RunConfig, run
+from dabench.runner import RunConfig, existing_run, run
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Outcome:
     message: str = ""  # one line: what went wrong
     run_dir: str | None = None
     detail: str = ""  # a failed run's full traceback (shown with --debug)
+    log: str | None = None  # a failed run's log file (its traceback), when it has one
     final: dict = field(default_factory=dict)
 
 
@@ -58,7 +59,9 @@ def _hparam_names(cls) -> set[str]:
     return set(cls.space("classification")) | set(cls.space("segmentation"))
 
 
-def _run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
+def run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
+    """One run of a sweep, whatever launches it; never raises. A failed run's traceback is also
+    written to ``error.log`` in its run folder (when the run got that far)."""
     if threads:
         import torch
 
@@ -68,7 +71,13 @@ def _run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
     except DabenchError as exc:
         return Outcome(cfg, "invalid", str(exc))
     except Exception as exc:  # noqa: BLE001 - a sweep survives any one run failing
-        return Outcome(cfg, "failed", f"{type(exc).__name__}: {exc}", detail="".join(traceback.format_exception(exc)))
+        detail = "".join(traceback.format_exception(exc))
+        log = None
+        run_dir = existing_run(cfg)
+        if run_dir is not None:
+            log = run_dir / "error.log"
+            log.write_text(detail)
+        return Outcome(cfg, "failed", f"{type(exc).__name__}: {exc}", detail=detail, log=str(log) if log else None)
     status = "skipped" if result.already_done else "done"
     return Outcome(cfg, status, run_dir=str(result.run_dir), final=result.final)
 
@@ -84,13 +93,13 @@ def sweep(configs: list[RunConfig], jobs: int = 1, on_outcome: Callable[[Outcome
 
     if jobs <= 1:
         for cfg in configs:
-            record(_run_one(cfg))
+            record(run_one(cfg))
         return outcomes
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_one, cfg, threads) for cfg in configs]
+        futures = [pool.submit(run_one, cfg, threads) for cfg in configs]
         for fut in as_completed(futures):
             record(fut.result())
     return outcomes

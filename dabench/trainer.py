@@ -173,10 +173,12 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         losses = algo.update(batch, local)
                     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                     if bad:
+                        kept = torch.load(ckpt, map_location="cpu", weights_only=False)["step"] if ckpt.exists() else 0
+                        where = (f"The last good checkpoint (step {kept}) is kept in {run_dir}." if kept else
+                                 f"No checkpoint was written before it; the run folder is {run_dir}.")
                         raise RunFailed(
                             f"Loss became non-finite at step {step + 1} ({', '.join(f'{k}={v}' for k, v in bad.items())}). "
-                            f"The last good checkpoint (step {start if not records else records[-1]['step']}) is kept in "
-                            f"{run_dir}. Try a smaller learning rate (-H lr=...) or --precision fp32."
+                            f"{where} Try a smaller learning rate (-H lr=...) or --precision fp32."
                         )
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
