@@ -99,6 +99,8 @@ def _run_options(f):
         click.option("--log", type=click.Choice(["jsonl", "tensorboard"]), default="jsonl", show_default=True,
                      help="every step's losses go to the run folder's steps.jsonl; tensorboard: also TensorBoard "
                           "event files in its tensorboard/ (pip install 'dabench[tensorboard]')"),
+        click.option("--sync-bn", is_flag=True, help="under torchrun (--devices N): batch-norm statistics over every "
+                     "process's images, not each process's own"),
         click.option("--protocol", type=click.Choice(["dabench", "paper"]), default="dabench", show_default=True,
                      help="dabench: held-out source val, target val and test; paper: train on everything, test on the "
                           "target's official test split (Cityscapes val), last-step selection only"),
@@ -163,24 +165,53 @@ def _launcher(opts: dict, jobs: int):
 @click.option("--out", type=click.Path(), default="runs", show_default=True, help="folder for run folders")
 @click.option("--resume", is_flag=True, help="continue the unfinished run of this exact config")
 @click.option("--overwrite", is_flag=True, help="delete an existing run of this config and start again")
+@click.option("--devices", type=int, default=1, show_default=True,
+              help="train on N processes (GPUs) with torchrun: the same run, its batches split over them")
 def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
-        image_size, pretrained, channels_last, workers, log, protocol, out, resume, overwrite):
+        image_size, pretrained, channels_last, workers, log, sync_bn, protocol, out, resume, overwrite, devices):
     """Train one algorithm on one source -> target pair and evaluate it."""
+    import os
+
+    from dabench import distributed
     from dabench.progress import make_reporter
     from dabench.runner import RunConfig, run as run_api
+
+    if devices < 1:
+        raise DabenchError(f"--devices must be 1 or more, got {devices}.")
+    if devices > 1 and "WORLD_SIZE" not in os.environ:
+        _torchrun(devices)
 
     cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
-                    channels_last=channels_last, workers=workers, log=log, protocol=protocol, resume=resume,
-                    overwrite=overwrite)
+                    channels_last=channels_last, workers=workers, log=log, sync_bn=sync_bn, protocol=protocol,
+                    resume=resume, overwrite=overwrite)
     result = run_api(cfg, reporter=make_reporter(err_console, title=f"{algo} {src} -> {tgt}"))
+    if not distributed.is_main():
+        return  # rank 0 prints
     if result.already_done:
         err_console.print("This exact config already finished; showing its results (use --overwrite to run it again).")
     console.print(_result_table(result))
     if result.config["task"] == "segmentation":
         console.print(_iou_table(result))
     console.print(f"run folder: {result.run_dir}")
+
+
+def _torchrun(devices: int) -> None:
+    """``dabench run --devices N ...`` is ``torchrun --standalone --nproc-per-node N -m dabench run ...``."""
+    import subprocess
+
+    argv, skip = [], False
+    for i, a in enumerate(sys.argv[1:]):
+        if skip:
+            skip = False
+        elif a == "--devices":
+            skip = True
+        elif not a.startswith("--devices="):
+            argv.append(a)
+    code = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+                            "-m", "dabench", *argv])
+    sys.exit(code)
 
 
 def _result_table(result) -> Table:

@@ -313,8 +313,10 @@ class _StepSampler(torch.utils.data.Sampler):
         self.start, self.stop = start, stop
 
     def __iter__(self) -> Iterator[list[int]]:
+        from dabench.distributed import shard
+
         for step in range(self.start, self.stop):
-            yield step_indices(*self.args, step)
+            yield shard(step_indices(*self.args, step))  # under torchrun, this rank's slice of the global batch
 
     def __len__(self) -> int:
         return self.stop - self.start

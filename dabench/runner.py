@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import dabench
+from dabench import distributed
 from dabench import hparams as hp
 from dabench.algorithm import Algorithm
 from dabench.data import SEGMENTATION, Domain
@@ -62,6 +63,7 @@ class RunConfig:
     protocol: str = "dabench"  # "paper": no hold-outs, the target's official test split, last-step selection
     workers: int = 0
     log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard": also TensorBoard event files
+    sync_bn: bool = False  # under torchrun: batch-norm statistics over all ranks' images
     resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
     overwrite: bool = False
 
@@ -148,7 +150,9 @@ def environment() -> dict[str, Any]:
         pass
     # CPU kernels split their sums by thread, so the last bits (and, through adversarial training,
     # the final numbers) depend on the thread count: record it with the versions.
-    return {"versions": versions, "git": git, "torch_threads": torch.get_num_threads()}
+    # Likewise the number of processes (torchrun): it changes the order of the gradient sums.
+    return {"versions": versions, "git": git, "torch_threads": torch.get_num_threads(),
+            "world_size": distributed.world()[1]}
 
 
 def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pretrained: str | None = None) -> Algorithm:
@@ -305,18 +309,26 @@ def _data_key(config: dict) -> dict:
 def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     """Train and evaluate one config; returns its records and run folder. A config that already
     finished returns its records at once (``already_done``), without loading data or network."""
+    rank, world_size = distributed.setup()  # under torchrun: join the process group; else (0, 1)
+    main = rank == 0
     if cfg.resume is not True and not cfg.overwrite and (done := finished_run(cfg)) is not None:
         return RunResult(done, json.loads((done / "config.json").read_text()), read_records(done / "results.jsonl"),
                          already_done=True)
     prep = prepare(cfg)
     run_dir, config = prep.run_dir, prep.config
+    if world_size > 1:
+        if cfg.sync_bn:
+            prep.algorithm = torch.nn.SyncBatchNorm.convert_sync_batchnorm(prep.algorithm)  # same Parameters
+        distributed.synchronise(prep.algorithm)
     resume = cfg.resume
     if resume == "auto":
         resume = run_dir.exists() and not (run_dir / "done").exists()
     if resume:
         _check_resumable(run_dir, config)
     elif run_dir.exists() and cfg.overwrite:
-        shutil.rmtree(run_dir)
+        distributed.barrier()  # every rank has looked at the folder before rank 0 deletes it
+        if main:
+            shutil.rmtree(run_dir)
     elif (run_dir / "done").exists():
         return RunResult(run_dir, config, read_records(run_dir / "results.jsonl"), already_done=True)
     elif run_dir.exists():
@@ -327,9 +339,12 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     if (run_dir / "done").exists():
         return RunResult(run_dir, config, read_records(run_dir / "results.jsonl"), already_done=True)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume or not (run_dir / "config.json").exists():
-        (run_dir / "config.json").write_text(json.dumps(config | environment(), indent=2, default=str))
+    distributed.barrier()  # every rank has decided before rank 0 writes
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume or not (run_dir / "config.json").exists():
+            (run_dir / "config.json").write_text(json.dumps(config | environment(), indent=2, default=str))
+    distributed.barrier()
     torch.manual_seed(cfg.seed)  # the model was built from this seed; batches come from (seed, step)
     try:
         records = fit(prep.algorithm, prep.splits, eval_every=cfg.eval_every, seed=cfg.seed,
@@ -337,8 +352,9 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
                       resume=resume, reporter=reporter, workers=cfg.workers, cache_dir=Path(cfg.out) / "cache",
                       data_key=_data_key(config), log=cfg.log)
     except DabenchError:
-        if not resume and not (run_dir / "checkpoint.pt").exists():
+        if main and not resume and not (run_dir / "checkpoint.pt").exists():
             shutil.rmtree(run_dir)  # refused before anything was trained: leave no half-made run behind
         raise
-    (run_dir / "done").touch()
+    if main:
+        (run_dir / "done").touch()
     return RunResult(run_dir, config, records)

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from dabench.algorithm import Algorithm, StageContext, TrainData, upsample
-from dabench.data import Batch, Labeled, ordered_batches, stream
-from dabench.errors import RunFailed  # noqa: F401 - raised here; importable from here as before
+from dabench.data import Batch, Labeled, Subset, ordered_batches, stream
+from dabench import distributed
+from dabench.errors import DabenchError, RunFailed
 from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
 from dabench.protocol import Splits
 from dabench.records import append_record, read_records
@@ -60,6 +61,9 @@ def evaluate(algo: Algorithm, dataset, task: str, num_classes: int, device: torc
              batch_size: int = 256, channels_last: bool = False, workers: int = 0) -> dict:
     algo.eval()
     cm = ConfusionMatrix(num_classes, device)
+    rank, size = distributed.world()
+    if size > 1:  # sharded: each rank scores every size-th image, the matrices are summed
+        dataset = Subset(dataset, range(rank, len(dataset), size))
     for x, y in ordered_batches(dataset, batch_size, workers):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
@@ -69,6 +73,7 @@ def evaluate(algo: Algorithm, dataset, task: str, num_classes: int, device: torc
         if logits.ndim == 4:  # segmentation: score at label resolution
             logits = upsample(logits.float(), y.shape[-2:])
         cm.add(logits.argmax(1), y)
+    distributed.sum_(cm.mat)
     algo.train()
     return cm.summary(task)
 
@@ -95,6 +100,8 @@ def seed_all(seed: int) -> None:
 
 
 def save_checkpoint(path: Path, algo: Algorithm, step: int) -> None:
+    if not distributed.is_main():
+        return  # rank 0 writes the run folder
     state = {"step": step, "model": algo.state_dict(), "optims": {k: o.state_dict() for k, o in algo.optims.items()},
              "scaler": algo.scaler.state_dict(), "rng": rng_state()}
     tmp = path.with_name(path.name + ".tmp")
@@ -104,6 +111,8 @@ def save_checkpoint(path: Path, algo: Algorithm, step: int) -> None:
 
 def save_weights(path: Path, algo: Algorithm, step: int, selection: str) -> None:
     """The model alone (no optimiser), of the step a selection method chose; atomic as checkpoints."""
+    if not distributed.is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"step": step, "selection": selection, "model": algo.state_dict()}, tmp)
     os.replace(tmp, path)
@@ -131,8 +140,13 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     ckpt, results = run_dir / "checkpoint.pt", run_dir / "results.jsonl"
     start = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else 0
     records = [r for r in read_records(results) if r["step"] <= start]  # drop evaluations past the checkpoint
-    results.write_text("".join(json.dumps(r) + "\n" for r in records))
-    with StepLog(run_dir, start, log) as step_log:
+    main = distributed.is_main()
+    if main:
+        results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        reporter = NullReporter()
+    _check_shards(algo, splits)
+    with StepLog(run_dir, start, log if main else None) as step_log:
         ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir,
                            cache_dir or run_dir / "cache", device, precision, seed, reporter, workers, data_key or {})
         evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
@@ -170,7 +184,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                     labeled = Labeled(*next(lab)) if lab is not None else None
                     batch = Batch(sx, sy, tx, labeled, pseudo).to(device, channels_last)
                     with autocast(device, precision):
-                        losses = algo.update(batch, local)
+                        losses = distributed.average_losses(algo.update(batch, local), device)  # the whole batch's, under torchrun
                     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                     if bad:
                         kept = torch.load(ckpt, map_location="cpu", weights_only=False)["step"] if ckpt.exists() else 0
@@ -193,7 +207,8 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         for name, ds in evals.items():
                             record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
                                                     EVAL_BATCH[splits.task], channels_last, workers)
-                        append_record(results, record)
+                        if main:
+                            append_record(results, record)
                         records.append(record)
                         if "src-val" in record and select("source-val", records, PRIMARY_METRIC[splits.task]) == len(records) - 1:
                             save_weights(run_dir / SELECTED, algo, step + 1, "source-val")
@@ -215,18 +230,22 @@ class StepLog:
     files (losses under ``train/``, evaluations under ``<split>/``). A resumed run first drops the
     lines past its checkpoint, so the file reads as one uninterrupted run."""
 
-    def __init__(self, run_dir: Path, start: int, log: str = "jsonl"):
+    def __init__(self, run_dir: Path, start: int, log: str | None = "jsonl"):
+        self.file, self.writer = None, None
+        if log is None:  # not rank 0: it writes nothing
+            return
         path = run_dir / "steps.jsonl"
         kept = [r for r in read_records(path) if r["step"] <= start] if start else []
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(path, "a")
-        self.writer = None
         if log == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter  # checked by the runner before training
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
 
     def step(self, step: int, stage: str, losses: dict[str, float]) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps({"step": step, "stage": stage, **losses}) + "\n")
         if self.writer:
             for k, v in losses.items():
@@ -240,6 +259,8 @@ class StepLog:
                         self.writer.add_scalar(f"{split}/{k}", v, record["step"])
 
     def flush(self) -> None:
+        if self.file is None:
+            return
         self.file.flush()
         if self.writer:
             self.writer.flush()
@@ -248,12 +269,29 @@ class StepLog:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.writer:
             self.writer.close()
+
+
+def _check_shards(algo: Algorithm, splits: Splits) -> None:
+    """Under torchrun, every batch must split evenly over the ranks."""
+    size = distributed.world()[1]
+    if size == 1:
+        return
+    sizes = {"-H batch_size": algo.hp["batch_size"]}
+    if splits.tgt_labeled:
+        sizes["the labelled-target batch (min(batch_size, --tgt-labeled))"] = min(algo.hp["batch_size"], len(splits.tgt_labeled))
+    bad = {k: v for k, v in sizes.items() if v % size}
+    if bad:
+        raise DabenchError(f"{', '.join(f'{k} = {v}' for k, v in bad.items())} does not split over {size} processes: "
+                           f"use a multiple of {size}.")
 
 
 def _log_time(run_dir: Path, stage: str, part: str, steps: int, seconds: float) -> None:
     """One line of ``timings.jsonl``: how long a stage's preparation (translating, pseudo-labelling)
     or its training steps took, evaluations included; a resumed stage adds a line of its own."""
+    if not distributed.is_main():
+        return
     append_record(run_dir / "timings.jsonl", {"stage": stage, "part": part, "steps": steps, "seconds": round(seconds, 3)})
