@@ -95,7 +95,8 @@ def _run_options(f):
         click.option("--pretrained", type=click.Path(), default=None,
                      help="backbone weights: a local file, or imagenet (timm's ImageNet weights, downloaded once by timm)"),
         click.option("--channels-last", is_flag=True, help="channels_last memory format (faster convolutions on GPU)"),
-        click.option("--workers", type=int, default=0, show_default=True, help="data loading processes for file-backed data"),
+        click.option("--workers", type=int, default=None,
+                     help="data loading processes for file-backed data (default: 0 on a CPU, up to 8 on a GPU)"),
         click.option("--log", type=click.Choice(["jsonl", "tensorboard"]), default="jsonl", show_default=True,
                      help="every step's losses go to the run folder's steps.jsonl; tensorboard: also TensorBoard "
                           "event files in its tensorboard/ (pip install 'dabench[tensorboard]')"),

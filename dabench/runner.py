@@ -61,7 +61,7 @@ class RunConfig:
     pretrained: str | None = None
     channels_last: bool = False
     protocol: str = "dabench"  # "paper": no hold-outs, the target's official test split, last-step selection
-    workers: int = 0
+    workers: int | None = None  # data-loading processes for file-backed data; None: default_workers
     log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard": also TensorBoard event files
     sync_bn: bool = False  # under torchrun: batch-norm statistics over all ranks' images
     resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
@@ -117,6 +117,14 @@ def size_text(size: int | tuple[int, int]) -> str:
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value <= 0:
         raise DabenchError(f"{name} must be a positive whole number, got {value!r}.")
+
+
+def default_workers(device: torch.device, cpus: int | None = None, processes: int = 1) -> int:
+    """Data-loading processes when --workers is not given: none on a CPU (the cores train), up to
+    8 per process on a GPU (decoding full-size PNGs must keep up with it)."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (cpus or os.cpu_count() or 1) // max(1, processes) - 1))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -224,6 +232,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     _positive("--eval-every", cfg.eval_every)
     if cfg.image_size is not None:
         _positive("--image-size", cfg.image_size)
+    if cfg.workers is not None and cfg.workers < 0:
+        raise DabenchError(f"--workers must be 0 or more, got {cfg.workers}.")
     if cfg.log not in ("jsonl", "tensorboard"):
         raise DabenchError(f"--log must be jsonl or tensorboard, got '{cfg.log}'.")
     if cfg.log == "tensorboard":
@@ -346,10 +356,13 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
             (run_dir / "config.json").write_text(json.dumps(config | environment(), indent=2, default=str))
     distributed.barrier()
     torch.manual_seed(cfg.seed)  # the model was built from this seed; batches come from (seed, step)
+    workers = cfg.workers if cfg.workers is not None else default_workers(prep.device, processes=world_size)
+    if prep.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     try:
         records = fit(prep.algorithm, prep.splits, eval_every=cfg.eval_every, seed=cfg.seed,
                       run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                      resume=resume, reporter=reporter, workers=cfg.workers, cache_dir=Path(cfg.out) / "cache",
+                      resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / "cache",
                       data_key=_data_key(config), log=cfg.log)
     except DabenchError:
         if main and not resume and not (run_dir / "checkpoint.pt").exists():

@@ -40,6 +40,7 @@ def test_run_prints_a_results_table_and_the_run_folder(tmp_path):
     (["--algo", "dann", *TOY, "--data-root", "/no/such/dir"], "The data root /no/such/dir does not exist"),
     (["--algo", "dann", *TOY, "--pretrained", "/no/such.pt"], "--pretrained: no file at /no/such.pt"),
     (["--algo", "dann", *TOY, "--image-size", "0"], "--image-size must be a positive whole number, got 0"),
+    (["--algo", "dann", *TOY, "--workers", "-1"], "--workers must be 0 or more, got -1"),
 ])
 def test_bad_input_is_one_clear_paragraph_exit_2_and_no_folder(tmp_path, args, message):
     out = tmp_path / "runs"

@@ -149,3 +149,12 @@ def test_tensorboard_without_the_package_is_refused_with_the_pip_command(tmp_pat
     with pytest.raises(DabenchError, match=r"pip install 'dabench\[tensorboard\]'"):
         run(cfg(tmp_path, log="tensorboard"))
     assert not list(tmp_path.iterdir())
+
+
+def test_loader_workers_default_to_none_on_a_cpu_and_up_to_8_per_process_on_a_gpu():
+    from dabench.runner import default_workers
+
+    assert default_workers(torch.device("cpu"), cpus=64) == 0
+    assert default_workers(torch.device("cuda"), cpus=64) == 8
+    assert default_workers(torch.device("cuda"), cpus=16, processes=4) == 3  # one core per process left to train
+    assert default_workers(torch.device("cuda"), cpus=2) == 1
