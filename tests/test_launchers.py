@@ -35,6 +35,8 @@ def test_a_sweep_runs_skips_when_resubmitted_and_reports_a_failure(tmp_path, lau
     assert r.exit_code == 0 and "sweep: 0 finished, 4 already done, 0 failed" in r.stdout
     assert sorted((tmp_path / "ok").rglob("*_submitted.pkl")) == jobs  # nothing was submitted again
 
+    if launcher == "ray":
+        return  # a run failing inside its job is the same run_one path for both; tested once, with submitit
     # lambda_max 1e30 makes dann's loss non-finite within a few steps; erm has no such hyperparameter
     r = invoke(*args, "-H", "lambda_max=1e30", "--out", str(tmp_path / "bad"))
     assert r.exit_code == 1
