@@ -45,9 +45,10 @@ def test_fda_window_is_the_four_corners_of_the_unshifted_spectrum():
     assert not w[2:6].any() and not w[:, 2:10].any()
 
 
-def test_fda_with_an_empty_window_is_the_identity():
+def test_fda_with_an_empty_window_is_the_identity_and_says_so():
     x, t = mid_range(2, 16, 16, 0), mid_range(2, 16, 16, 1)
-    assert torch.equal(fda(0.01).translate(x, t), x)  # b = floor(16 * 0.01) = 0
+    with pytest.warns(UserWarning, match=r"empty low-frequency window.*fda_beta=0.0625"):
+        assert torch.equal(fda(0.01).translate(x, t), x)  # b = floor(16 * 0.01) = 0
 
 
 def test_fda_of_an_image_with_itself_is_the_image():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -53,7 +54,11 @@ class FDA(Translator):
                 "to the source size."
             )
         b = math.floor(min(src_x.shape[-2:]) * self.hp["beta"])
-        if b == 0:
+        if b == 0:  # the window is empty: FDA would silently be no translation at all
+            warnings.warn(f"fda: beta {self.hp['beta']} on images {min(src_x.shape[-2:])} px high gives an empty "
+                          f"low-frequency window, so the source images are not translated. Use -H fda_beta="
+                          f"{1 / min(src_x.shape[-2:]):.3g} or more at this size (the paper's 0.01 is for 512 px and up).",
+                          stacklevel=2)
             return src_x
         dtype = torch.promote_types(src_x.dtype, torch.float32)  # the FFT needs float32 at least
         out = swap_low_amplitude((src_x.to(dtype) + 1) * 127.5, (tgt_x.to(dtype) + 1) * 127.5, b)
