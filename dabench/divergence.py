@@ -53,27 +53,20 @@ def proxy_a_distance(fs: np.ndarray, ft: np.ndarray, seed: int = 0) -> tuple[flo
 
 
 def _features(algorithm, dataset, n: int, device: torch.device, seed: int) -> np.ndarray:
-    from dabench.data import get_batch, image_of, in_memory
+    """``embed`` of n images of ``dataset`` (a seeded pick), read through its unlabelled view."""
+    from dabench.data import ImagesOnly
 
-    pick = np.sort(np.random.default_rng([seed, 5]).permutation(len(dataset))[:n]).tolist()
+    images = ImagesOnly(dataset)
+    pick = np.sort(np.random.default_rng([seed, 5]).permutation(len(images))[:n]).tolist()
     algorithm.eval()
-    out = []
-    for i in range(0, len(pick), 64):
-        idx = pick[i : i + 64]
-        if in_memory(dataset):
-            x = get_batch(dataset, idx)
-            x = x[0] if isinstance(x, (tuple, list)) else x
-        else:
-            x = torch.stack([image_of(dataset, j) for j in idx])
-        out.append(algorithm.embed(x.to(device)).cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate([algorithm.embed(images.get_batch(pick[i : i + 64]).to(device)).cpu().numpy()
+                           for i in range(0, len(pick), 64)])
 
 
 def divergence(run_dir: str | Path, *, selection: str | None = None, images: int = 1000,
                data_root: str | Path | None = None, device: str = "auto") -> dict:
     """PAD at the start of a run and at its selected step; also written to ``divergence.json``."""
     from dabench.api import load
-    from dabench.data import ImagesOnly
     from dabench.protocol import build_splits, load_domain
     from dabench.runner import build_algorithm
 
@@ -90,7 +83,7 @@ def divergence(run_dir: str | Path, *, selection: str | None = None, images: int
     tgt = load_domain(config["tgt"], root, size if config["task"] == "segmentation" else src.image_size)
     splits = build_splits(src, tgt, 0, config["seed"], config.get("protocol", "dabench"))
     src_set, src_name = (splits.src_val, "src-val") if len(splits.src_val) else (splits.src_train, "src-train")
-    tgt_set, tgt_name = (ImagesOnly(splits.tgt_test), "tgt-test") if len(splits.tgt_test) else (splits.tgt_train, "tgt-train")
+    tgt_set, tgt_name = (splits.tgt_test, "tgt-test") if len(splits.tgt_test) else (splits.tgt_train, "tgt-train")
     n = min(images, len(src_set), len(tgt_set))
     image_size = trained.input_size if config["task"] == "segmentation" else trained.input_size[0]
     start = build_algorithm(config, image_size, trained.device, config.get("pretrained"))
