@@ -84,7 +84,9 @@ def _run_options(f):
         click.option("--backbone", default=None, help="backbone name (default: digit-cnn for classification); e.g. timm:resnet50"),
         click.option("--steps", type=int, default=2000, show_default=True,
                      help="training steps (a multi-stage method: of its main stage; udas: adaptation)"),
-        click.option("--eval-every", type=int, default=200, show_default=True, help="evaluate and checkpoint every N steps"),
+        click.option("--eval-every", type=int, default=None,
+                     help="evaluate and checkpoint every N steps [default: 200 for classification; "
+                          "max(200, steps/10) for segmentation]"),
         click.option("-H", "hparam", multiple=True, metavar="KEY=VALUE", help="override a hyperparameter (repeatable)"),
         click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
@@ -102,6 +104,8 @@ def _run_options(f):
                           "event files in its tensorboard/ (pip install 'dabench[tensorboard]')"),
         click.option("--sync-bn", is_flag=True, help="under torchrun (--devices N): batch-norm statistics over every "
                      "process's images, not each process's own"),
+        click.option("--compile", is_flag=True, help="torch.compile the networks (worth it on a GPU for long runs; the "
+                     "first steps wait for the compiler)"),
         click.option("--protocol", type=click.Choice(["dabench", "paper"]), default="dabench", show_default=True,
                      help="dabench: held-out source val, target val and test; paper: train on everything, test on the "
                           "target's official test split (Cityscapes val), last-step selection only"),
@@ -169,7 +173,7 @@ def _launcher(opts: dict, jobs: int):
 @click.option("--devices", type=int, default=1, show_default=True,
               help="train on N processes (GPUs) with torchrun: the same run, its batches split over them")
 def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
-        image_size, pretrained, channels_last, workers, log, sync_bn, protocol, out, resume, overwrite, devices):
+        image_size, pretrained, channels_last, workers, log, sync_bn, compile, protocol, out, resume, overwrite, devices):
     """Train one algorithm on one source -> target pair and evaluate it."""
     import os
 
@@ -185,7 +189,7 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
     cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
-                    channels_last=channels_last, workers=workers, log=log, sync_bn=sync_bn, protocol=protocol,
+                    channels_last=channels_last, workers=workers, log=log, sync_bn=sync_bn, compile=compile, protocol=protocol,
                     resume=resume, overwrite=overwrite)
     result = run_api(cfg, reporter=make_reporter(err_console, title=f"{algo} {src} -> {tgt}"))
     if not distributed.is_main():
@@ -352,14 +356,16 @@ def _dry_run(configs: list) -> None:
 
     report = estimate(configs)
     table = Table(title=f"plan: {len(configs)} runs, {report.done} already done, {len(configs) - report.done} to run")
-    for col in ("algorithm", "to run", "done", "s per step", "measured on", "device-hours"):
-        table.add_column(col, justify="left" if col in ("algorithm", "measured on") else "right")
+    for col in ("algorithm", "to run", "done", "s/step", "s/eval", "eval", "measured on", "hours"):
+        table.add_column(col, justify="left" if col in ("algorithm", "measured on") else "right",
+                         no_wrap=col in ("algorithm", "measured on"))
     for row in report.rows:
-        table.add_row(row.algo, str(row.todo), str(row.done), f"{row.seconds_per_step:.3f}", row.source,
-                      f"{row.hours:.3f}")
+        table.add_row(row.algo, str(row.todo), str(row.done), f"{row.seconds_per_step:.3f}",
+                      "-" if row.seconds_per_eval is None else f"{row.seconds_per_eval:.2f}",
+                      "-" if row.eval_share is None else f"{100 * row.eval_share:.0f}%", row.source, f"{row.hours:.3f}")
     console.print(table)
     console.print(f"total: {report.hours:.3f} device-hours on {report.device} (training and evaluation, at the "
-                  "measured rates)")
+                  "measured rates; 'eval': the share of the time spent evaluating, which --eval-every sets)")
 
 
 @main.command()
@@ -467,6 +473,16 @@ def divergence(run_dir, selection, images, data_root, device):
     console.print(table)
 
 
+def _data_root(data_root: str | None) -> Path | None:
+    import os
+
+    root = data_root or os.environ.get("DABENCH_DATA")
+    root_path = Path(root).expanduser() if root else None
+    if root_path is not None and not root_path.is_dir():
+        raise DabenchError(f"The data root {root_path} does not exist or is not a folder.")
+    return root_path
+
+
 @main.group()
 def datasets():
     """Inspect data sets."""
@@ -477,15 +493,9 @@ def datasets():
 @click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)")
 def check(name, data_root):
     """Check that a data set's files are where dabench expects them, and count them."""
-    import os
-
     from dabench.protocol import load_domain
 
-    root = data_root or os.environ.get("DABENCH_DATA")
-    root_path = Path(root).expanduser() if root else None
-    if root_path is not None and not root_path.is_dir():
-        raise DabenchError(f"The data root {root_path} does not exist or is not a folder.")
-    domain = load_domain(name, root_path)
+    domain = load_domain(name, _data_root(data_root))
     table = Table(title=f"{domain.name} ({domain.task})", title_justify="left")
     table.add_column("what")
     table.add_column("value")
@@ -497,3 +507,39 @@ def check(name, data_root):
         table.add_row(k, str(v))
     console.print(table)
     console.print("ok")
+
+
+@datasets.command(name="prepare")
+@click.argument("name")
+@click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)")
+@click.option("--image-size", type=int, default=None, help="the training height the runs will use (default: the data set's)")
+@click.option("--workers", type=int, default=None, help="processes decoding in parallel (default: all CPUs)")
+@click.option("--compression", type=click.IntRange(0, 9), default=0, show_default=True,
+              help="PNG level of the images: 0 is fastest to read (1280x720: 2.6 MB each), 9 is smallest")
+def prepare_(name, data_root, image_size, workers, compression):
+    """Write a copy of a file-backed segmentation set resized to the training size, which runs with
+    the same --data-root and --image-size then read instead of the originals (same items, bit for bit)."""
+    import os
+
+    from rich.progress import Progress
+
+    from dabench import prepared
+    from dabench.registry import Spec, datasets as registry
+
+    root = _data_root(data_root)
+    if root is None:
+        raise DabenchError("dabench datasets prepare writes the copy under the data root: pass --data-root DIR (or set "
+                           "DABENCH_DATA) to the folder that holds your data sets.")
+    if image_size is not None and image_size <= 0:
+        raise DabenchError(f"--image-size is the training height in pixels (a positive whole number), got {image_size}.")
+    if workers is not None and workers < 1:
+        raise DabenchError(f"--workers must be 1 or more, got {workers}.")
+    spec = Spec.parse(name)
+    domain = registry.get(spec.name)(spec.arg, root=root, image_size=image_size)  # the originals, never a copy
+    domain.name = str(spec)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"preparing {domain.name}", total=prepared.count(domain))
+        folder = prepared.prepare(domain, root, workers or os.cpu_count() or 1, lambda: bar.advance(task), compression)
+    size = domain.image_size
+    console.print(f"{domain.name}: {prepared.count(domain)} images at {size[0]}x{size[1]} written to {folder}. Runs with "
+                  f"--data-root {root}" + (f" --image-size {image_size}" if image_size else "") + " now read them.")

@@ -5,7 +5,8 @@ train; a labelled validation split used only by target-oracle model selection; a
 only the evaluation reads (no model selection method is ever given it). With ``--tgt-labeled N``,
 N labelled target samples are drawn from target train (seeded by the run, class-balanced) for
 semi-supervised and supervised DA. Splits are cut with a fixed seed, so every run of a pair
-shares one test split.
+shares one test split. Source val and target val are 20% of train; for segmentation at most 500
+images each (every checkpoint evaluates them at full size; see ``_val_cap``).
 
 Protocol "paper" (``--protocol paper``): the published setting of the segmentation papers. The
 source trains on all its images, the target on all of its train split (unlabelled; labelled
@@ -23,12 +24,24 @@ from torch.utils.data import Dataset
 
 from dabench.data import CLASSIFICATION, Domain, ImagesOnly, Subset, labels_of
 from dabench.errors import DabenchError
+from dabench.prepared import use_prepared
 from dabench.registry import Spec, datasets
 
 SPLIT_SEED = 0
 SOURCE_VAL = 0.2  # fraction of source train held out for validation
 TARGET_VAL = 0.2  # fraction of target train held out (labelled) for target-oracle selection
 TARGET_TEST = 0.25  # fraction held out for test when the target has no official test split
+SEGMENTATION_VAL_CAP = 500  # segmentation: source val and target val hold at most this many images
+
+
+def split_rules(task: str, protocol: str = "dabench") -> dict[str, str]:
+    """The protocol's rules for this task, as ``config.json`` records them."""
+    if protocol == "paper":
+        return {"src_val": "none", "tgt_val": "none", "tgt_test": "the target's official test split"}
+    cap = f", at most {SEGMENTATION_VAL_CAP} images" if task != CLASSIFICATION else ""
+    return {"src_val": f"{SOURCE_VAL:.0%} of source train{cap}",
+            "tgt_val": f"{TARGET_VAL:.0%} of target train{cap}",
+            "tgt_test": f"the target's official test split, or {TARGET_TEST:.0%} of target train"}
 
 
 @dataclass
@@ -49,31 +62,40 @@ class Splits:
 
 
 def load_domain(text: str | Domain, root: Path | None, image_size=None) -> Domain:
-    """A data set by name (``uci-digits``, ``folder:PATH``), or a ``Domain`` given as it is."""
+    """A data set by name (``uci-digits``, ``folder:PATH``), or a ``Domain`` given as it is. A
+    file-backed segmentation set reads its prepared copy under ``root`` where one matches."""
     if isinstance(text, Domain):
         return text
     spec = Spec.parse(text)
     factory = datasets.get(spec.name)
     domain = factory(spec.arg, root=root, image_size=image_size)
     domain.name = str(spec)
-    return domain
+    return use_prepared(domain, root)
 
 
-def _split(n: int, fractions: list[float], salt: str) -> list[np.ndarray]:
-    """Cut range(n) into len(fractions)+1 parts with a fixed seed; the last part is the rest."""
+def _split(n: int, fractions: list[float], salt: str, caps: list[int | None] | None = None) -> list[np.ndarray]:
+    """Cut range(n) into len(fractions)+1 parts with a fixed seed; the last part is the rest.
+    ``caps``: the most images each part may hold (None: no cap)."""
     perm = np.random.default_rng([SPLIT_SEED, sum(map(ord, salt))]).permutation(n)
     parts, start = [], 0
-    for f in fractions:
-        k = max(1, int(round(f * n)))
+    for f, cap in zip(fractions, caps or [None] * len(fractions)):
+        k = min(max(1, int(round(f * n))), cap or n)
         parts.append(perm[start : start + k])
         start += k
     parts.append(perm[start:])
     return parts
 
 
-def _target_parts(n: int) -> list[np.ndarray]:
+def _val_cap(task: str) -> int | None:
+    """Segmentation evaluates its val splits at full size at every checkpoint: 20% of GTA5 would be
+    4,993 frames, five times the training compute of a run at --eval-every 200 (see
+    ``runner.eval_every_for``). 500 is the size of Cityscapes val, the papers' test split."""
+    return SEGMENTATION_VAL_CAP if task != CLASSIFICATION else None
+
+
+def _target_parts(n: int, task: str = CLASSIFICATION) -> list[np.ndarray]:
     """(test, val, train) indices of a target without an official test split (protocol dabench)."""
-    return _split(n, [TARGET_TEST, TARGET_VAL * (1 - TARGET_TEST)], "target")
+    return _split(n, [TARGET_TEST, TARGET_VAL * (1 - TARGET_TEST)], "target", [None, _val_cap(task)])
 
 
 def test_split(domain: Domain, protocol: str = "dabench") -> Dataset:
@@ -83,7 +105,7 @@ def test_split(domain: Domain, protocol: str = "dabench") -> Dataset:
         return domain.test
     if protocol == "paper":
         raise DabenchError(f"{domain.name} has no official test split, which --protocol paper tests on.")
-    return Subset(domain.train, _target_parts(len(domain.train))[0])
+    return Subset(domain.train, _target_parts(len(domain.train), domain.task)[0])
 
 
 def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -108,12 +130,13 @@ def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int, pr
         )
     if not src.labeled:
         raise DabenchError(f"The source {src.name} has no labels: give the source as (images, labels).")
+    cap = _val_cap(src.task)
     if not tgt.labeled:  # target images alone (arrays X): nothing to hold out, nothing to test on
         if tgt_labeled:
             raise DabenchError(f"The target {tgt.name} has no labels, so no labelled-target budget can be drawn from "
                                "it: give the target as (images, labels), or train without --tgt-labeled.")
         nothing = np.zeros(0, dtype=np.int64)
-        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
+        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source", [cap])
         tgt_val, tgt_train, tgt_test = nothing, np.arange(len(tgt.train)), Subset(tgt.train, nothing)
     elif protocol == "paper":
         if tgt.test is None:
@@ -126,12 +149,12 @@ def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int, pr
     elif protocol != "dabench":
         raise DabenchError(f"--protocol must be dabench or paper, got '{protocol}'.")
     elif tgt.test is not None:
-        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
-        tgt_val, tgt_train = _split(len(tgt.train), [TARGET_VAL], "target")
+        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source", [cap])
+        tgt_val, tgt_train = _split(len(tgt.train), [TARGET_VAL], "target", [cap])
         tgt_test = tgt.test
     else:
-        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source")
-        test_idx, tgt_val, tgt_train = _target_parts(len(tgt.train))
+        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source", [cap])
+        test_idx, tgt_val, tgt_train = _target_parts(len(tgt.train), src.task)
         tgt_test = Subset(tgt.train, test_idx)
     train_labeled = Subset(tgt.train, tgt_train)
     if tgt_labeled == "all":

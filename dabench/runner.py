@@ -29,7 +29,7 @@ from dabench.algorithm import Algorithm
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.metrics import PRIMARY_METRIC
-from dabench.protocol import Splits, build_splits, load_domain
+from dabench.protocol import Splits, build_splits, load_domain, split_rules
 from dabench.registry import Spec, algorithms, backbones
 from dabench.records import read_records
 from dabench.trainer import NullReporter, fit, seed_all
@@ -49,7 +49,7 @@ class RunConfig:
     backbone: str | None = None  # None: the task's default (digit-cnn for classification)
     tgt_labeled: int | str = 0  # labelled target samples, or "all" (every target train image labelled)
     steps: int = 2000
-    eval_every: int = 200
+    eval_every: int | None = None  # None: the task's default (eval_every_for)
     seed: int = 0
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides, as -H key=value gives them
     hparam_index: int = 0  # random-search sample (0 = defaults); overrides apply on top
@@ -64,6 +64,7 @@ class RunConfig:
     workers: int | None = None  # data-loading processes for file-backed data; None: default_workers
     log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard": also TensorBoard event files
     sync_bn: bool = False  # under torchrun: batch-norm statistics over all ranks' images
+    compile: bool = False  # torch.compile the networks (same weights and checkpoints; kernels may differ in the last bits)
     resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
     overwrite: bool = False
 
@@ -177,6 +178,17 @@ def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pr
     return algorithm
 
 
+def compile_networks(module: torch.nn.Module) -> None:
+    """``--compile``: torch.compile every network an algorithm calls (its direct submodules, and the
+    entries of its ModuleDicts and ModuleLists), in place (``nn.Module.compile``), so parameter
+    names, checkpoints and ``selected.pt`` stay those of an eager run."""
+    for child in module.children():
+        if isinstance(child, (torch.nn.ModuleDict, torch.nn.ModuleList)):
+            compile_networks(child)
+        elif any(True for _ in child.parameters()):
+            child.compile()
+
+
 def _config_dict(cfg: RunConfig) -> dict[str, Any]:
     """The config's fields, shallow (a ``Domain`` given as src or tgt stays one object)."""
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"hparams": dict(cfg.hparams)}
@@ -186,10 +198,29 @@ def _domain_name(value: str | Domain) -> str:
     return value.name if isinstance(value, Domain) else value
 
 
+EVAL_EVERY = 200  # classification's default, and segmentation's least
+SEGMENTATION_EVALUATIONS = 10  # a segmentation stage evaluates about this often by default
+
+
+def eval_every_for(task: str | None, steps: int, given: int | None) -> int:
+    """``--eval-every`` as given, or the task's default: every 200 steps for classification (an
+    evaluation of a few thousand small images costs a few steps); for segmentation every
+    max(200, steps // 10) steps, so that a stage evaluates about 10 times. By FLOP count
+    (benchmarks/RESULTS.md: 6.75 TFLOP per AdaptSegNet iteration, forwards of 1.31 TFLOP at
+    1280x720 and 0.74 at 1024x512), one GTA5 -> Cityscapes evaluation costs 1,087 iterations with
+    the uncapped 20% source val (4,993 + 595 + 500 images) and 207 with the protocol's cap (500 +
+    500 + 500): at every 200 steps a run would evaluate for 5.4 (uncapped) or 1.0 times its
+    training; at this default, 150k steps evaluate for 1.4% of it."""
+    if given is not None:
+        return given
+    return EVAL_EVERY if task != SEGMENTATION else max(EVAL_EVERY, steps // SEGMENTATION_EVALUATIONS)
+
+
 def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> dict[str, Any]:
     """The config as ``config.json`` records it, before the data-dependent fields are added."""
     tgt_labeled = "all" if algo_cls.target_labels == "all" and not cfg.tgt_labeled else cfg.tgt_labeled
     config = _config_dict(cfg) | {"src": _domain_name(cfg.src), "tgt": _domain_name(cfg.tgt),
+                                  "eval_every": eval_every_for(task, cfg.steps, cfg.eval_every),
                                   "backbone": cfg.backbone or DEFAULT_BACKBONE[task], "tgt_labeled": tgt_labeled,
                                   "hparams": values, "overrides": sorted(cfg.hparams)}  # the -H keys: a variant
     for transient in ("resume", "overwrite", "out", "data_root", "device", "workers", "log"):
@@ -229,7 +260,8 @@ def existing_run(cfg: RunConfig) -> Path | None:
 def prepare(cfg: RunConfig) -> Prepared:
     """Check the config, build data, backbone and algorithm; create nothing on disk."""
     _positive("--steps", cfg.steps)
-    _positive("--eval-every", cfg.eval_every)
+    if cfg.eval_every is not None:
+        _positive("--eval-every", cfg.eval_every)
     if cfg.image_size is not None:
         _positive("--image-size", cfg.image_size)
     if cfg.workers is not None and cfg.workers < 0:
@@ -280,7 +312,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         "task": src.task, "metric": PRIMARY_METRIC[src.task], "classes": src.classes,
         "eval_size": size_text(tgt.image_size),  # the target images' input size (W x H)
         "image_sizes": {"src": size_text(src.image_size), "tgt": size_text(tgt.image_size)},
-        "splits": splits.sizes(), "data": {"src": src.info, "tgt": tgt.info},
+        "splits": splits.sizes(), "split_rules": split_rules(src.task, cfg.protocol),
+        "data": {"src": src.info, "tgt": tgt.info},
     }
     run_dir = run_dir_of(config, cfg.out)
     config["run_id"] = run_dir.name
@@ -330,6 +363,8 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
         if cfg.sync_bn:
             prep.algorithm = torch.nn.SyncBatchNorm.convert_sync_batchnorm(prep.algorithm)  # same Parameters
         distributed.synchronise(prep.algorithm)
+    if cfg.compile:
+        compile_networks(prep.algorithm)
     resume = cfg.resume
     if resume == "auto":
         resume = run_dir.exists() and not (run_dir / "done").exists()
@@ -360,7 +395,7 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     if prep.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     try:
-        records = fit(prep.algorithm, prep.splits, eval_every=cfg.eval_every, seed=cfg.seed,
+        records = fit(prep.algorithm, prep.splits, eval_every=prep.config["eval_every"], seed=cfg.seed,
                       run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
                       resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / "cache",
                       data_key=_data_key(config), log=cfg.log)

@@ -174,7 +174,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
             lab = (stream(data.tgt_labeled, min(bs, len(data.tgt_labeled)), seed, 2, first, end, workers)
                    if data.tgt_labeled else None)
             sums: dict[str, float] = {}
-            count, t0 = 0, time.perf_counter()
+            count, t0, eval_s, evaluations = 0, time.perf_counter(), 0.0, 0
             reporter.start(stage.steps, first - (end - stage.steps), stage.name)
             try:
                 for step in range(first, end):
@@ -204,9 +204,11 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                     if stage.evaluate:
                         record = {"step": step + 1, "stage": stage.name, "time_s": round(time.perf_counter() - t0, 3),
                                   "losses": {k: v / count for k, v in sums.items()}}
+                        t_eval = time.perf_counter()
                         for name, ds in evals.items():
                             record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
                                                     EVAL_BATCH[splits.task], channels_last, workers)
+                        eval_s, evaluations = eval_s + time.perf_counter() - t_eval, evaluations + 1
                         if main:
                             append_record(results, record)
                         records.append(record)
@@ -220,7 +222,8 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
             finally:
                 reporter.stop()
             _log_time(run_dir, stage.name, "prepare", 0, prepare_s)
-            _log_time(run_dir, stage.name, "train", end - first, time.perf_counter() - t0)
+            _log_time(run_dir, stage.name, "train", end - first, time.perf_counter() - t0 - eval_s)
+            _log_time(run_dir, stage.name, "evaluate", 0, eval_s, evaluations=evaluations)
         return records
 
 
@@ -289,9 +292,11 @@ def _check_shards(algo: Algorithm, splits: Splits) -> None:
                            f"use a multiple of {size}.")
 
 
-def _log_time(run_dir: Path, stage: str, part: str, steps: int, seconds: float) -> None:
-    """One line of ``timings.jsonl``: how long a stage's preparation (translating, pseudo-labelling)
-    or its training steps took, evaluations included; a resumed stage adds a line of its own."""
+def _log_time(run_dir: Path, stage: str, part: str, steps: int, seconds: float, **extra) -> None:
+    """One line of ``timings.jsonl``: how long a stage's preparation (translating, pseudo-labelling),
+    its training steps, or its evaluations (``evaluations``: how many) took; a resumed stage adds
+    lines of its own."""
     if not distributed.is_main():
         return
-    append_record(run_dir / "timings.jsonl", {"stage": stage, "part": part, "steps": steps, "seconds": round(seconds, 3)})
+    append_record(run_dir / "timings.jsonl", {"stage": stage, "part": part, "steps": steps, "seconds": round(seconds, 3),
+                                              **extra})

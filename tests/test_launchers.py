@@ -3,6 +3,7 @@ local instance): every run finishes, a re-submission skips them all, a failing r
 with its log while the others finish, and a missing extra is refused with its pip command."""
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -63,5 +64,6 @@ def test_dry_run_prints_the_plan_and_measured_device_hours_and_runs_nothing(tmp_
     assert r.exit_code == 0, r.output
     out = flat(r.stdout)
     assert "plan: 6 runs, 2 already done, 4 to run" in out
-    assert "1 finished run(s)" in out and "a 10-step probe" in out and "device-hours on cpu" in out
+    assert "1 finished run " in out and "a 10-step probe" in out and "device-hours on cpu" in out
+    assert "share of the time spent evaluating" in out and len(re.findall(r"\d+% ", out)) == 3  # one share per algorithm
     assert len(list(tmp_path.rglob("done"))) == 2 and not (tmp_path / "syndigits_400_to_uci-digits" / "sagnet").exists()

@@ -185,7 +185,9 @@ def test_full_run_records_every_stage_and_pseudo_labels_are_cached(tmp_path):
     assert (labels / "done").exists() and len(list(labels.glob("*.png"))) == n
     timings = [json.loads(line) for line in (result.run_dir / "timings.jsonl").read_text().splitlines()]
     assert [(t["stage"], t["part"], t["steps"]) for t in timings] == [
-        ("adapt", "prepare", 0), ("adapt", "train", 4), ("self-train 1", "prepare", 0), ("self-train 1", "train", 2)]
+        ("adapt", "prepare", 0), ("adapt", "train", 4), ("adapt", "evaluate", 0),
+        ("self-train 1", "prepare", 0), ("self-train 1", "train", 2), ("self-train 1", "evaluate", 0)]
+    assert [t.get("evaluations") for t in timings if t["part"] == "evaluate"] == [2, 1]  # as the records above
     assert all(t["seconds"] >= 0 for t in timings)
 
 
