@@ -4,6 +4,7 @@ and bf16, channels_last off and on, with model FLOP utilisation.
     python benchmarks/bench_segmentation.py                      # full size on a GPU, small on a CPU
     python benchmarks/bench_segmentation.py --size small --device cpu
     python benchmarks/bench_segmentation.py --flops-only         # FLOPs at full size, meta device, no timing
+    python benchmarks/bench_segmentation.py --precision bf16 --channels-last on --compile off,on   # eager vs compiled
 
 Full size is the paper's setting: DeepLabv2-ResNet101, 19 classes, batch 1, a 1280x720 source (GTA5)
 and a 1024x512 target (Cityscapes) image per iteration; evaluation predicts one 1024x512 image and
@@ -38,6 +39,7 @@ from dabench.data import SEGMENTATION, Batch
 from dabench.hparams import defaults
 from dabench.nets import SegNet
 from dabench.registry import algorithms, backbones
+from dabench.runner import compile_networks
 from dabench.trainer import autocast
 
 NUM_CLASSES = 19
@@ -117,11 +119,15 @@ def peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def timed(fn, device: torch.device, warmup: int, iters: int) -> tuple[int, float, int]:
+def timed(fn, device: torch.device, warmup: int, iters: int, flops: int | None = None) -> tuple[int, float, int]:
     """(FLOPs per call, median seconds per call, peak memory in bytes): the FLOPs are counted on the
-    first of ``warmup`` untimed calls, then ``iters`` calls are timed one by one. The median, not
-    the mean, so that a busy shared machine's stalls do not decide the number."""
-    flops = count_flops(fn)
+    first of ``warmup`` untimed calls (unless given: a compiled network's are counted eagerly before
+    compiling), then ``iters`` calls are timed one by one. The median, not the mean, so that a busy
+    shared machine's stalls do not decide the number."""
+    if flops is None:
+        flops = count_flops(fn)
+    else:
+        fn()  # a compiled network compiles here
     for _ in range(warmup - 1):
         fn()
     sync(device)
@@ -137,7 +143,7 @@ def timed(fn, device: torch.device, warmup: int, iters: int) -> tuple[int, float
 
 
 def measure(size: Size, algo_name: str, device: torch.device, precision: str, channels_last: bool,
-            warmup: int, iters: int) -> dict:
+            warmup: int, iters: int, compiled: bool = False) -> dict:
     """One configuration: evaluation first (so that a CPU's peak RSS is not yet the training one's)."""
     torch.manual_seed(0)
     algo = build(size, algo_name, device)
@@ -156,10 +162,17 @@ def measure(size: Size, algo_name: str, device: torch.device, precision: str, ch
         with autocast(device, precision):
             evaluate_once(algo, batch.tgt_x, size.label)
 
+    known = {"eval": None, "train": None}
+    if compiled:  # FLOPs counted eagerly, then the networks compiled as ``dabench run --compile`` does
+        algo.eval()
+        known["eval"] = count_flops(evaluate)
+        algo.train()
+        known["train"] = count_flops(train)
+        compile_networks(algo)
     algo.eval()
-    eval_flops, eval_s, eval_mem = timed(evaluate, device, warmup, iters)
+    eval_flops, eval_s, eval_mem = timed(evaluate, device, warmup, iters, known["eval"])
     algo.train()
-    train_flops, train_s, train_mem = timed(train, device, warmup, iters)
+    train_flops, train_s, train_mem = timed(train, device, warmup, iters, known["train"])
     return {"train_s": train_s, "train_mem": train_mem, "train_flops": train_flops,
             "eval_s": eval_s, "eval_mem": eval_mem, "eval_flops": eval_flops}
 
@@ -206,14 +219,15 @@ def describe_device(device: torch.device) -> str:
     return f"{torch.get_num_threads()}-thread CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}"
 
 
-def table(results: list[tuple[str, bool, dict]], device: torch.device) -> str:
+def table(results: list[tuple[str, bool, bool, dict]], device: torch.device) -> str:
     mem = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the process (ru_maxrss)"
-    head = ("| precision | channels_last | train it/s | train ms/it | train TFLOP/s | train MFU | train peak mem GiB "
+    head = ("| precision | channels_last | compile | train it/s | train ms/it | train TFLOP/s | train MFU | train peak mem GiB "
             "| eval it/s | eval TFLOP/s | eval MFU | eval peak mem GiB |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for precision, cl, r in results:
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for precision, cl, comp, r in results:
         if "error" in r:
-            lines.append(f"| {precision} | {'on' if cl else 'off'} | failed: {r['error']} |" + " |" * 9)
+            lines.append(f"| {precision} | {'on' if cl else 'off'} | {'on' if comp else 'off'} | failed: {r['error']} |"
+                         + " |" * 9)
             continue
         peak = peak_tflops(device, precision)
 
@@ -221,11 +235,11 @@ def table(results: list[tuple[str, bool, dict]], device: torch.device) -> str:
             return f"{100 * flops / seconds / (peak[0] * 1e12):.1f}% of {peak[1]}" if peak else ""
 
         lines.append(
-            f"| {precision} | {'on' if cl else 'off'} | {1 / r['train_s']:.3g} | {1000 * r['train_s']:.1f} "
+            f"| {precision} | {'on' if cl else 'off'} | {'on' if comp else 'off'} | {1 / r['train_s']:.3g} | {1000 * r['train_s']:.1f} "
             f"| {r['train_flops'] / r['train_s'] / 1e12:.3g} | {mfu(r['train_flops'], r['train_s'])} "
             f"| {r['train_mem'] / 2**30:.2f} | {1 / r['eval_s']:.3g} | {r['eval_flops'] / r['eval_s'] / 1e12:.3g} "
             f"| {mfu(r['eval_flops'], r['eval_s'])} | {r['eval_mem'] / 2**30:.2f} |")
-    first = next((r for _, _, r in results if "error" not in r), None)
+    first = next((r for *_, r in results if "error" not in r), None)
     notes = [f"Device: {describe_device(device)}. Peak memory: {mem}."]
     if first:
         notes.append(f"FLOPs counted: {first['train_flops'] / 1e12:.3f} TFLOP per training iteration, "
@@ -243,9 +257,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="untimed iterations first, at least 1, the first one counting FLOPs (default: 3 full, 1 small)")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated subset of fp32,bf16")
     p.add_argument("--channels-last", default="off,on", help="comma-separated subset of off,on")
+    p.add_argument("--compile", default="off", help="comma-separated subset of off,on: torch.compile the networks "
+                   "(as dabench run --compile); on,off measures both")
     p.add_argument("--no-tf32", action="store_true", help="fp32 convolutions without TF32 tensor cores")
     p.add_argument("--flops-only", action="store_true", help="count FLOPs on the meta device and stop")
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "PRECISION,on|off": run one configuration here
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "PRECISION,on|off,on|off": one configuration here
     return p.parse_args(argv)
 
 
@@ -263,24 +279,26 @@ def main(argv=None) -> None:
         print(flops_only(size, args.algo))
         return
     if args.one:
-        precision, layout = args.one.split(",")
-        print(json.dumps(measure(size, args.algo, device, precision, layout == "on", warmup, iters)))
+        precision, layout, comp = args.one.split(",")
+        print(json.dumps(measure(size, args.algo, device, precision, layout == "on", warmup, iters, comp == "on")))
         return
-    wanted = [(p, cl) for p, cl in CONFIGS if p in args.precision.split(",")
-              and ("on" if cl else "off") in args.channels_last.split(",")]
+    wanted = [(p, cl, comp) for p, cl in CONFIGS for comp in (False, True) if p in args.precision.split(",")
+              and ("on" if cl else "off") in args.channels_last.split(",")
+              and ("on" if comp else "off") in args.compile.split(",")]
     results = []
-    for precision, cl in wanted:
-        cmd = [sys.executable, __file__, "--one", f"{precision},{'on' if cl else 'off'}", "--device", str(device),
+    for precision, cl, comp in wanted:
+        flags = f"{precision},{'on' if cl else 'off'},{'on' if comp else 'off'}"
+        cmd = [sys.executable, __file__, "--one", flags, "--device", str(device),
                "--size", size_name, "--algo", args.algo,
                "--iters", str(iters), "--warmup", str(warmup)] + (["--no-tf32"] if args.no_tf32 else [])
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
-            results.append((precision, cl, json.loads(proc.stdout.strip().splitlines()[-1])))
+            results.append((precision, cl, comp, json.loads(proc.stdout.strip().splitlines()[-1])))
         else:
             error = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
-            results.append((precision, cl, {"error": error}))
-        print(f"{precision}, channels_last {'on' if cl else 'off'}: {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+            results.append((precision, cl, comp, {"error": error}))
+        print(f"{flags} (precision, channels_last, compile): {time.perf_counter() - t0:.0f} s", file=sys.stderr,
               flush=True)
     print(f"{args.algo} on DeepLabv2-{size.encoder}, {NUM_CLASSES} classes, batch 1: source "
           f"{size.src[1]}x{size.src[0]} + target {size.tgt[1]}x{size.tgt[0]} per iteration; evaluation of one "
