@@ -1,0 +1,37 @@
+"""Entropy minimisation: source classification plus low-entropy predictions on the target."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dabench.data import Batch
+from dabench.hparams import HParam, log_uniform
+from dabench_plugins.algorithms.erm import ERM
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """The Shannon entropy (nats) of each row's softmax, in fp32."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum(1)
+
+
+class EntMin(ERM):
+    """Entropy minimisation (Grandvalet & Bengio, NeurIPS 2004), the unlabelled-data term of
+    semi-supervised learning used as a DA baseline: cross-entropy on the labelled images plus
+    lambda times the mean entropy of the predictions on the unlabelled target images.
+
+    ERM's network and optimiser. lambda = 0.1 by default (the paper sets it by cross-validation;
+    ``-H lambda_ent``, searched over 10^U(-2, 0)).
+    """
+
+    task = "classification"
+    hparams = {**ERM.hparams, "lambda_ent": HParam(0.1, log_uniform(-2, 0), "weight of the target entropy")}
+
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        self.anneal(step)
+        x, y = self.labeled_sources(batch)
+        logits = self.predict(torch.cat([x, batch.tgt_x]))
+        cls = F.cross_entropy(logits[: len(x)], y)
+        ent = entropy(logits[len(x):]).mean()
+        self.step(cls + self.hp["lambda_ent"] * ent, self.optims["model"])
+        return {"cls": cls.item(), "ent": ent.item()}

@@ -1,0 +1,167 @@
+"""The standard UDA baselines: each loss on a hand-checked example, and each update shown to use
+its defining term with the right sign (one SGD step moves the weights by exactly -lr x the
+term's gradient more than the same step without the term)."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dabench.data import Batch
+from dabench.hparams import defaults
+from dabench.registry import algorithms, backbones
+from dabench_plugins.algorithms.cdan import Multilinear, conditional_domain_loss, entropy_weights
+from dabench_plugins.algorithms.coral import coral_loss, covariance
+from dabench_plugins.algorithms.dann import grl_lambda
+from dabench_plugins.algorithms.entmin import entropy
+from dabench_plugins.algorithms.mcc import mcc_loss
+from dabench_plugins.algorithms.mmd import mk_mmd
+
+
+# --- the losses, by hand -------------------------------------------------------------------------
+
+def test_coral_loss_by_hand():
+    src = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # covariance diag(2, 0) (n - 1 = 1)
+    tgt = torch.tensor([[0.0, 1.0], [0.0, -1.0]])  # covariance diag(0, 2)
+    assert torch.allclose(covariance(src), torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
+    assert coral_loss(src, tgt).item() == pytest.approx(8 / 16)  # ||diag(2, -2)||^2 = 8, over 4 d^2 = 16
+    assert coral_loss(src, src + 5).item() == 0  # a shift of the mean is not a second-order difference
+
+
+def test_mk_mmd_by_hand():
+    src, tgt = torch.zeros(2, 1), torch.ones(2, 1)
+    # joint batch 0, 0, 1, 1: 8 of the 12 ordered pairs i != j are 1 apart, so base = 8 / 12
+    cross = sum(math.exp(-1 / (8 / 12 * 2.0 ** k)) for k in (-2, -1, 0, 1, 2))
+    assert mk_mmd(src, tgt, "quadratic").item() == pytest.approx(5 + 5 - 2 * cross, rel=1e-6)
+    # linear: one quad-tuple, k(s1, s2) + k(t1, t2) - k(s1, t2) - k(s2, t1) = 5 + 5 - 2 x cross
+    assert mk_mmd(src, tgt, "linear").item() == pytest.approx(10 - 2 * cross, rel=1e-6)
+    x = torch.randn(8, 3)
+    assert mk_mmd(x, x, "quadratic").item() == pytest.approx(0, abs=1e-6)
+    assert mk_mmd(x, x, "linear").item() == pytest.approx(0, abs=1e-6)
+
+
+def test_entropy_and_mcc_by_hand():
+    k = 4
+    assert entropy(torch.zeros(3, k)).tolist() == pytest.approx([math.log(k)] * 3)
+    uniform = torch.zeros(5, k)  # every row 1/K: the confusion's rows normalise to 1/K, K - 1 off the diagonal
+    assert mcc_loss(uniform, 2.5).item() == pytest.approx((k - 1) / k)
+    certain = 100 * torch.eye(k)  # one confident prediction per class: no confusion
+    assert mcc_loss(certain, 1.0).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_cdan_multilinear_map_and_entropy_weights():
+    f, g = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0]])
+    assert Multilinear(2, 2)(f, g).tolist() == [[3.0, 6.0, 4.0, 8.0]]  # g (x) f, flattened
+    big = Multilinear(100, 50)  # 5,000 > 4,096: the randomized map
+    assert big.randomized and big(torch.randn(3, 100), torch.randn(3, 50)).shape == (3, 4096)
+    w = entropy_weights(torch.tensor([[100.0, 0.0], [0.0, 0.0]]))  # certain: 1 + e^0 = 2; uniform: 1 + 1/2
+    assert w.tolist() == pytest.approx([2 / 3.5, 1.5 / 3.5], rel=1e-4)
+    s, t = torch.zeros(2), torch.zeros(2)  # discriminator at chance: ln 2 per domain, weighted or not
+    assert conditional_domain_loss(s, t).item() == pytest.approx(2 * math.log(2))
+    assert conditional_domain_loss(s, t, torch.full((2,), 0.5), torch.full((2,), 0.5)).item() == pytest.approx(2 * math.log(2))
+
+
+# --- the updates use their terms ----------------------------------------------------------------
+
+def build(name: str, **hp):
+    """A fresh algorithm on the digit network, at lr 10: one step moves the weights by lr x the
+    gradients exactly, and a large rate makes the terms' small gradients show in fp32."""
+    torch.manual_seed(0)
+    hp = {"lr": 10.0} | hp
+    cls = algorithms.get(name)
+    backbone = backbones.get("digit-cnn")(None, in_channels=3, image_size=28, pretrained=None, num_classes=10)
+    return cls(backbone, 10, defaults(cls.space("classification")) | hp, steps=100)
+
+
+def batch() -> Batch:
+    g = torch.Generator().manual_seed(1)
+    return Batch(torch.randn(8, 3, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g),
+                 torch.randn(8, 3, 28, 28, generator=g) * 0.5 + 0.3)
+
+
+def forward(algo, b: Batch):
+    feats = algo.featurizer(torch.cat([b.src_x, b.tgt_x]))
+    return feats, algo.classifier[:-1](feats), algo.classifier(feats)
+
+
+def coral_term(algo, b):
+    logits = forward(algo, b)[2]
+    return coral_loss(logits[:8], logits[8:])
+
+
+def dan_term(algo, b):
+    return sum(mk_mmd(layer[:8], layer[8:], "linear") for layer in forward(algo, b))
+
+
+def mcc_term(algo, b):
+    return mcc_loss(forward(algo, b)[2][8:], 2.5)
+
+
+def entmin_term(algo, b):
+    return entropy(forward(algo, b)[2][8:]).mean()
+
+
+# CORAL's and MCC's gradients are tiny on the near-uniform logits of a fresh network: weighted up
+@pytest.mark.parametrize("name, weight, value, term", [
+    ("coral", "lambda_coral", 1e4, coral_term), ("dan", "lambda_mmd", 1.0, dan_term),
+    ("mcc", "lambda_mcc", 100.0, mcc_term), ("entmin", "lambda_ent", 0.1, entmin_term)])
+def test_an_update_descends_its_defining_term(name, weight, value, term):
+    step, b = 50, batch()
+    with_term = build(name, **{weight: value})
+    without = copy.deepcopy(with_term)
+    without.hp[weight] = 0.0
+    start = copy.deepcopy(with_term)
+    lam = with_term.hp[weight]
+    grads = torch.autograd.grad(lam * term(start, b), list(start.parameters()), allow_unused=True)
+    with_term.update(b, step)
+    without.update(b, step)
+    lr = with_term.optims["model"].param_groups[0]["lr"]  # the annealed rate at this step
+    moved = [(p_with - p_without, -lr * grad) for p_with, p_without, grad
+             in zip(with_term.parameters(), without.parameters(), grads) if grad is not None]
+    scale = max(expected.abs().max().item() for _, expected in moved)
+    assert scale > 1e-5, f"{name}: the term's step is too small to check in fp32"
+    for got, expected in moved:
+        # SGD's first step (momentum buffer = gradient): p - lr (g_cls + g_term + wd p); without: p - lr (g_cls + wd p)
+        assert torch.allclose(got, expected, atol=1e-3 * scale, rtol=1e-3), name
+
+
+def test_cdan_reverses_the_conditional_domain_gradient_into_the_features():
+    step, b = 50, batch()
+    cdan = build("cdan")
+    cdan.eval()  # no dropout: the two updates and the reference see one network
+    no_adv = copy.deepcopy(cdan)
+    no_adv.hp["lambda_max"] = 0.0  # the discriminator still learns; the features get no adversarial gradient
+    start = copy.deepcopy(cdan)
+    feats, _, logits = forward(start, b)
+    joint = start.multilinear(feats, F.softmax(logits.detach(), dim=1))  # conditioned on the predictions
+    out = start.discriminator(joint).squeeze(1)
+    dom = conditional_domain_loss(out[:8], out[8:])
+    lam = grl_lambda(start.progress(step), 10.0)
+    featurizer = list(start.featurizer.parameters())
+    grads = torch.autograd.grad(dom, featurizer)
+    cdan.update(b, step)
+    no_adv.update(b, step)
+    lr = cdan.optims["model"].param_groups[0]["lr"]
+    scale = max((lr * lam * g).abs().max().item() for g in grads)
+    assert scale > 1e-5
+    for p, q, grad in zip(cdan.featurizer.parameters(), no_adv.featurizer.parameters(), grads):
+        assert torch.allclose(p - q, lr * lam * grad, atol=1e-3 * scale, rtol=1e-3)  # reversed: + lr lam grad
+
+
+@pytest.mark.parametrize("name", ["coral", "dan", "cdan", "mcc", "entmin"])
+def test_each_baseline_runs_from_the_cli_and_the_api(tmp_path, name):
+    from click.testing import CliRunner
+
+    import dabench
+    from dabench.cli import main
+
+    args = ["run", "--algo", name, "--src", "syndigits:200", "--tgt", "uci-digits", "--steps", "4", "--eval-every", "4",
+            "--out", str(tmp_path / "cli")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    run = dabench.fit(name, "syndigits:200", "uci-digits", steps=4, eval_every=4, out=str(tmp_path / "api"))
+    assert run.records[-1]["step"] == 4 and 0 <= run.records[-1]["tgt-test"]["acc"] <= 1
+    assert name in CliRunner().invoke(main, ["list", "algorithms"]).output
