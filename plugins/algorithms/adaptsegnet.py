@@ -76,6 +76,10 @@ class AdaptSegNet(Algorithm):
         self.poly(step)
         return self.adapt_step(self.labeled_parts(batch), batch.tgt_x)
 
+    def disc_input(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the discriminators read from an output: its softmax map (fp32)."""
+        return F.softmax(logits.float(), 1)
+
     def supervised(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[dict]]:
         """The segmentation loss over labelled groups (main + aux_weight x auxiliary), and each
         group's outputs."""
@@ -107,15 +111,15 @@ class AdaptSegNet(Algorithm):
         # 2. target maps should pass for source: the discriminators are frozen for this loss.
         tgt_out = self.outputs(tgt_x)
         self.discriminators.requires_grad_(False)
-        adv = sum(adv_weight[k] * gan_loss(self.discriminators[k](F.softmax(v.float(), 1)), SOURCE, gan)
+        adv = sum(adv_weight[k] * gan_loss(self.discriminators[k](self.disc_input(v)), SOURCE, gan)
                   for k, v in tgt_out.items())
         extra, logs = target_term(tgt_out) if target_term else (0.0, {})
         self.scaler.scale(seg + adv + extra).backward()
         self.discriminators.requires_grad_(True)
         # 3. the discriminators, on detached predictions: source 0, target 1, each half the loss.
         disc = sum(
-            (gan_loss(d(F.softmax(src_out[k].detach().float(), 1)), SOURCE, gan)
-             + gan_loss(d(F.softmax(tgt_out[k].detach().float(), 1)), TARGET, gan)) / 2
+            (gan_loss(d(self.disc_input(src_out[k].detach())), SOURCE, gan)
+             + gan_loss(d(self.disc_input(tgt_out[k].detach())), TARGET, gan)) / 2
             for k, d in self.discriminators.items())
         self.scaler.scale(disc).backward()
         for o in optims:
