@@ -19,6 +19,7 @@ from dabench_plugins.algorithms.dann import grl_lambda
 from dabench_plugins.algorithms.entmin import entropy
 from dabench_plugins.algorithms.mcc import mcc_loss
 from dabench_plugins.algorithms.mmd import mk_mmd
+from dabench_plugins.algorithms.rotation import rotate, rotation_loss
 
 
 # --- the losses, by hand -------------------------------------------------------------------------
@@ -62,6 +63,20 @@ def test_cdan_multilinear_map_and_entropy_weights():
     s, t = torch.zeros(2), torch.zeros(2)  # discriminator at chance: ln 2 per domain, weighted or not
     assert conditional_domain_loss(s, t).item() == pytest.approx(2 * math.log(2))
     assert conditional_domain_loss(s, t, torch.full((2,), 0.5), torch.full((2,), 0.5)).item() == pytest.approx(2 * math.log(2))
+
+
+def test_rotate_turns_each_image_by_its_label():
+    img = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).expand(8, 3, 2, 2)
+    torch.manual_seed(0)
+    turned, k = rotate(img)
+    quarter = torch.tensor([[2.0, 4.0], [1.0, 3.0]])  # [[1, 2], [3, 4]] a quarter turn anticlockwise
+    for t, r in zip(turned, k.tolist()):
+        expected = img[0, 0]
+        for _ in range(r):
+            expected = torch.tensor([[expected[0, 1], expected[1, 1]], [expected[0, 0], expected[1, 0]]])
+        assert torch.equal(t[0], expected)
+    assert torch.equal(torch.rot90(img[0], 1, dims=(1, 2))[0], quarter)
+    assert len(set(k.tolist())) > 1
 
 
 # --- the updates use their terms ----------------------------------------------------------------
@@ -128,6 +143,31 @@ def test_an_update_descends_its_defining_term(name, weight, value, term):
         assert torch.allclose(got, expected, atol=1e-3 * scale, rtol=1e-3), name
 
 
+def rotation_term(algo, b):
+    return rotation_loss(algo.featurizer, algo.rotation_head, torch.cat([b.src_x, b.tgt_x]))
+
+
+@pytest.mark.parametrize("name, extra", [("rotation", {}), ("dann", {"aux": "rotation"})])
+def test_an_update_learns_to_predict_rotations(name, extra):
+    step, b = 50, batch()
+    with_term = build(name, lambda_rot=1.0, **extra)
+    without = copy.deepcopy(with_term)
+    without.hp["lambda_rot"] = 0.0
+    start = copy.deepcopy(with_term)
+    torch.manual_seed(3)  # the same random turns in the reference and in both updates
+    grads = torch.autograd.grad(rotation_term(start, b), list(start.parameters()), allow_unused=True)
+    torch.manual_seed(3)
+    with_term.update(b, step)
+    torch.manual_seed(3)
+    without.update(b, step)
+    lr = with_term.optims["model"].param_groups[0]["lr"]
+    moved = [(p - q, -lr * g) for p, q, g in zip(with_term.parameters(), without.parameters(), grads) if g is not None]
+    scale = max(e.abs().max().item() for _, e in moved)
+    assert scale > 1e-5 and any(e.abs().max() > 0 for got, e in moved if got.shape == (4, 100))  # the head moved
+    for got, expected in moved:
+        assert torch.allclose(got, expected, atol=1e-3 * scale, rtol=1e-3)
+
+
 def test_cdan_reverses_the_conditional_domain_gradient_into_the_features():
     step, b = 50, batch()
     cdan = build("cdan")
@@ -151,7 +191,7 @@ def test_cdan_reverses_the_conditional_domain_gradient_into_the_features():
         assert torch.allclose(p - q, lr * lam * grad, atol=1e-3 * scale, rtol=1e-3)  # reversed: + lr lam grad
 
 
-@pytest.mark.parametrize("name", ["coral", "dan", "cdan", "mcc", "entmin"])
+@pytest.mark.parametrize("name", ["coral", "dan", "cdan", "mcc", "entmin", "rotation"])
 def test_each_baseline_runs_from_the_cli_and_the_api(tmp_path, name):
     from click.testing import CliRunner
 

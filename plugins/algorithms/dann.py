@@ -10,6 +10,7 @@ from torch import nn
 from dabench.algorithm import Algorithm, mlp
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform, uniform
+from dabench_plugins.algorithms.rotation import ROTATIONS, rotation_loss
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -65,6 +66,8 @@ class DANN(Algorithm):
       (fc100 -> fc K) on the same vector.
     ``-H domain_head=features`` puts the domain classifier on the feature vector for digit-cnn too
     (dabench 0.1; kept as an ablation: the reversed gradient then reaches the label head's input).
+    ``-H aux=rotation`` adds the rotation-prediction task of the ``rotation`` algorithm (a linear
+    head on the feature vector, source and target images, weight ``lambda_rot``).
     """
 
     hparams = {
@@ -76,6 +79,9 @@ class DANN(Algorithm):
         "domain_head": HParam("paper", None, "where the domain classifier reads: paper (conv features where "
                               "the backbone has them) or features (the backbone's feature vector)",
                               choices=("paper", "features")),
+        "aux": HParam("none", None, "an auxiliary self-supervised task on source and target images: none, or "
+                      "rotation (4-way rotation prediction, as the rotation algorithm)", choices=("none", "rotation")),
+        "lambda_rot": HParam(1.0, None, "weight of the rotation task when aux=rotation"),
     }
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
@@ -85,6 +91,8 @@ class DANN(Algorithm):
         self.on_conv = bool(getattr(backbone, "lower_features", None)) and self.hp["domain_head"] == "paper"
         width = backbone.lower_features if self.on_conv else backbone.out_features
         self.discriminator = mlp([width, self.hp["disc_hidden"], 1])
+        if self.hp["aux"] == "rotation":
+            self.rotation_head = nn.Linear(backbone.out_features, ROTATIONS)
         disc = {id(p) for p in self.discriminator.parameters()}
         rest = [p for p in self.parameters() if id(p) not in disc]
         self.optims["model"] = self.sgd([{"params": rest},
@@ -102,8 +110,13 @@ class DANN(Algorithm):
         dom_in = torch.cat([seen[:n_src], seen[len(x):]])  # source and unlabelled target images only
         logits = self.discriminator(reverse_grad(dom_in, lam)).squeeze(1)
         dom = domain_loss(logits[:n_src], logits[n_src:])
-        self.step(cls + dom, self.optims["model"])
-        return {"cls": cls.item(), "dom": dom.item(), "lambda": lam}
+        logs = {"cls": cls.item(), "dom": dom.item(), "lambda": lam}
+        loss = cls + dom
+        if self.hp["aux"] == "rotation":
+            rot = rotation_loss(self.featurizer, self.rotation_head, torch.cat([batch.src_x, batch.tgt_x]))
+            loss, logs["rot"] = loss + self.hp["lambda_rot"] * rot, rot.item()
+        self.step(loss, self.optims["model"])
+        return logs
 
     def predict(self, x):
         return self.classifier(self.featurizer(x))
