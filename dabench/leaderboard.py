@@ -22,7 +22,7 @@ from pathlib import Path
 from dabench.errors import DabenchError
 from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, variant
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
-from dabench.selection import Method, protocol_methods
+from dabench.selection import LABEL_FREE, Method, protocol_methods
 
 
 @dataclass
@@ -65,11 +65,71 @@ class Table:
 
 
 @dataclass
+class Agreement:
+    """How one selection method ranks an algorithm's runs of a pair against target-oracle."""
+
+    algo: str
+    method: str
+    runs: int
+    rho: float  # Spearman correlation of the method's score and the oracle's (tgt-val) over the runs
+    picked: float  # tgt-test (%) of the run and step the method picks among all of them
+    oracle: float  # tgt-test (%) of the run and step target-oracle picks
+    pair: str = ""
+
+    @property
+    def lost(self) -> float:
+        return self.oracle - self.picked
+
+
+@dataclass
 class Leaderboard:
     root: Path
     tables: list[Table]
     incomplete: list[tuple[Path, int | None]]  # (run folder, last step evaluated)
     skipped: list[tuple[Path, str]]  # (run folder, why it could not be read)
+    agreement: list[Agreement] = None  # algorithms with 3 or more runs of a pair (a sweep)
+
+
+def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
+    """For each pair and algorithm with at least ``min_runs`` finished runs (seeds, hyperparameter
+    samples): each selection method's pick in every run, its score and the oracle's score there,
+    their Spearman correlation over the runs, and the target-test value of the run and step it
+    would report against the one target-oracle would (DomainBed's oracle)."""
+    from scipy.stats import spearmanr
+
+    from dabench.selection import TEST, get, select, value
+
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        c = run.config
+        if c.get("protocol", "dabench") == "dabench" and run.records:
+            groups[(f"{c['src']} -> {c['tgt']}", str(c["algo"]))].append(run)
+    out = []
+    oracle = get("target-oracle")
+    for (pair, algo), group in sorted(groups.items()):
+        if len(group) < min_runs:
+            continue
+        metric = group[0].config["metric"]
+        o_scores, o_tests = [], []
+        for run in group:
+            rec = run.records[select(oracle, run.records, metric)]
+            o_scores.append(oracle.score(rec, metric))
+            o_tests.append(value(rec, TEST, metric))
+        best_oracle = o_tests[max(range(len(group)), key=lambda i: o_scores[i])]
+        for m in protocol_methods("dabench"):
+            if m.oracle or (m.label_free and not any(LABEL_FREE in r for run in group for r in run.records)):
+                continue
+            scores, tests = [], []
+            for run in group:
+                rec = run.records[select(m, run.records, metric)]
+                scores.append(m.score(rec, metric))
+                tests.append(value(rec, TEST, metric))
+            finite = all(math.isfinite(v) for v in scores + o_scores)
+            varied = len(set(scores)) > 1 and len(set(o_scores)) > 1
+            rho = float(spearmanr(scores, o_scores).statistic) if finite and varied else math.nan
+            picked = tests[max(range(len(group)), key=lambda i: scores[i])]
+            out.append(Agreement(algo, m.name, len(group), rho, 100 * picked, 100 * best_oracle, pair))
+    return out
 
 
 def leaderboard(path: str | Path) -> Leaderboard:
@@ -82,7 +142,7 @@ def leaderboard(path: str | Path) -> Leaderboard:
     if not configs:
         raise DabenchError(f"{root} holds no runs: found no config.json under it. Expected {hint}.")
     runs, incomplete, skipped = read_runs(cfg.parent for cfg in configs)
-    return Leaderboard(root, _tables(runs), incomplete, skipped)
+    return Leaderboard(root, _tables(runs), incomplete, skipped, agreement(runs))
 
 
 def _budget_order(n: int | str) -> tuple:
@@ -102,7 +162,10 @@ def _tables(runs: list[Run]) -> list[Table]:
         order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), str(k[2])))
         metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
         sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
+        scored = any(LABEL_FREE in r for run in group for r in run.records)  # runs before label-free scores have none
         for method in protocol_methods(protocol):
+            if method.label_free and not scored:
+                continue
             body = [aggregate(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
             tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol))
     return tables
@@ -142,6 +205,15 @@ def _markdown(board: Leaderboard) -> str:
                     "|---|" + "---:|" * (len(t.classes) + 1 + len(t.subsets))]
             out += [_md_row([r.label, *map(_f, r.iou or []), _f(r.mean), *map(_f, t.subset_means(r))]) for r in t.rows]
         out.append("")
+    if board.agreement:
+        out += ["## Model selection against target-oracle", "",
+                "Over each algorithm's runs of a pair (seeds, hyperparameter samples): the Spearman correlation of "
+                "each method's score at its chosen step with target-oracle's (target val), and the target-test value "
+                "of the run and step the method picks against the one target-oracle picks.", "",
+                _md_row(["pair", "algorithm", "selection", "runs", "Spearman", "tgt-test picked (%)",
+                         "tgt-test oracle (%)", "lost"]), "|---|---|---|---:|---:|---:|---:|---:|"]
+        out += [_md_row([a.pair, a.algo, a.method, str(a.runs), "–" if math.isnan(a.rho) else f"{a.rho:.2f}",
+                         _f(a.picked), _f(a.oracle), _f(a.lost)]) for a in board.agreement] + [""]
     if board.incomplete:
         out += ["## Incomplete runs (no `done`; not averaged)", "", "| run folder | last step |", "|---|---:|"]
         out += [_md_row([_rel(board, p), "none" if s is None else str(s)]) for p, s in board.incomplete] + [""]

@@ -28,6 +28,17 @@ class Method:
     oracle: bool  # True: uses target labels, so tables must flag it
     split: str  # the validation split that ranks hyperparameter samples
     choose: Callable[[Sequence[Mapping], str], int]  # (records without tgt-test, metric) -> index
+    key: str | None = None  # the score it reads in ``split`` (None: the run's metric)
+    lower_is_better: bool = False
+
+    def score(self, record: Mapping, metric: str) -> float:
+        """What the method maximises, for one record (-inf where the record lacks it)."""
+        v = value(record, self.split, self.key or metric)
+        return -v if self.lower_is_better and v != -math.inf else v
+
+    @property
+    def label_free(self) -> bool:
+        return self.split == LABEL_FREE
 
 
 def value(record: Mapping, split: str, metric: str) -> float:
@@ -43,16 +54,35 @@ def _best(split: str) -> Callable[[Sequence[Mapping], str], int]:
     return choose
 
 
+LABEL_FREE = "tgt-unlabeled"  # scores on unlabelled target train images (dabench.labelfree)
+
+
+def _by_score(key: str, lower_is_better: bool) -> Callable[[Sequence[Mapping], str], int]:
+    def choose(records: Sequence[Mapping], metric: str) -> int:
+        sign = -1.0 if lower_is_better else 1.0
+        scores = [value(r, LABEL_FREE, key) for r in records]
+        return max(range(len(records)), key=lambda i: (sign * scores[i] if scores[i] != -math.inf else -math.inf, i))
+
+    return choose
+
+
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("source-val", "best source validation", False, "src-val", _best("src-val")),
     Method("target-oracle", "best labelled target validation (held out of target train, not the test split)", True, "tgt-val", _best("tgt-val")),
     Method("last", "last evaluation", False, "src-val", lambda records, metric: len(records) - 1),
+    Method("entropy", "lowest mean prediction entropy on unlabelled target images", False, LABEL_FREE,
+           _by_score("entropy", True), "entropy", True),
+    Method("im", "highest information maximisation on unlabelled target images", False, LABEL_FREE,
+           _by_score("im", False), "im"),
+    Method("snd", "highest soft neighbourhood density on unlabelled target images", False, LABEL_FREE,
+           _by_score("snd", False), "snd"),
 ]}
 
 
 # The protocols (dabench.protocol cuts their splits) and the selection methods each leaves possible:
 # "paper" holds nothing out, so the last step is its only honest choice.
-PROTOCOLS: dict[str, tuple[str, ...]] = {"dabench": ("source-val", "target-oracle", "last"), "paper": ("last",)}
+PROTOCOLS: dict[str, tuple[str, ...]] = {"dabench": ("source-val", "target-oracle", "last", "entropy", "im", "snd"),
+                                         "paper": ("last",)}
 
 
 def protocol_methods(protocol: str) -> list[Method]:
@@ -106,5 +136,5 @@ def select_run(method: str | Method, runs: Sequence[Sequence[Mapping]], metric: 
         raise DabenchError("Hyperparameter selection needs at least one run.")
     visible = [without_test(records) for records in runs]
     picks = [_pick(m, v, metric) for v in visible]
-    best = max(range(len(runs)), key=lambda r: (value(visible[r][picks[r]], m.split, metric), -r))
+    best = max(range(len(runs)), key=lambda r: (m.score(visible[r][picks[r]], metric), -r))
     return best, picks[best]

@@ -26,7 +26,7 @@ import torch
 
 from dabench.algorithm import Algorithm, StageContext, TrainData, upsample
 from dabench.data import Batch, Labeled, Subset, ordered_batches, stream
-from dabench import distributed
+from dabench import distributed, labelfree
 from dabench.errors import DabenchError, RunFailed
 from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
 from dabench.protocol import Splits
@@ -149,6 +149,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     with StepLog(run_dir, start, log if main else None) as step_log:
         ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir,
                            cache_dir or run_dir / "cache", device, precision, seed, reporter, workers, data_key or {})
+        unlabeled = labelfree.subset(splits.tgt_train, splits.task)  # label-free selection scores these
         evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
                                              "tgt-test": splits.tgt_test}.items() if len(ds)}  # "paper": no hold-outs
         algo.train()
@@ -208,6 +209,10 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         for name, ds in evals.items():
                             record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
                                                     EVAL_BATCH[splits.task], channels_last, workers)
+                        if len(unlabeled):
+                            record[labelfree.SPLIT] = labelfree.scores(
+                                algo, unlabeled, splits.task, device, EVAL_BATCH[splits.task],
+                                lambda: autocast(device, precision), workers)
                         eval_s, evaluations = eval_s + time.perf_counter() - t_eval, evaluations + 1
                         if main:
                             append_record(results, record)

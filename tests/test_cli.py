@@ -24,7 +24,7 @@ def test_run_prints_a_results_table_and_the_run_folder(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--algo", "danm", *TOY], "Unknown algorithm 'danm'. Did you mean 'dann'"),
+    (["--algo", "sagnett", *TOY], "Unknown algorithm 'sagnett'. Did you mean 'sagnet'"),
     (["--algo", "dann", "--src", "toy-scr", "--tgt", "toy-tgt"], "Unknown dataset 'toy-scr'"),
     (["--algo", "dann", *TOY, "--backbone", "resnet"], "Unknown backbone 'resnet'"),
     (["--algo", "dann", *TOY, "--backbone", "timm:resnet5"], "timm has no model 'resnet5'"),

@@ -128,7 +128,7 @@ def test_a_budget_larger_than_target_train_is_reported_and_the_rest_still_tabula
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--algos", "erm,danm"], "Unknown algorithm 'danm'. Did you mean 'dann'"),
+    (["--algos", "erm,sagnett"], "Unknown algorithm 'sagnett'. Did you mean 'sagnet'"),
     (["--algos", "erm", "--tgt-labeled", "0,few"], "--tgt-labeled expects a number of labelled target images (0 or more) or 'all', got 'few'"),
     (["--algos", "erm", "--tgt-labeled", "0,-5"], "--tgt-labeled expects a number of labelled target images"),
 ])

@@ -233,3 +233,24 @@ def test_runs_that_differ_in_a_minus_h_value_are_rows_of_their_own(tmp_path):
     assert cell(board, "source-val", "udas (translator=fda)").mean == pytest.approx(65.0)
     assert "| udas (translator=fda) | 65.0 ± 7.1 |" in render(board, "markdown")
     assert "udas,translator=fda,0,2,65.0" in render(board, "csv")
+
+
+def test_selection_methods_are_scored_against_target_oracle(tmp_path):
+    # three runs of one record each: (src-val, tgt-val, tgt-test) and label-free scores
+    runs = [(0.9, 0.5, 0.40, dict(entropy=0.5, im=0.1, snd=1.0)),
+            (0.8, 0.7, 0.60, dict(entropy=0.2, im=0.3, snd=2.0)),
+            (0.7, 0.6, 0.65, dict(entropy=0.4, im=0.2, snd=3.0))]
+    for seed, (src, val, test, scores) in enumerate(runs):
+        make_run(tmp_path, [rec(200, src, val, test) | {selection.LABEL_FREE: scores}], seed=seed)
+    board = leaderboard(tmp_path)
+    got = {a.method: a for a in board.agreement}
+    assert set(got) == {"source-val", "last", "entropy", "im", "snd"}  # target-oracle is the reference, not a row
+    # oracle ranks the runs 1, 3, 2 (tgt-val) and picks the second (test 60)
+    assert got["source-val"].rho == pytest.approx(-0.5)  # ranks 3, 2, 1: 1 - 6 x 6 / (3 x 8)
+    assert got["source-val"].picked == pytest.approx(40) and got["source-val"].lost == pytest.approx(20)
+    assert got["im"].rho == pytest.approx(1.0) and got["im"].lost == pytest.approx(0)
+    assert got["entropy"].rho == pytest.approx(1.0)  # lower entropy is better: ranks 1, 3, 2
+    assert got["snd"].rho == pytest.approx(0.5) and got["snd"].lost == pytest.approx(-5)  # picks the third: 65
+    md = render(board, "markdown")
+    assert "## Model selection against target-oracle" in md and "| syndigits -> uci-digits | dann | im | 3 | 1.00 |" in md
+    assert any(t.method.name == "snd" for t in board.tables)  # scored runs get label-free tables too
