@@ -76,3 +76,66 @@ def test_advent_runs_from_the_cli(tmp_path, name):
                                   "--backbone", "deeplabv2:resnet18", "--image-size", "32", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "mIoU" in r.output
+
+
+# --- FDA as a method (plugins/algorithms/fda.py) -------------------------------------------------
+
+from dabench_plugins.algorithms.fda import FDASeg, robust_entropy  # noqa: E402
+
+
+def test_fda_robust_entropy_by_hand():
+    assert robust_entropy(torch.zeros(1, 4, 2, 2), 2.0).item() == pytest.approx((1 + 1e-8) ** 2)  # uniform: H / ln C = 1
+    certain = torch.zeros(1, 4, 2, 2)
+    certain[:, 0] = 100.0
+    assert robust_entropy(certain, 2.0).item() == pytest.approx(0.0, abs=1e-12)
+    p = torch.tensor([0.7, 0.2, 0.1])
+    h = -(p * p.log()).sum().item() / math.log(3)
+    assert robust_entropy(p.log().view(1, 3, 1, 1), 2.0).item() == pytest.approx((h * h + 1e-8) ** 2, rel=1e-5)
+
+
+def test_fda_translates_the_source_into_the_target_spectrum():
+    algo = build(FDASeg, beta=0.1)
+    src, tgt = torch.full((1, 3, 32, 32), -0.5), torch.full((1, 3, 16, 16), 0.25)  # constant: all energy at DC
+    assert torch.allclose(algo.translate(src, tgt), torch.full_like(src, 0.25), atol=1e-4)  # takes the target's DC
+    with pytest.warns(UserWarning, match="empty window"):
+        assert torch.equal(build(FDASeg, beta=0.01).translate(src, tgt), src)  # floor(0.01 x 32) = 0
+
+
+def test_fda_trains_on_translated_source_and_adds_the_entropy_after_a_third():
+    b = batch()
+    algo = build(FDASeg, beta=0.1, lambda_ent=50.0)
+    seen = []
+    algo.segmenter.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    expected = algo.translate(b.src_x, b.tgt_x)
+    early = copy.deepcopy(algo)
+    logs = algo.update(b, 10)  # 10 < 100 / 3: no entropy yet
+    assert torch.equal(seen[0], expected) and not torch.equal(seen[0], b.src_x) and logs["ent_on"] == 0.0
+    no_ent = copy.deepcopy(early)
+    no_ent.hp["lambda_ent"] = 0.0
+    early.update(b, 10)
+    no_ent.update(b, 10)
+    assert all(torch.equal(p, q) for p, q in zip(early.parameters(), no_ent.parameters()))  # off before the switch
+    # after the switch, the step differs from the entropy-free one by exactly -lr x the entropy's gradient
+    late, late_free = build(FDASeg, beta=0.1, lambda_ent=50.0), build(FDASeg, beta=0.1, lambda_ent=0.0)
+    start = copy.deepcopy(late)
+    grads = torch.autograd.grad(50.0 * robust_entropy(start.segmenter(b.tgt_x)[0], 2.0), list(start.parameters()),
+                                allow_unused=True)
+    assert late.update(b, 50)["ent_on"] == 1.0
+    late_free.update(b, 50)
+    lrs = lr_of(late)
+    moved = [(p - q, -lrs[id(p)] * g) for p, q, g in zip(late.parameters(), late_free.parameters(), grads) if g is not None]
+    scale = max(e.abs().max().item() for _, e in moved)
+    assert scale > 1e-5
+    for got, want in moved:
+        assert torch.allclose(got, want, atol=1e-3 * scale, rtol=1e-3)
+
+
+def test_fda_runs_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from dabench.cli import main
+
+    r = CliRunner().invoke(main, ["run", "--algo", "fda", "--src", "streets-sim:10", "--tgt", "streets-real:10", "--steps",
+                                  "2", "--backbone", "deeplabv2:resnet18", "--image-size", "32", "-H", "beta=0.05",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
