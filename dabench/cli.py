@@ -220,7 +220,7 @@ def _torchrun(devices: int) -> None:
 
 
 def _result_table(result) -> Table:
-    from dabench.selection import LABEL_FREE, choose, protocol_methods
+    from dabench.selection import choose, protocol_methods
 
     metric, protocol = result.config["metric"], result.config.get("protocol", "dabench")
     title = f"{result.config['algo']}: {result.config['src']} -> {result.config['tgt']} ({metric})"
@@ -228,7 +228,7 @@ def _result_table(result) -> Table:
     for col in ("model selection", "step", "src-val", "tgt-test"):
         table.add_column(col, justify="right" if col != "model selection" else "left")
     for method in protocol_methods(protocol):
-        if method.oracle or (method.label_free and not any(LABEL_FREE in r for r in result.records)):
+        if method.oracle or not method.applies(result.records):
             continue  # the printed summary never selects with target labels
         rec = choose(method, result.records, metric)
         src = rec.get("src-val", {}).get(metric)

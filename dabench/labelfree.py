@@ -13,8 +13,12 @@ pixels are scored at the network's output resolution) and records, under ``tgt-u
   similarity matrix over temperature 0.05, each row's softmax (self excluded), mean row entropy
   (higher is better); segmentation samples 1,024 pixels with a fixed generator.
 
-Deep embedded validation (DEV, You et al. 2019) needs a domain classifier per checkpoint and is
-not here yet.
+- ``dev`` (classification): deep embedded validation (You et al., ICML 2019): a logistic-regression
+  domain classifier on the features (``Algorithm.embed``) of source-val and the unlabelled target
+  images gives density ratios w = (n_s / n_t) p(t|x) / p(s|x) on the source-val images; DEV is the
+  importance-weighted source-val loss with the paper's control variate, mean(w l) + eta mean(w) - eta,
+  eta = -Cov(w l, w) / Var(w) (lower is better). The classifier is fitted on the same images it
+  weights (the paper fits it on training features), C = 1, features standardised.
 """
 from __future__ import annotations
 
@@ -54,12 +58,54 @@ def snd(p: torch.Tensor, temperature: float = SND_TEMPERATURE) -> float:
 
 
 @torch.no_grad()
-def scores(algo, images, task: str, device: torch.device, batch_size: int, autocast, workers: int = 0) -> dict:
+def scores(algo, images, task: str, device: torch.device, batch_size: int, autocast, workers: int = 0,
+           source_val=None) -> dict:
     """``entropy``, ``im`` and ``snd`` of ``algo`` on ``images`` (an unlabelled view's subset). The
     global random state is left as it was (a DataLoader draws its base seed from it), so scoring
     changes nothing about the training that follows."""
     with torch.random.fork_rng(devices=[]):
-        return _scores(algo, images, task, device, batch_size, autocast, workers)
+        out = _scores(algo, images, task, device, batch_size, autocast, workers)
+        if out and task == "classification" and source_val is not None and len(source_val) > 1:
+            out["dev"] = dev(algo, source_val, images, device, batch_size, autocast, workers)
+        return out
+
+
+def _embedded(algo, data, device, batch_size, autocast, workers, labelled: bool):
+    feats, losses = [], []
+    for batch in ordered_batches(data, batch_size, workers):
+        x = (batch[0] if labelled else batch).to(device, non_blocking=True)
+        with autocast():
+            feats.append(algo.embed(x).float().cpu())
+            if labelled:
+                logits = algo.predict(x).float()
+                losses.append(F.cross_entropy(logits, batch[1].to(device), reduction="none").cpu())
+    return torch.cat(feats).numpy(), (torch.cat(losses).numpy() if labelled else None)
+
+
+@torch.no_grad()
+def dev(algo, source_val, images, device, batch_size, autocast, workers: int = 0) -> float:
+    """Deep embedded validation risk of ``algo`` (lower is better); see the module docstring."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    algo.eval()
+    src_val = subset(source_val, "classification")
+    fs, loss = _embedded(algo, src_val, device, batch_size, autocast, workers, labelled=True)
+    ft, _ = _embedded(algo, images, device, batch_size, autocast, workers, labelled=False)
+    algo.train()
+    x = StandardScaler().fit_transform(np.concatenate([fs, ft]))
+    y = np.r_[np.zeros(len(fs)), np.ones(len(ft))]
+    p = LogisticRegression(C=1.0, max_iter=1000).fit(x, y).predict_proba(x[: len(fs)])[:, 1].clip(1e-6, 1 - 1e-6)
+    return dev_risk((len(fs) / len(ft)) * p / (1 - p), loss)
+
+
+def dev_risk(w: np.ndarray, loss: np.ndarray) -> float:
+    """DEV's estimate from density ratios ``w`` and losses ``loss`` of the source-val samples:
+    mean(w l) + eta mean(w) - eta, eta = -Cov(w l, w) / Var(w) (You et al. 2019, eq. 9)."""
+    weighted = w * loss
+    var = w.var(ddof=1)
+    eta = -np.cov(weighted, w, ddof=1)[0, 1] / var if var > 0 else 0.0
+    return float(weighted.mean() + eta * w.mean() - eta)
 
 
 def _scores(algo, images, task: str, device: torch.device, batch_size: int, autocast, workers: int) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 from dabench.errors import DabenchError
 from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, variant
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
-from dabench.selection import LABEL_FREE, Method, protocol_methods
+from dabench.selection import Method, protocol_methods
 
 
 @dataclass
@@ -117,7 +117,7 @@ def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
             o_tests.append(value(rec, TEST, metric))
         best_oracle = o_tests[max(range(len(group)), key=lambda i: o_scores[i])]
         for m in protocol_methods("dabench"):
-            if m.oracle or (m.label_free and not any(LABEL_FREE in r for run in group for r in run.records)):
+            if m.oracle or not m.applies([r for run in group for r in run.records]):
                 continue
             scores, tests = [], []
             for run in group:
@@ -162,9 +162,9 @@ def _tables(runs: list[Run]) -> list[Table]:
         order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), str(k[2])))
         metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
         sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
-        scored = any(LABEL_FREE in r for run in group for r in run.records)  # runs before label-free scores have none
+        every = [r for run in group for r in run.records]
         for method in protocol_methods(protocol):
-            if method.label_free and not scored:
+            if not method.applies(every):
                 continue
             body = [aggregate(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
             tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol))

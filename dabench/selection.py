@@ -40,6 +40,11 @@ class Method:
     def label_free(self) -> bool:
         return self.split == LABEL_FREE
 
+    def applies(self, records: Sequence[Mapping]) -> bool:
+        """False for a label-free method whose score no record holds (runs from before the scores
+        existed, DEV on segmentation): it would pick the last step by default, not by its score."""
+        return not self.label_free or any(self.key in (r.get(LABEL_FREE) or {}) for r in records)
+
 
 def value(record: Mapping, split: str, metric: str) -> float:
     """``record[split][metric]``, or -inf when absent, null or NaN (so it never wins a max)."""
@@ -76,12 +81,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            _by_score("im", False), "im"),
     Method("snd", "highest soft neighbourhood density on unlabelled target images", False, LABEL_FREE,
            _by_score("snd", False), "snd"),
+    Method("dev", "lowest deep embedded validation risk (importance-weighted source-val loss)", False, LABEL_FREE,
+           _by_score("dev", True), "dev", True),
 ]}
 
 
 # The protocols (dabench.protocol cuts their splits) and the selection methods each leaves possible:
 # "paper" holds nothing out, so the last step is its only honest choice.
-PROTOCOLS: dict[str, tuple[str, ...]] = {"dabench": ("source-val", "target-oracle", "last", "entropy", "im", "snd"),
+PROTOCOLS: dict[str, tuple[str, ...]] = {"dabench": ("source-val", "target-oracle", "last", "entropy", "im", "snd", "dev"),
                                          "paper": ("last",)}
 
 

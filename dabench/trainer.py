@@ -212,7 +212,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         if len(unlabeled):
                             record[labelfree.SPLIT] = labelfree.scores(
                                 algo, unlabeled, splits.task, device, EVAL_BATCH[splits.task],
-                                lambda: autocast(device, precision), workers)
+                                lambda: autocast(device, precision), workers, splits.src_val)
                         eval_s, evaluations = eval_s + time.perf_counter() - t_eval, evaluations + 1
                         if main:
                             append_record(results, record)

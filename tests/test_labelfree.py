@@ -48,6 +48,14 @@ def test_scores_by_hand():
     assert s["snd"] == pytest.approx(math.log(3))  # three equally similar neighbours per row
 
 
+def test_dev_risk_by_hand():
+    import numpy as np
+
+    assert labelfree.dev_risk(np.ones(3), np.array([1.0, 2.0, 3.0])) == pytest.approx(2.0)  # equal weights: the mean loss
+    # weights 1 and 3 on a constant loss: w l = (1, 3), Cov(w l, w) = Var(w) = 2, eta = -1: 2 - 2 + 1 = 1
+    assert labelfree.dev_risk(np.array([1.0, 3.0]), np.ones(2)) == pytest.approx(1.0)
+
+
 def records(**scores):
     """Three evaluations, with tgt-test values that would mislead a method that could read them."""
     return [{"step": 10 * (i + 1), "src-val": {"acc": 0.5}, "tgt-test": {"acc": [0.9, 0.1, 0.2][i]},
@@ -67,7 +75,8 @@ def test_label_free_methods_pick_their_best_score():
 def test_a_run_records_the_scores_and_trains_as_without_them(tmp_path, monkeypatch):
     cfg = dict(algo="rotation", src="syndigits:200", tgt="uci-digits", steps=6, eval_every=3)  # draws turns each step
     scored = run(RunConfig(**cfg, out=str(tmp_path / "a")))
-    assert all(set(r[LABEL_FREE]) == {"entropy", "im", "snd"} for r in scored.records)
+    assert all(set(r[LABEL_FREE]) == {"entropy", "im", "snd", "dev"} for r in scored.records)
+    assert all(r[LABEL_FREE]["dev"] > 0 for r in scored.records)  # an importance-weighted cross-entropy
     assert all(0 <= r[LABEL_FREE]["entropy"] <= math.log(10) + 1e-6 for r in scored.records)
 
     def draw(*args, **kw):  # a scorer that draws random numbers, as a DataLoader over file-backed images does

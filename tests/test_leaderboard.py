@@ -244,7 +244,7 @@ def test_selection_methods_are_scored_against_target_oracle(tmp_path):
         make_run(tmp_path, [rec(200, src, val, test) | {selection.LABEL_FREE: scores}], seed=seed)
     board = leaderboard(tmp_path)
     got = {a.method: a for a in board.agreement}
-    assert set(got) == {"source-val", "last", "entropy", "im", "snd"}  # target-oracle is the reference, not a row
+    assert set(got) == {"source-val", "last", "entropy", "im", "snd"}  # target-oracle is the reference; no dev scores
     # oracle ranks the runs 1, 3, 2 (tgt-val) and picks the second (test 60)
     assert got["source-val"].rho == pytest.approx(-0.5)  # ranks 3, 2, 1: 1 - 6 x 6 / (3 x 8)
     assert got["source-val"].picked == pytest.approx(40) and got["source-val"].lost == pytest.approx(20)
