@@ -261,6 +261,14 @@ def _latex(board: Leaderboard) -> str:
                     for r in t.rows]
             out += _tex_table(f"{pair}, model selection: {tex(t.method.name)}{oracle}. {tex(t.iou_caption)}.",
                               label + "-iou", ["Algorithm", *map(tex, t.classes), "mIoU", *t.subsets], rows, wide=True)
+    if board.agreement:
+        rows = [[tex(a.pair).replace("->", r"$\rightarrow$"), tex(a.algo), tex(a.method), str(a.runs),
+                 "--" if math.isnan(a.rho) else f"{a.rho:.2f}", _tex_f(a.picked), _tex_f(a.oracle), _tex_f(a.lost)]
+                for a in board.agreement]
+        out += _tex_table("Model selection against target-oracle over each algorithm's runs of a pair: Spearman "
+                          "correlation of each method's score with target-oracle's, and the target-test value (\\%) of "
+                          "the run and step each picks against target-oracle's pick.", "tab:selection-agreement",
+                          ["Pair", "Algorithm", "Selection", "Runs", "Spearman", "Picked", "Oracle", "Lost"], rows)
     for p, step in board.incomplete:
         out.append(f"% incomplete (not averaged): {tex(_rel(board, p))}, last step {step}")
     for p, why in board.skipped:

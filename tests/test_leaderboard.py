@@ -254,3 +254,5 @@ def test_selection_methods_are_scored_against_target_oracle(tmp_path):
     md = render(board, "markdown")
     assert "## Model selection against target-oracle" in md and "| syndigits -> uci-digits | dann | im | 3 | 1.00 |" in md
     assert any(t.method.name == "snd" for t in board.tables)  # scored runs get label-free tables too
+    tex = render(board, "latex")
+    assert r"\label{tab:selection-agreement}" in tex and r"dann & im & 3 & 1.00 & 60.0 & 60.0 & 0.0 \\" in tex
