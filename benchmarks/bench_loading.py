@@ -30,7 +30,6 @@ from PIL import Image
 
 from dabench import prepared
 from dabench.protocol import load_domain
-from dabench.registry import datasets
 from dabench.segmentation import PALETTE
 
 GTA5_STORED = (1914, 1052)
@@ -101,8 +100,7 @@ def main() -> None:
                 (root / "gta5" / sub / f.name).symlink_to(f)
     else:
         make_frames(root, args.frames)
-    original = datasets.get("gta5")(None, root=root, image_size=args.image_size)
-    original.name = "gta5"
+    original = load_domain("gta5", root, args.image_size, prepared=False)
     rates, sizes = {"original": rate(original.train, args.repeats)}, {}
     sizes["original"] = np.mean([p.stat().st_size for p in (root / "gta5" / "images").iterdir()]) / 2**20
     for level in (6, 0):  # zlib's default level, then dabench's (stored): the copy the GPU check reads

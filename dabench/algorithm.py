@@ -241,6 +241,16 @@ def upsample(logits: torch.Tensor, size, align_corners: bool = True) -> torch.Te
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
+def level_outputs(segmenter, x: torch.Tensor, aux: bool = True) -> dict[str, torch.Tensor]:
+    """A segmenter's main (and, with ``aux`` and an auxiliary head, auxiliary) logits, upsampled to
+    the input size: the levels the output-space methods (AdaptSegNet, ADVENT) adapt."""
+    main, low = segmenter(x)
+    out = {"main": upsample(main, x.shape[-2:])}
+    if aux and low is not None:
+        out["aux"] = upsample(low, x.shape[-2:])
+    return out
+
+
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-pixel cross-entropy at label resolution (logits upsampled first, as AdaptSegNet does),
     mean over the pixels that are not ignored (255); 0 when every pixel is ignored (a pseudo-label

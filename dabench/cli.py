@@ -473,14 +473,10 @@ def divergence(run_dir, selection, images, data_root, device):
     console.print(table)
 
 
-def _data_root(data_root: str | None) -> Path | None:
-    import os
+def _data_root(given: str | None) -> Path | None:
+    from dabench.protocol import data_root
 
-    root = data_root or os.environ.get("DABENCH_DATA")
-    root_path = Path(root).expanduser() if root else None
-    if root_path is not None and not root_path.is_dir():
-        raise DabenchError(f"The data root {root_path} does not exist or is not a folder.")
-    return root_path
+    return data_root(given)
 
 
 @main.group()
@@ -524,7 +520,7 @@ def prepare_(name, data_root, image_size, workers, compression):
     from rich.progress import Progress
 
     from dabench import prepared
-    from dabench.registry import Spec, datasets as registry
+    from dabench.protocol import load_domain
 
     root = _data_root(data_root)
     if root is None:
@@ -534,9 +530,7 @@ def prepare_(name, data_root, image_size, workers, compression):
         raise DabenchError(f"--image-size is the training height in pixels (a positive whole number), got {image_size}.")
     if workers is not None and workers < 1:
         raise DabenchError(f"--workers must be 1 or more, got {workers}.")
-    spec = Spec.parse(name)
-    domain = registry.get(spec.name)(spec.arg, root=root, image_size=image_size)  # the originals, never a copy
-    domain.name = str(spec)
+    domain = load_domain(name, root, image_size, prepared=False)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"preparing {domain.name}", total=prepared.count(domain))
         folder = prepared.prepare(domain, root, workers or os.cpu_count() or 1, lambda: bar.advance(task), compression)

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from dabench.data import Subset, ordered_batches
+from dabench.selection import LABEL_FREE
 
-SPLIT = "tgt-unlabeled"
+SPLIT = LABEL_FREE  # the records' key, which the selection methods read
 MAX_IMAGES = {"classification": 1000, "segmentation": 50}
 SND_POINTS = 1024
 SND_TEMPERATURE = 0.05
@@ -63,36 +64,30 @@ def scores(algo, images, task: str, device: torch.device, batch_size: int, autoc
     """``entropy``, ``im`` and ``snd`` of ``algo`` on ``images`` (an unlabelled view's subset). The
     global random state is left as it was (a DataLoader draws its base seed from it), so scoring
     changes nothing about the training that follows."""
+    with_dev = task == "classification" and source_val is not None and len(source_val) > 1
     with torch.random.fork_rng(devices=[]):
-        out = _scores(algo, images, task, device, batch_size, autocast, workers)
-        if out and task == "classification" and source_val is not None and len(source_val) > 1:
-            out["dev"] = dev(algo, source_val, images, device, batch_size, autocast, workers)
+        out, target_features = _scores(algo, images, task, device, batch_size, autocast, workers, with_dev)
+        if out and with_dev:
+            out["dev"] = dev(algo, source_val, target_features, device, batch_size, autocast, workers)
         return out
 
 
-def _embedded(algo, data, device, batch_size, autocast, workers, labelled: bool):
-    feats, losses = [], []
-    for batch in ordered_batches(data, batch_size, workers):
-        x = (batch[0] if labelled else batch).to(device, non_blocking=True)
-        with autocast():
-            feats.append(algo.embed(x).float().cpu())
-            if labelled:
-                logits = algo.predict(x).float()
-                losses.append(F.cross_entropy(logits, batch[1].to(device), reduction="none").cpu())
-    return torch.cat(feats).numpy(), (torch.cat(losses).numpy() if labelled else None)
-
-
 @torch.no_grad()
-def dev(algo, source_val, images, device, batch_size, autocast, workers: int = 0) -> float:
-    """Deep embedded validation risk of ``algo`` (lower is better); see the module docstring."""
+def dev(algo, source_val, ft: np.ndarray, device, batch_size, autocast, workers: int = 0) -> float:
+    """Deep embedded validation risk of ``algo`` (lower is better) from the labelled ``source_val``
+    images and the target images' features ``ft``; see the module docstring."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     algo.eval()
-    src_val = subset(source_val, "classification")
-    fs, loss = _embedded(algo, src_val, device, batch_size, autocast, workers, labelled=True)
-    ft, _ = _embedded(algo, images, device, batch_size, autocast, workers, labelled=False)
+    feats, losses = [], []
+    for x, y in ordered_batches(source_val, batch_size, workers):
+        x = x.to(device, non_blocking=True)
+        with autocast():
+            feats.append(algo.embed(x).float().cpu())
+            losses.append(F.cross_entropy(algo.predict(x).float(), y.to(device), reduction="none").cpu())
     algo.train()
+    fs, loss = torch.cat(feats).numpy(), torch.cat(losses).numpy()
     x = StandardScaler().fit_transform(np.concatenate([fs, ft]))
     y = np.r_[np.zeros(len(fs)), np.ones(len(ft))]
     p = LogisticRegression(C=1.0, max_iter=1000).fit(x, y).predict_proba(x[: len(fs)])[:, 1].clip(1e-6, 1 - 1e-6)
@@ -108,15 +103,19 @@ def dev_risk(w: np.ndarray, loss: np.ndarray) -> float:
     return float(weighted.mean() + eta * w.mean() - eta)
 
 
-def _scores(algo, images, task: str, device: torch.device, batch_size: int, autocast, workers: int) -> dict:
+def _scores(algo, images, task: str, device: torch.device, batch_size: int, autocast, workers: int,
+            embed: bool = False) -> tuple[dict, np.ndarray | None]:
+    """The scores, and with ``embed`` the images' ``Algorithm.embed`` features (for DEV)."""
     algo.eval()
-    total_h, total_p, count, kept = 0.0, None, 0, []
+    total_h, total_p, count, kept, feats = 0.0, None, 0, [], []
     g = torch.Generator().manual_seed(0)
     per_batch = max(1, SND_POINTS * batch_size // max(1, len(images)))
     for x in ordered_batches(images, batch_size, workers):
         x = x.to(device, non_blocking=True)
         with autocast():
             logits = algo.predict(x)
+            if embed:
+                feats.append(algo.embed(x).float().cpu())
         p = F.softmax(logits.float(), 1)
         if p.ndim == 4:  # pixels as rows
             p = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
@@ -129,7 +128,8 @@ def _scores(algo, images, task: str, device: torch.device, batch_size: int, auto
         count += len(p)
     algo.train()
     if count == 0:
-        return {}
+        return {}, None
     mean_h = total_h / count
     marginal = (total_p / count).unsqueeze(0)
-    return {"entropy": mean_h, "im": entropy_rows(marginal).item() - mean_h, "snd": snd(torch.cat(kept)[:SND_POINTS])}
+    out = {"entropy": mean_h, "im": entropy_rows(marginal).item() - mean_h, "snd": snd(torch.cat(kept)[:SND_POINTS])}
+    return out, (torch.cat(feats).numpy() if embed else None)

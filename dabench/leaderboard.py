@@ -16,7 +16,7 @@ import csv
 import io
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dabench.errors import DabenchError
@@ -87,7 +87,7 @@ class Leaderboard:
     tables: list[Table]
     incomplete: list[tuple[Path, int | None]]  # (run folder, last step evaluated)
     skipped: list[tuple[Path, str]]  # (run folder, why it could not be read)
-    agreement: list[Agreement] = None  # algorithms with 3 or more runs of a pair (a sweep)
+    agreement: list[Agreement] = field(default_factory=list)  # algorithms with 3 or more runs of a pair
 
 
 def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
@@ -104,30 +104,28 @@ def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
         c = run.config
         if c.get("protocol", "dabench") == "dabench" and run.records:
             groups[(f"{c['src']} -> {c['tgt']}", str(c["algo"]))].append(run)
+    def picks(method, group, metric) -> tuple[list[float], list[float], float]:
+        """Per run: the method's score at the step it picks, and that step's tgt-test; and the
+        tgt-test of the run it ranks first."""
+        chosen = [run.records[select(method, run.records, metric)] for run in group]
+        scores = [method.score(rec, metric) for rec in chosen]
+        tests = [value(rec, TEST, metric) for rec in chosen]
+        return scores, tests, tests[max(range(len(group)), key=lambda i: scores[i])]
+
     out = []
-    oracle = get("target-oracle")
     for (pair, algo), group in sorted(groups.items()):
         if len(group) < min_runs:
             continue
         metric = group[0].config["metric"]
-        o_scores, o_tests = [], []
-        for run in group:
-            rec = run.records[select(oracle, run.records, metric)]
-            o_scores.append(oracle.score(rec, metric))
-            o_tests.append(value(rec, TEST, metric))
-        best_oracle = o_tests[max(range(len(group)), key=lambda i: o_scores[i])]
+        every = [r for run in group for r in run.records]
+        o_scores, _, best_oracle = picks(get("target-oracle"), group, metric)
         for m in protocol_methods("dabench"):
-            if m.oracle or not m.applies([r for run in group for r in run.records]):
+            if m.oracle or not m.applies(every):
                 continue
-            scores, tests = [], []
-            for run in group:
-                rec = run.records[select(m, run.records, metric)]
-                scores.append(m.score(rec, metric))
-                tests.append(value(rec, TEST, metric))
+            scores, _, picked = picks(m, group, metric)
             finite = all(math.isfinite(v) for v in scores + o_scores)
             varied = len(set(scores)) > 1 and len(set(o_scores)) > 1
             rho = float(spearmanr(scores, o_scores).statistic) if finite and varied else math.nan
-            picked = tests[max(range(len(group)), key=lambda i: scores[i])]
             out.append(Agreement(algo, m.name, len(group), rho, 100 * picked, 100 * best_oracle, pair))
     return out
 

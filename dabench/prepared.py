@@ -49,6 +49,11 @@ def folder_of(root: Path, name: str, image_size) -> Path:
     return Path(root) / "prepared" / f"{key.replace(':', '_')}@{image_size[0]}x{image_size[1]}"
 
 
+def _files(folder: Path, split: str, i: int) -> tuple[Path, Path]:
+    """The prepared copy's image and label file of item ``i`` of ``split``."""
+    return folder / split / f"{i:06d}.png", folder / split / f"{i:06d}_label.png"
+
+
 def _file_splits(domain: Domain) -> dict[str, SegmentationFiles]:
     return {s: ds for s in SPLITS if isinstance(ds := getattr(domain, s), SegmentationFiles)}
 
@@ -102,7 +107,7 @@ def prepare(domain: Domain, root: Path, workers: int, progress=None, compression
                                          "fingerprint": fingerprint(ds, root)}
             for i, (image_path, label_path) in enumerate(ds.pairs):
                 jobs.append((image_path, label_path, ds.read_label, ds.image_size, ds.label_size,
-                             tmp / split / f"{i:06d}.png", tmp / split / f"{i:06d}_label.png", compression))
+                             *_files(tmp, split, i), compression))
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
                 for _ in pool.map(_write_one, jobs, chunksize=8):
@@ -150,8 +155,7 @@ def use_prepared(domain: Domain, root: Path | None) -> Domain:
     swapped = {}
     for split, ds in splits.items():
         view = copy.copy(ds)
-        view.pairs = [(os.fspath(folder / split / f"{i:06d}.png"), os.fspath(folder / split / f"{i:06d}_label.png"))
-                      for i in range(len(ds))]
+        view.pairs = [tuple(map(os.fspath, _files(folder, split, i))) for i in range(len(ds))]
         view.read_label = read_ids
         swapped[split] = view
     return replace(domain, **swapped, info={**domain.info, "prepared_copy": str(folder)})

@@ -16,6 +16,7 @@ Cityscapes val is the leak this protocol refuses).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,16 +62,28 @@ class Splits:
         return {n: len(getattr(self, n)) if getattr(self, n) is not None else 0 for n in names}
 
 
-def load_domain(text: str | Domain, root: Path | None, image_size=None) -> Domain:
+def data_root(given: str | Path | None) -> Path | None:
+    """The folder of the user's data sets: ``given``, else $DABENCH_DATA, else None; one that is
+    not a folder is refused."""
+    text = given or os.environ.get("DABENCH_DATA")
+    root = Path(text).expanduser() if text else None
+    if root is not None and not root.is_dir():
+        raise DabenchError(f"The data root {root} does not exist or is not a folder. Pass --data-root DIR (or set "
+                           "DABENCH_DATA) to the folder that holds your data sets.")
+    return root
+
+
+def load_domain(text: str | Domain, root: Path | None, image_size=None, prepared: bool = True) -> Domain:
     """A data set by name (``uci-digits``, ``folder:PATH``), or a ``Domain`` given as it is. A
-    file-backed segmentation set reads its prepared copy under ``root`` where one matches."""
+    file-backed segmentation set reads its prepared copy under ``root`` where one matches
+    (``prepared=False``: always the originals)."""
     if isinstance(text, Domain):
         return text
     spec = Spec.parse(text)
     factory = datasets.get(spec.name)
     domain = factory(spec.arg, root=root, image_size=image_size)
     domain.name = str(spec)
-    return use_prepared(domain, root)
+    return use_prepared(domain, root) if prepared else domain
 
 
 def _split(n: int, fractions: list[float], salt: str, caps: list[int | None] | None = None) -> list[np.ndarray]:

@@ -29,7 +29,7 @@ from dabench.algorithm import Algorithm
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.metrics import PRIMARY_METRIC
-from dabench.protocol import Splits, build_splits, load_domain, split_rules
+from dabench.protocol import Splits, build_splits, data_root, load_domain, split_rules
 from dabench.registry import Spec, algorithms, backbones
 from dabench.records import read_records
 from dabench.trainer import NullReporter, fit, seed_all
@@ -289,9 +289,7 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"Add --tgt-labeled N (for example --tgt-labeled 100 for 10 per class on digits)."
         )
 
-    root = Path(cfg.data_root or os.environ.get("DABENCH_DATA") or "").expanduser() if (cfg.data_root or os.environ.get("DABENCH_DATA")) else None
-    if root is not None and not root.is_dir():
-        raise DabenchError(f"The data root {root} does not exist or is not a folder. Pass --data-root DIR (or set DABENCH_DATA) to the folder that holds your data sets.")
+    root = data_root(cfg.data_root)
     src = load_domain(cfg.src, root, cfg.image_size)
     # Classification domains share one resolution; segmentation domains keep their own sizes
     # (GTA5 1280x720, Cityscapes 1024x512), scaled by the same --image-size (a height).

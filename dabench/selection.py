@@ -33,8 +33,7 @@ class Method:
 
     def score(self, record: Mapping, metric: str) -> float:
         """What the method maximises, for one record (-inf where the record lacks it)."""
-        v = value(record, self.split, self.key or metric)
-        return -v if self.lower_is_better and v != -math.inf else v
+        return signed(value(record, self.split, self.key or metric), self.lower_is_better)
 
     @property
     def label_free(self) -> bool:
@@ -52,9 +51,15 @@ def value(record: Mapping, split: str, metric: str) -> float:
     return -math.inf if v is None or v != v else float(v)
 
 
-def _best(split: str) -> Callable[[Sequence[Mapping], str], int]:
+def signed(v: float, lower_is_better: bool) -> float:
+    """``v`` as a score to maximise; a missing value (-inf) stays the worst."""
+    return -v if lower_is_better and v != -math.inf else v
+
+
+def _best(split: str, key: str | None = None, lower_is_better: bool = False) -> Callable[[Sequence[Mapping], str], int]:
+    """The record best on ``split``'s ``key`` (the run's metric when None); ties: the later step."""
     def choose(records: Sequence[Mapping], metric: str) -> int:
-        return max(range(len(records)), key=lambda i: (value(records[i], split, metric), i))  # ties: later step
+        return max(range(len(records)), key=lambda i: (signed(value(records[i], split, key or metric), lower_is_better), i))
 
     return choose
 
@@ -62,27 +67,18 @@ def _best(split: str) -> Callable[[Sequence[Mapping], str], int]:
 LABEL_FREE = "tgt-unlabeled"  # scores on unlabelled target train images (dabench.labelfree)
 
 
-def _by_score(key: str, lower_is_better: bool) -> Callable[[Sequence[Mapping], str], int]:
-    def choose(records: Sequence[Mapping], metric: str) -> int:
-        sign = -1.0 if lower_is_better else 1.0
-        scores = [value(r, LABEL_FREE, key) for r in records]
-        return max(range(len(records)), key=lambda i: (sign * scores[i] if scores[i] != -math.inf else -math.inf, i))
-
-    return choose
-
-
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("source-val", "best source validation", False, "src-val", _best("src-val")),
     Method("target-oracle", "best labelled target validation (held out of target train, not the test split)", True, "tgt-val", _best("tgt-val")),
     Method("last", "last evaluation", False, "src-val", lambda records, metric: len(records) - 1),
     Method("entropy", "lowest mean prediction entropy on unlabelled target images", False, LABEL_FREE,
-           _by_score("entropy", True), "entropy", True),
+           _best(LABEL_FREE, "entropy", True), "entropy", True),
     Method("im", "highest information maximisation on unlabelled target images", False, LABEL_FREE,
-           _by_score("im", False), "im"),
+           _best(LABEL_FREE, "im"), "im"),
     Method("snd", "highest soft neighbourhood density on unlabelled target images", False, LABEL_FREE,
-           _by_score("snd", False), "snd"),
+           _best(LABEL_FREE, "snd"), "snd"),
     Method("dev", "lowest deep embedded validation risk (importance-weighted source-val loss)", False, LABEL_FREE,
-           _by_score("dev", True), "dev", True),
+           _best(LABEL_FREE, "dev", True), "dev", True),
 ]}
 
 

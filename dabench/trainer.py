@@ -149,7 +149,8 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     with StepLog(run_dir, start, log if main else None) as step_log:
         ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir,
                            cache_dir or run_dir / "cache", device, precision, seed, reporter, workers, data_key or {})
-        unlabeled = labelfree.subset(splits.tgt_train, splits.task)  # label-free selection scores these
+        unlabeled = labelfree.subset(splits.tgt_train, splits.task)  # label-free selection scores these,
+        src_sample = labelfree.subset(splits.src_val, splits.task)  # and DEV weighs these
         evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
                                              "tgt-test": splits.tgt_test}.items() if len(ds)}  # "paper": no hold-outs
         algo.train()
@@ -212,7 +213,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         if len(unlabeled):
                             record[labelfree.SPLIT] = labelfree.scores(
                                 algo, unlabeled, splits.task, device, EVAL_BATCH[splits.task],
-                                lambda: autocast(device, precision), workers, splits.src_val)
+                                lambda: autocast(device, precision), workers, src_sample)
                         eval_s, evaluations = eval_s + time.perf_counter() - t_eval, evaluations + 1
                         if main:
                             append_record(results, record)

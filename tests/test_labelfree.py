@@ -81,11 +81,11 @@ def test_a_run_records_the_scores_and_trains_as_without_them(tmp_path, monkeypat
 
     def draw(*args, **kw):  # a scorer that draws random numbers, as a DataLoader over file-backed images does
         torch.rand(100)
-        return {}
+        return {}, None
 
     monkeypatch.setattr(labelfree, "_scores", draw)
     drawing = run(RunConfig(**cfg, out=str(tmp_path / "b")))
-    monkeypatch.setattr(labelfree, "_scores", lambda *args, **kw: {})
+    monkeypatch.setattr(labelfree, "_scores", lambda *args, **kw: ({}, None))
     plain = run(RunConfig(**cfg, out=str(tmp_path / "c")))
     steps = lambda r: (r.run_dir / "steps.jsonl").read_text()  # noqa: E731
     assert steps(scored) == steps(drawing) == steps(plain)

@@ -13,17 +13,13 @@ from click.testing import CliRunner
 from dabench import prepared
 from dabench.cli import main
 from dabench.protocol import load_domain
-from dabench.registry import Spec, datasets
 from test_seg_datasets import make_cityscapes, make_gta5, make_synthia, photo
 
 pytestmark = pytest.mark.filterwarnings("ignore:gta5.*differ in size")
 
 
 def originals(name, root, size):
-    spec = Spec.parse(name)
-    d = datasets.get(spec.name)(spec.arg, root=root, image_size=size)
-    d.name = str(spec)
-    return d
+    return load_domain(name, root, size, prepared=False)
 
 
 def same_items(a, b) -> None:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, seg_loss, upsample
+from dabench.algorithm import Algorithm, level_outputs, seg_loss
 from dabench.data import SEGMENTATION, Batch
 from dabench.errors import DabenchError
 from dabench.hparams import HParam, choice, log_uniform
@@ -66,11 +66,7 @@ class AdaptSegNet(Algorithm):
 
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The levels this variant adapts, upsampled to the input size."""
-        main, aux = self.segmenter(x)
-        out = {"main": upsample(main, x.shape[-2:])}
-        if self.use_aux:
-            out["aux"] = upsample(aux, x.shape[-2:])
-        return out
+        return level_outputs(self.segmenter, x, self.use_aux)
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, seg_loss, upsample
+from dabench.algorithm import Algorithm, level_outputs, seg_loss
 from dabench.data import SEGMENTATION, Batch
 from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
@@ -48,11 +48,7 @@ class MinEnt(Algorithm):
         self.optims["seg"] = self.seg_sgd(backbone)
 
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        main, aux = self.segmenter(x)
-        out = {"main": upsample(main, x.shape[-2:])}
-        if aux is not None:
-            out["aux"] = upsample(aux, x.shape[-2:])
-        return out
+        return level_outputs(self.segmenter, x)
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step)

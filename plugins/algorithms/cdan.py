@@ -90,10 +90,11 @@ class CDAN(Algorithm):
         cls = F.cross_entropy(logits[: len(x)], y)
         n_src = len(batch.src_x)
         keep = torch.cat([torch.arange(n_src), torch.arange(len(x), len(feats))]).to(feats.device)  # not labelled target
-        f, g = feats[keep], F.softmax(logits[keep].detach().float(), dim=1).to(feats.dtype)
+        kept = logits[keep]
+        f, g = feats[keep], F.softmax(kept.detach().float(), dim=1).to(feats.dtype)
         lam = self.hp["lambda_max"] * grl_lambda(self.progress(step), self.hp["gamma"])
         out = self.discriminator(reverse_grad(self.multilinear(f, g), lam)).squeeze(1)
-        weights = (entropy_weights(logits[keep][:n_src]), entropy_weights(logits[keep][n_src:])) \
+        weights = (entropy_weights(kept[:n_src]), entropy_weights(kept[n_src:])) \
             if self.hp["entropy_conditioning"] else (None, None)
         dom = conditional_domain_loss(out[:n_src], out[n_src:], *weights)
         self.step(cls + dom, self.optims["model"])

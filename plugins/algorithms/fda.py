@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, seg_loss, upsample
+from dabench.algorithm import Algorithm, seg_loss
 from dabench.data import SEGMENTATION, Batch
 from dabench.hparams import HParam, choice, log_uniform
 from dabench_plugins.translators.fda import swap_low_amplitude
@@ -74,7 +74,7 @@ class FDASeg(Algorithm):
         self.poly(step)
         parts = self.labeled_parts(batch)
         parts[0] = (self.translate(batch.src_x, batch.tgt_x), batch.src_y)
-        seg = sum(seg_loss(upsample(self.segmenter(x)[0], x.shape[-2:]), y) for x, y in parts)
+        seg = sum(seg_loss(self.segmenter(x)[0], y) for x, y in parts)  # seg_loss upsamples to the labels
         ent = robust_entropy(self.segmenter(batch.tgt_x)[0], self.hp["eta"])
         on = float(step >= self.hp["entropy_from"] * self.steps)
         self.step(seg + on * self.hp["lambda_ent"] * ent, self.optims["seg"])

@@ -11,10 +11,14 @@ from dabench_plugins.algorithms.erm import ERM
 KERNEL_POWERS = (-2, -1, 0, 1, 2)  # bandwidths: the batch's mean squared distance x 2^k
 
 
-def gaussian_kernels(x: torch.Tensor, y: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """sum_k exp(-||x - y||^2 / (base 2^k)) over KERNEL_POWERS, for paired rows of x and y."""
-    d2 = (x - y).pow(2).sum(-1)
+def kernel_sum(d2: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """sum_k exp(-d2 / (base 2^k)) over KERNEL_POWERS, for squared distances ``d2``."""
     return sum(torch.exp(-d2 / (base * 2.0 ** k)) for k in KERNEL_POWERS)
+
+
+def gaussian_kernels(x: torch.Tensor, y: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """The kernel sum for paired rows of x and y."""
+    return kernel_sum((x - y).pow(2).sum(-1), base)
 
 
 def mk_mmd(src: torch.Tensor, tgt: torch.Tensor, estimator: str = "linear") -> torch.Tensor:
@@ -29,15 +33,14 @@ def mk_mmd(src: torch.Tensor, tgt: torch.Tensor, estimator: str = "linear") -> t
     n = min(len(src), len(tgt))
     src, tgt = src[:n], tgt[:n]
     joint = torch.cat([src, tgt])
-    base = torch.cdist(joint, joint).pow(2).sum().detach() / max(1, len(joint) ** 2 - len(joint))
-    base = base.clamp_min(1e-8)
+    d2 = torch.cdist(joint, joint).pow(2)
+    base = (d2.sum().detach() / max(1, len(joint) ** 2 - len(joint))).clamp_min(1e-8)
     if estimator == "linear":
         m = n // 2 * 2
         s1, s2, t1, t2 = src[0:m:2], src[1:m:2], tgt[0:m:2], tgt[1:m:2]
         k = lambda a, b: gaussian_kernels(a, b, base)  # noqa: E731
         return (k(s1, s2) + k(t1, t2) - k(s1, t2) - k(s2, t1)).mean()
-    d2 = torch.cdist(joint, joint).pow(2)
-    kern = sum(torch.exp(-d2 / (base * 2.0 ** k)) for k in KERNEL_POWERS)
+    kern = kernel_sum(d2, base)
     return kern[:n, :n].mean() + kern[n:, n:].mean() - 2 * kern[:n, n:].mean()
 
 
