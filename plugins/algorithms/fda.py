@@ -11,7 +11,7 @@ from torch import nn
 from dabench.algorithm import Algorithm, seg_loss
 from dabench.data import SEGMENTATION, Batch
 from dabench.hparams import HParam, choice, log_uniform
-from dabench_plugins.translators.fda import swap_low_amplitude
+from dabench_plugins.translators.fda import translate_pixels
 
 
 def robust_entropy(logits: torch.Tensor, eta: float) -> torch.Tensor:
@@ -67,8 +67,7 @@ class FDASeg(Algorithm):
                               stacklevel=2)
                 self._warned = True
             return src_x
-        out = swap_low_amplitude((src_x.float() + 1) * 127.5, (tgt_x.float()[: len(src_x)] + 1) * 127.5, b)
-        return (out / 127.5 - 1).to(src_x.dtype)
+        return translate_pixels(src_x, tgt_x[: len(src_x)], b, clip=False)  # the authors do not clip
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step)

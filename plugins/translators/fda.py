@@ -29,6 +29,14 @@ def swap_low_amplitude(src: torch.Tensor, tgt: torch.Tensor, b: int) -> torch.Te
     return torch.fft.ifft2(torch.polar(amplitude, fs.angle())).real
 
 
+def translate_pixels(src_x: torch.Tensor, tgt_x: torch.Tensor, b: int, clip: bool = True) -> torch.Tensor:
+    """The swap on 0-255 pixels (the paper's scale: the DC term depends on it) of images given in
+    [-1, 1], returned in [-1, 1] units, clamped there with ``clip``; computed in float32 at least."""
+    dtype = torch.promote_types(src_x.dtype, torch.float32)  # the FFT needs float32 at least
+    out = swap_low_amplitude((src_x.to(dtype) + 1) * 127.5, (tgt_x.to(dtype) + 1) * 127.5, b) / 127.5 - 1
+    return (out.clamp(-1, 1) if clip else out).to(src_x.dtype)
+
+
 class FDA(Translator):
     """FDA: source images take the target's low-frequency amplitude spectrum (Yang & Soatto, CVPR 2020).
 
@@ -60,6 +68,4 @@ class FDA(Translator):
                           f"{1 / min(src_x.shape[-2:]):.3g} or more at this size (the paper's 0.01 is for 512 px and up).",
                           stacklevel=2)
             return src_x
-        dtype = torch.promote_types(src_x.dtype, torch.float32)  # the FFT needs float32 at least
-        out = swap_low_amplitude((src_x.to(dtype) + 1) * 127.5, (tgt_x.to(dtype) + 1) * 127.5, b)
-        return (out / 127.5 - 1).clamp(-1, 1).to(src_x.dtype)
+        return translate_pixels(src_x, tgt_x, b)
