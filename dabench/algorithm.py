@@ -52,8 +52,9 @@ class TrainData:
     splits (source val, target val and test) never leave the trainer, and in unsupervised DA no
     object reachable from here holds a target label (``dabench.data.unlabeled``)."""
 
-    src_train: Dataset  # labelled source images
-    tgt_train: Dataset  # target images alone (ImagesOnly); or (image, pseudo-label) pairs a stage made
+    src_train: Dataset  # labelled source images (several domains: dabench.data.SourceDomains)
+    tgt_train: Dataset | None  # target images alone (ImagesOnly), or (image, pseudo-label) pairs a stage
+    # made; None in domain generalisation
     tgt_labeled: Dataset | None = None  # the --tgt-labeled budget; None in unsupervised DA
 
 
@@ -77,6 +78,9 @@ class Algorithm(nn.Module):
 
     task: ClassVar[str] = CLASSIFICATION
     target_labels: ClassVar[str] = "optional"
+    # True: ``update`` reads ``batch.tgt_x``, so domain generalisation (no target image in
+    # training, ``tgt_x`` None) refuses the algorithm. Set False where it trains without them.
+    needs_target: ClassVar[bool] = True
     hparams: ClassVar[dict[str, HParam]] = {
         "lr": HParam(0.01, log_uniform(-3, -1.5), "initial SGD learning rate, annealed as in DANN"),
         "batch_size": HParam(64, int_log2(5, 7), "images per domain per step"),
@@ -223,6 +227,31 @@ class Algorithm(nn.Module):
         """Source images and labels, plus the labelled target samples when there are any, as one
         batch (classification images share one size)."""
         return concat(self.labeled_parts(batch))
+
+    @staticmethod
+    def with_target(x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``x`` followed by the batch's unlabelled target images (none in domain generalisation)."""
+        return x if batch.tgt_x is None else torch.cat([x, batch.tgt_x])
+
+    def aligned_groups(self, batch: Batch, activations: torch.Tensor) -> list[torch.Tensor]:
+        """The groups a discrepancy term (CORAL, MMD) aligns, cut from ``activations`` of
+        ``labeled_sources(batch)`` followed by ``batch.tgt_x``: [source, target] in DA (labelled
+        target rows left out); each source domain's rows in domain generalisation (no target),
+        where the term is averaged over every pair of domains, as DomainBed's CORAL and MMD do."""
+        n_src = len(batch.src_x)
+        if batch.tgt_x is not None:
+            return [activations[:n_src], activations[len(activations) - len(batch.tgt_x):]]
+        if batch.src_domain is None:
+            return [activations[:n_src]]
+        return [activations[:n_src][batch.src_domain == d] for d in batch.src_domain.unique(sorted=True).tolist()]
+
+
+def pairwise_mean(groups: list[torch.Tensor], term) -> torch.Tensor:
+    """``term(a, b)`` averaged over every pair of groups (0 with fewer than two groups)."""
+    pairs = [(a, b) for i, a in enumerate(groups) for b in groups[i + 1:]]
+    if not pairs:
+        return groups[0].new_zeros(())
+    return sum(term(a, b) for a, b in pairs) / len(pairs)
 
 
 def concat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

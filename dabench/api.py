@@ -60,7 +60,9 @@ def fit(algo: str, src: Any, tgt: Any, *, out: str | Path | None = "runs", progr
 
     Keyword options are ``RunConfig``'s, which mirror the CLI's: ``steps``, ``seed``, ``backbone``,
     ``hparams`` (a dict, as ``-H``), ``tgt_labeled``, ``device``, ``precision``, ``image_size``,
-    ``pretrained``, ``protocol``, ``eval_every``, ``data_root``, ``resume``, ``overwrite``...
+    ``pretrained``, ``protocol``, ``setting`` ("dg": domain generalisation), ``eval_every``, ``data_root``,
+    ``resume``, ``overwrite``... Several sources: ``src=["a", "b"]`` (names, Domains or (images, labels)
+    pairs), one minibatch of each per step.
     ``out=None`` writes the run folder to a new temporary folder. A config that already finished
     is not trained again (as ``dabench run``): pass ``overwrite=True`` for that."""
     from dabench.runner import RunConfig, run
@@ -69,8 +71,12 @@ def fit(algo: str, src: Any, tgt: Any, *, out: str | Path | None = "runs", progr
     unknown = sorted(set(options) - names)
     if unknown:
         raise DabenchError(f"fit() got unknown option(s) {', '.join(unknown)}. Options: {', '.join(sorted(names))}.")
-    src = _as_domain(src)
-    tgt = _as_domain(tgt, task=_task_of(src), classes=src.classes if isinstance(src, Domain) else None)
+    if isinstance(src, list) and src and all(isinstance(s, (str, Domain, tuple)) for s in src):
+        src = [_as_domain(s) for s in src]  # several sources: names, Domains or (images, labels) each
+    else:
+        src = _as_domain(src)
+    first = src[0] if isinstance(src, list) else src
+    tgt = _as_domain(tgt, task=_task_of(first), classes=first.classes if isinstance(first, Domain) else None)
     out = Path(tempfile.mkdtemp(prefix="dabench-runs-")) if out is None else Path(out)
     reporter = None
     if progress:
@@ -81,7 +87,9 @@ def fit(algo: str, src: Any, tgt: Any, *, out: str | Path | None = "runs", progr
     return load(result.run_dir, device=options.get("device", "auto"))
 
 
-def _name(data: str | Domain) -> str:
+def _name(data: str | Domain | list) -> str:
+    if isinstance(data, list):
+        return ",".join(map(_name, data))
     return data.name if isinstance(data, Domain) else data
 
 

@@ -109,6 +109,9 @@ def _run_options(f):
         click.option("--protocol", type=click.Choice(["dabench", "paper"]), default="dabench", show_default=True,
                      help="dabench: held-out source val, target val and test; paper: train on everything, test on the "
                           "target's official test split (Cityscapes val), last-step selection only"),
+        click.option("--setting", type=click.Choice(["uda", "dg"]), default="uda", show_default=True,
+                     help="uda: unlabelled target images in training; dg: domain generalisation, no target image "
+                          "in training (train on several sources: --src a,b,c)"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -161,7 +164,8 @@ def _launcher(opts: dict, jobs: int):
 
 @main.command()
 @click.option("--algo", required=True, help="algorithm name (see: dabench list algorithms)")
-@click.option("--src", required=True, help="source domain, e.g. syndigits, folder:PATH")
+@click.option("--src", required=True, help="source domain, e.g. syndigits, folder:PATH; several: a,b,c (one "
+              "minibatch of each per step)")
 @click.option("--tgt", required=True, help="target domain, e.g. uci-digits, office31:webcam")
 @click.option("--tgt-labeled", default="0", show_default=True,
               help="labelled target images for semi-/supervised DA: a number, or 'all'")
@@ -173,7 +177,8 @@ def _launcher(opts: dict, jobs: int):
 @click.option("--devices", type=int, default=1, show_default=True,
               help="train on N processes (GPUs) with torchrun: the same run, its batches split over them")
 def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
-        image_size, pretrained, channels_last, workers, log, sync_bn, compile, protocol, out, resume, overwrite, devices):
+        image_size, pretrained, channels_last, workers, log, sync_bn, compile, protocol, setting, out, resume, overwrite,
+        devices):
     """Train one algorithm on one source -> target pair and evaluate it."""
     import os
 
@@ -190,7 +195,7 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
                     eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
                     channels_last=channels_last, workers=workers, log=log, sync_bn=sync_bn, compile=compile, protocol=protocol,
-                    resume=resume, overwrite=overwrite)
+                    setting=setting, resume=resume, overwrite=overwrite)
     result = run_api(cfg, reporter=make_reporter(err_console, title=f"{algo} {src} -> {tgt}"))
     if not distributed.is_main():
         return  # rank 0 prints
@@ -251,7 +256,7 @@ def _iou_table(result) -> Table:
 
 
 @main.command(name="list")
-@click.argument("kind", required=False, type=click.Choice(["algorithms", "datasets", "backbones", "translators"]))
+@click.argument("kind", required=False, type=click.Choice(["algorithms", "datasets", "backbones", "translators", "groups"]))
 def list_(kind):
     """Show the registered plugins (built-in and installed), with descriptions."""
     from dabench.registry import REGISTRIES, describe
@@ -276,10 +281,13 @@ def list_(kind):
                 hps = "\n".join((f"{t}: " if len(tasks) > 1 else "")
                                  + ", ".join(f"{k}={v.default}" for k, v in sorted(obj.space(t).items())) for t in tasks)
                 labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
+                labels += "" if obj.needs_target or obj.target_labels in ("required", "all") else " [runs in DG]"
                 table.add_row(plugin_name, obj.task, escape(desc + labels), escape(hps))
             elif name == "translators":
                 hps = ", ".join(f"{k}={v.default}" for k, v in sorted(obj.hparams.items()))
                 table.add_row(plugin_name, "trainable" if obj.trainable else "fixed", escape(describe(obj)), escape(hps))
+            elif name == "groups":
+                table.add_row(plugin_name, obj.task, escape(f"{obj.description}: {', '.join(obj.members)}"))
             else:
                 table.add_row(plugin_name, getattr(obj, "task", "any"), escape(describe(obj)))
         console.print(table)
@@ -287,8 +295,12 @@ def list_(kind):
 
 @main.command()
 @click.option("--algos", required=True, help="comma-separated algorithm names")
-@click.option("--src", required=True)
-@click.option("--tgt", required=True)
+@click.option("--src", default=None, help="source domain (several: a,b,c); not with --dg")
+@click.option("--tgt", default=None, help="target domain; not with --dg")
+@click.option("--dg", default=None, help="domain generalisation, leave one domain out: a group (see 'dabench list "
+              "groups', e.g. digits4) or a list a,b,c; each domain is held out in turn, the others train")
+@click.option("--lodo", is_flag=True, help="with --dg: also the runs leave-one-domain-out model selection validates "
+              "with (each held-out domain x each other domain as validation: n^2 runs per config instead of n)")
 @click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
 @click.option("--tgt-labeled", default="0", show_default=True, help="labelled target budgets, comma-separated, e.g. 0,100,all")
 @click.option("--hparam-samples", type=int, default=1, show_default=True, help="random-search samples per config (0 = defaults)")
@@ -297,9 +309,21 @@ def list_(kind):
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
 @click.option("--debug", is_flag=True, help="print each failed run's full Python traceback")
 @_launch_options
-def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, debug, **run_options):
+def sweep(algos, src, tgt, dg, lodo, seeds, tgt_labeled, hparam_samples, out, jobs, debug, **run_options):
     """Run every algorithm x budget x seed x hyperparameter sample; skip finished runs."""
-    outcomes = _run_all(algos, src, tgt, seeds, _budgets(tgt_labeled), hparam_samples, out, jobs, run_options)
+    if dg is not None:
+        given = click.get_current_context().get_parameter_source("setting") == click.core.ParameterSource.COMMANDLINE
+        if src or tgt or tgt_labeled != "0" or (given and run_options["setting"] != "dg"):
+            raise DabenchError("--dg holds each domain of the group out in turn (no target image in training): give it "
+                               "without --src, --tgt, --tgt-labeled and --setting.")
+        from dabench.sweep import group_members
+
+        dg = group_members(dg)
+    elif lodo:
+        raise DabenchError("--lodo adds the validation runs of a --dg sweep: give --dg too.")
+    elif not (src and tgt):
+        raise DabenchError("Give --src and --tgt (a pair), or --dg GROUP (leave one domain out).")
+    outcomes = _run_all(algos, src, tgt, seeds, _budgets(tgt_labeled), hparam_samples, out, jobs, run_options, dg, lodo)
     bad = [o for o in outcomes if o.status in ("failed", "invalid")]
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
@@ -313,13 +337,13 @@ def sweep(algos, src, tgt, seeds, tgt_labeled, hparam_samples, out, jobs, debug,
         sys.exit(1)
 
 
-def _run_all(algos: str, src: str, tgt: str, seeds: str, budgets: list, hparam_samples: int, out: str, jobs: int,
-             run_options: dict) -> list:
+def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: list, hparam_samples: int, out: str,
+             jobs: int, run_options: dict, dg: tuple | None = None, lodo: bool = False) -> list:
     """What sweep and curve share: plan every algorithm x budget x seed x sample, run them (finished
     runs skipped) with the chosen launcher, print one line per run; returns the outcomes."""
     from dabench.launchers import launch, require
     from dabench.runner import RunConfig
-    from dabench.sweep import plan
+    from dabench.sweep import plan, plan_dg
 
     seed_list = _ints(seeds, "--seeds")
     seed_list = list(range(seed_list[0])) if "," not in seeds else seed_list
@@ -330,14 +354,19 @@ def _run_all(algos: str, src: str, tgt: str, seeds: str, budgets: list, hparam_s
     launcher = _launcher(launch_opts, jobs)
     require(launcher.name)
     base = RunConfig(algo="", src=src, tgt=tgt, hparams=_parse_h(options.pop("hparam")), out=out, **options)
-    configs, notes = plan([a.strip() for a in algos.split(",") if a.strip()], seed_list, budgets, hparam_samples, base)
+    algo_list = [a.strip() for a in algos.split(",") if a.strip()]
+    if dg:
+        configs, notes = plan_dg(algo_list, seed_list, hparam_samples, base, dg, lodo)
+    else:
+        configs, notes = plan(algo_list, seed_list, budgets, hparam_samples, base)
     for note in notes:
         err_console.print(f"[yellow]note:[/] {note}")
     err_console.print(f"{len(configs)} runs -> {out}")
 
     def show(o, i, n):
         c = o.config
-        label = f"[{i}/{n}] {c.algo} N={c.tgt_labeled} seed={c.seed}" + (f" hp={c.hparam_index}" if hparam_samples > 1 else "")
+        label = (f"[{i}/{n}] {c.algo} " + (f"{c.src} -> {c.tgt}" if dg else f"N={c.tgt_labeled}") + f" seed={c.seed}"
+                 + (f" hp={c.hparam_index}" if hparam_samples > 1 else ""))
         if o.status in ("done", "skipped"):
             metric = next(iter(o.final.get("tgt-val", {})), None)
             extra = f" tgt-val {o.final['tgt-val'][metric]:.4f}" if metric else ""

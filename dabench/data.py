@@ -8,6 +8,7 @@ batch has no target label field at all, so no plugin can read one.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -194,6 +195,47 @@ class ImageTensor(Dataset):
         return to_unit_range(self.images[torch.as_tensor(idx, dtype=torch.long)])
 
 
+class SourceDomains(Dataset):
+    """Several labelled source domains (``--src a,b,c``) as one dataset: evaluation reads them
+    pooled (DomainBed's training-domain validation), and training draws one minibatch from each
+    domain per step (``source_stream``). ``domains`` holds each domain's own dataset."""
+
+    def __init__(self, domains: Sequence[Dataset]):
+        self.domains = list(domains)
+        self.offsets = np.cumsum([0] + [len(d) for d in self.domains])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        d = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return d, int(i - self.offsets[d])
+
+    def __getitem__(self, i: int):
+        d, j = self._locate(int(i))
+        return self.domains[d][j]
+
+    def image(self, i: int) -> torch.Tensor:
+        d, j = self._locate(int(i))
+        return image_of(self.domains[d], j)
+
+    def get_batch(self, idx: Sequence[int]):
+        """The items ``idx``, in order; each run of consecutive items of one domain in one read."""
+        if not in_memory(self):
+            return torch.utils.data.default_collate([self[i] for i in idx])
+        parts = [get_batch(self.domains[d], [j for _, j in run])
+                 for d, run in itertools.groupby(map(self._locate, idx), key=lambda t: t[0])]
+        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+    def labels(self) -> np.ndarray:
+        return np.concatenate([labels_of(d) for d in self.domains]) if self.domains else np.zeros(0, np.int64)
+
+
+def domains_of(ds: Dataset) -> list[Dataset]:
+    """The source domains a training dataset holds: its ``domains`` (``SourceDomains``), or itself."""
+    return ds.domains if isinstance(ds, SourceDomains) else [ds]
+
+
 def unlabeled(ds: Dataset) -> Dataset:
     """A view of ``ds`` from which no label can be reached: the dataset's own ``images_only()``
     (TensorImages, the folder and segmentation-file readers have one), through Subsets. A dataset
@@ -238,6 +280,8 @@ def in_memory(ds: Dataset) -> bool:
         return in_memory(ds.base)
     if isinstance(ds, ImagesOnly):
         return in_memory(ds._images)
+    if isinstance(ds, SourceDomains):
+        return all(in_memory(d) for d in ds.domains)
     return hasattr(ds, "get_batch")
 
 
@@ -266,26 +310,39 @@ class Labeled:
 class Batch:
     """What ``Algorithm.update`` receives each step.
 
-    ``tgt_x`` holds unlabelled target images. ``tgt_labeled`` is None unless the run was given a
-    labelled-target budget (``--tgt-labeled N``) or the algorithm is the target-trained oracle.
-    ``tgt_pseudo`` holds labels the algorithm's own model made for ``tgt_x`` (a self-training
-    stage asked for them); it is never ground truth.
+    ``tgt_x`` holds unlabelled target images; it is None in domain generalisation (``--setting
+    dg``), where no target image is seen in training. ``tgt_labeled`` is None unless the run was
+    given a labelled-target budget (``--tgt-labeled N``) or the algorithm is the target-trained
+    oracle. ``tgt_pseudo`` holds labels the algorithm's own model made for ``tgt_x`` (a
+    self-training stage asked for them); it is never ground truth. With several source domains
+    (``--src a,b,c``), ``src_x`` holds one minibatch of each, in order, and ``src_domain`` each
+    image's domain index (0, 1, ...); None with one source.
     """
 
     src_x: torch.Tensor
     src_y: torch.Tensor
-    tgt_x: torch.Tensor
+    tgt_x: torch.Tensor | None
     tgt_labeled: Labeled | None = None
     tgt_pseudo: torch.Tensor | None = None
+    src_domain: torch.Tensor | None = None
 
     def to(self, device: torch.device, channels_last: bool = False) -> "Batch":
-        def move(t: torch.Tensor) -> torch.Tensor:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
             t = t.to(device, non_blocking=True)
             return t.contiguous(memory_format=torch.channels_last) if channels_last and t.ndim == 4 and t.is_floating_point() else t
 
         lab = Labeled(move(self.tgt_labeled.x), move(self.tgt_labeled.y)) if self.tgt_labeled else None
-        pseudo = move(self.tgt_pseudo) if self.tgt_pseudo is not None else None
-        return Batch(move(self.src_x), move(self.src_y), move(self.tgt_x), lab, pseudo)
+        return Batch(move(self.src_x), move(self.src_y), move(self.tgt_x), lab, move(self.tgt_pseudo),
+                     move(self.src_domain))
+
+    def source_domains(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) of each source domain: one group with a single source."""
+        if self.src_domain is None:
+            return [(self.src_x, self.src_y)]
+        return [(self.src_x[self.src_domain == d], self.src_y[self.src_domain == d])
+                for d in self.src_domain.unique(sorted=True).tolist()]
 
 
 def step_indices(n: int, batch_size: int, seed: int, stream: int, step: int) -> list[int]:
@@ -330,6 +387,30 @@ def stream(ds: Dataset, batch_size: int, seed: int, stream_id: int, start: int, 
         return (ds.get_batch(idx) for idx in sampler)
     return iter(DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
                            persistent_workers=False))
+
+
+SOURCE_STREAM = 0  # the stream ids of (seed, stream, epoch): source, target, labelled target,
+TARGET_STREAM, LABELED_STREAM = 1, 2
+EXTRA_SOURCE_STREAM = 10  # and the second, third, ... source domain (10, 11, ...)
+
+
+def source_stream(ds: Dataset, batch_size: int, seed: int, start: int, stop: int, workers: int = 0) -> Iterator:
+    """(images, labels, domain index or None) for steps ``start .. stop-1``: a single source's
+    stream, or, for ``SourceDomains``, one minibatch of ``batch_size`` from each domain per step
+    (as DomainBed draws them), concatenated in domain order. The first domain keeps the single
+    source's stream, so its batches do not change when domains are added."""
+    parts = domains_of(ds)
+    ids = [SOURCE_STREAM] + [EXTRA_SOURCE_STREAM + i for i in range(len(parts) - 1)]
+    streams = [stream(p, batch_size, seed, k, start, stop, workers) for p, k in zip(parts, ids)]
+    if len(streams) == 1:
+        return ((x, y, None) for x, y in streams[0])
+    return _interleave(streams)
+
+
+def _interleave(streams: list[Iterator]) -> Iterator:
+    for batches in zip(*streams):
+        index = torch.cat([torch.full((len(y),), d, dtype=torch.long) for d, (_, y) in enumerate(batches)])
+        yield torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), index
 
 
 def ordered_batches(ds: Dataset, batch_size: int, workers: int = 0) -> Iterator:

@@ -13,7 +13,9 @@ With several hyperparameter samples per seed, the same method also picks the sam
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from pathlib import Path
 from dabench.errors import DabenchError
 from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, variant
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
-from dabench.selection import Method, protocol_methods
+from dabench.selection import DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
 
 
 @dataclass
@@ -82,12 +84,47 @@ class Agreement:
 
 
 @dataclass
+class DGTable:
+    """Domain generalisation, one selection method: a row per algorithm, a column per held-out
+    domain (trained on the others), and their average, as DomainBed prints them."""
+
+    domains: list[str]  # the group: every domain a column holds out
+    task: str
+    metric: str
+    method: Method
+    rows: list[tuple[str, list[Row | None]]]  # (label, one cell per held-out domain; None: not run)
+    held_out: list[str]  # the domains some run held out (the columns)
+    protocol: str = "dabench"
+
+    @property
+    def title(self) -> str:
+        oracle = " (oracle: uses target labels)" if self.method.oracle else ""
+        return f"Domain generalisation, {', '.join(self.domains)} · {self.method.name}{oracle}"
+
+    @property
+    def caption(self) -> str:
+        return (f"Selection: {DG_TITLES.get(self.method.name, self.method.title)}. Each column: target-test {self.metric} "
+                "(%) of the domain held out, trained on the others, mean ± std over seeds (n); avg: the mean of the "
+                "columns (– where a column is missing).")
+
+    @property
+    def columns(self) -> list[str]:
+        return [d for d in self.domains if d in self.held_out]
+
+    @staticmethod
+    def average(cells: list[Row | None]) -> float:
+        values = [c.mean if c else math.nan for c in cells]
+        return math.nan if any(math.isnan(v) for v in values) else mean(values)
+
+
+@dataclass
 class Leaderboard:
     root: Path
     tables: list[Table]
     incomplete: list[tuple[Path, int | None]]  # (run folder, last step evaluated)
     skipped: list[tuple[Path, str]]  # (run folder, why it could not be read)
     agreement: list[Agreement] = field(default_factory=list)  # algorithms with 3 or more runs of a pair
+    dg: list[DGTable] = field(default_factory=list)  # domain generalisation: per held-out domain
 
 
 def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
@@ -102,7 +139,7 @@ def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         c = run.config
-        if c.get("protocol", "dabench") == "dabench" and run.records:
+        if c.get("protocol", "dabench") == "dabench" and run.records and not is_dg(run):
             groups[(f"{c['src']} -> {c['tgt']}", str(c["algo"]))].append(run)
     def picks(method, group, metric) -> tuple[list[float], list[float], float]:
         """Per run: the method's score at the step it picks, and that step's tgt-test; and the
@@ -140,7 +177,77 @@ def leaderboard(path: str | Path) -> Leaderboard:
     if not configs:
         raise DabenchError(f"{root} holds no runs: found no config.json under it. Expected {hint}.")
     runs, incomplete, skipped = read_runs(cfg.parent for cfg in configs)
-    return Leaderboard(root, _tables(runs), incomplete, skipped, agreement(runs))
+    da = [r for r in runs if not is_dg(r)]
+    return Leaderboard(root, _tables(da), incomplete, skipped, agreement(da), dg_tables([r for r in runs if is_dg(r)]))
+
+
+def is_dg(run: Run) -> bool:
+    return run.config.get("setting") == "dg"
+
+
+def sources(run: Run) -> list[str]:
+    return list(run.config.get("sources") or [run.config["src"]])
+
+
+def _training_key(config: dict) -> str:
+    """What a run trained with, apart from its domains: runs that agree on it are one
+    configuration held out differently (leave-one-domain-out pairs them)."""
+    keys = ("algo", "backbone", "steps", "eval_every", "seed", "hparams", "precision", "image_size", "pretrained",
+            "channels_last", "protocol")
+    return json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
+
+
+def with_lodo(run: Run, pool: list[Run]) -> Run | None:
+    """``run`` (held out t, trained on S) with each record's ``lodo-val``: the mean target-val
+    metric, at that step, of the runs of the same configuration that held out each v in S and
+    trained on the rest of S (DomainBed's leave-one-domain-out); None when one is missing."""
+    metric, key, held = run.config["metric"], _training_key(run.config), set(sources(run))
+    validators = []
+    for v in sorted(held):
+        rest = held - {v}
+        found = [r for r in pool if r.config["tgt"] == v and _training_key(r.config) == key and set(sources(r)) <= rest]
+        if not rest or not found:
+            return None
+        validators.append({rec["step"]: rec for rec in max(found, key=lambda r: len(sources(r))).records})
+    records = []
+    for rec in run.records:
+        seen = [(v.get(rec["step"]) or {}).get("tgt-val", {}).get(metric) for v in validators]
+        extra = {LODO_VAL: {metric: mean(seen)}} if all(isinstance(s, (int, float)) for s in seen) else {}
+        records.append(rec | extra)
+    return dataclasses.replace(run, records=records)
+
+
+def dg_tables(runs: list[Run]) -> list[DGTable]:
+    """One table per domain group and selection method. A group is the set of domains of a run
+    (its sources and its held-out target) not contained in another run's set: runs trained on
+    fewer domains of a group are the validation runs of leave-one-domain-out selection."""
+    sets: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        sets[(frozenset(sources(run) + [run.config["tgt"]]), str(run.config.get("protocol", "dabench")))].append(run)
+    tables = []
+    for (domains, protocol), group in sorted(sets.items(), key=lambda kv: sorted(kv[0][0])):
+        if any(domains < other and protocol == p for other, p in sets):
+            continue  # validation runs of a larger group
+        columns = sorted({r.config["tgt"] for r in group})
+        metric, task = group[0].config["metric"], str(group[0].config["task"])
+        pool = [r for r in runs if str(r.config.get("protocol", "dabench")) == protocol]
+        lodo = {id(r): with_lodo(r, pool) for r in group}
+        keys = sorted({(str(r.config["algo"]), variant(r, group)) for r in group}, key=str)
+        for method in (get(m) for m in DG_METHODS):
+            rows, found = [], False
+            for algo, var in keys:
+                cells = []
+                for tgt in columns:
+                    these = [r for r in group if r.config["tgt"] == tgt and r.config["algo"] == algo and variant(r, group) == var]
+                    if method.split == LODO_VAL:
+                        these = [lodo[id(r)] for r in these if lodo[id(r)] is not None]
+                    cells.append(aggregate(method, (algo, 0, var), these, metric, False, 0) if these else None)
+                    found = found or bool(these)
+                label = Row(algo, 0, 0, math.nan, math.nan, math.nan, variant=var).label
+                rows.append((label, cells))
+            if found:
+                tables.append(DGTable(sorted(domains), task, metric, method, rows, columns, protocol))
+    return tables
 
 
 def _budget_order(n: int | str) -> tuple:
@@ -185,6 +292,13 @@ def _rel(board: Leaderboard, path: Path) -> str:
     return str(path.relative_to(board.root)) if path != board.root else "."
 
 
+def _cell(row: Row | None, pm: str = "±") -> str:
+    """A DG cell: mean ± std over seeds (n), or – where the held-out domain was not run."""
+    if row is None or math.isnan(row.mean):
+        return "–"
+    return f"{_f(row.mean)} {pm} {_f(row.std)} ({row.n})"
+
+
 def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
@@ -192,7 +306,7 @@ def _md_row(cells: list[str]) -> str:
 def _markdown(board: Leaderboard) -> str:
     out = [f"# Leaderboard: {board.root}", "", f"Cells: target-test metric at the step chosen by each model-selection "
            f"method from validation records only; {FOOTNOTE}.", ""]
-    if not board.tables:
+    if not board.tables and not board.dg:
         out += ["No finished runs yet.", ""]
     for t in board.tables:
         out += [f"## {t.title}", "", f"Selection: {t.method.title}. Metric: {t.metric} ({t.task}).", ""]
@@ -203,6 +317,10 @@ def _markdown(board: Leaderboard) -> str:
                     "|---|" + "---:|" * (len(t.classes) + 1 + len(t.subsets))]
             out += [_md_row([r.label, *map(_f, r.iou or []), _f(r.mean), *map(_f, t.subset_means(r))]) for r in t.rows]
         out.append("")
+    for t in board.dg:
+        out += [f"## {t.title}", "", t.caption, "", _md_row(["algorithm", *t.columns, "avg"]),
+                "|---|" + "---:|" * (len(t.columns) + 1)]
+        out += [_md_row([label, *(_cell(c) for c in cells), _f(t.average(cells))]) for label, cells in t.rows] + [""]
     if board.agreement:
         out += ["## Model selection against target-oracle", "",
                 "Over each algorithm's runs of a pair (seeds, hyperparameter samples): the Spearman correlation of "
@@ -259,6 +377,12 @@ def _latex(board: Leaderboard) -> str:
                     for r in t.rows]
             out += _tex_table(f"{pair}, model selection: {tex(t.method.name)}{oracle}. {tex(t.iou_caption)}.",
                               label + "-iou", ["Algorithm", *map(tex, t.classes), "mIoU", *t.subsets], rows, wide=True)
+    for t in board.dg:
+        label = "tab:dg-" + "".join(ch if ch.isalnum() else "-" for ch in f"{'-'.join(t.domains)}-{t.method.name}")
+        rows = [[tex(lab), *(_cell(c, "$\\pm$").replace("–", "--") for c in cells), _tex_f(t.average(cells))]
+                for lab, cells in t.rows]
+        out += _tex_table(f"{tex(t.title)}. {tex(t.caption)}".replace("±", r"$\pm$"), label,
+                          ["Algorithm", *map(tex, t.columns), "Avg"], rows)
     if board.agreement:
         rows = [[tex(a.pair).replace("->", r"$\rightarrow$"), tex(a.algo), tex(a.method), str(a.runs),
                  "--" if math.isnan(a.rho) else f"{a.rho:.2f}", _tex_f(a.picked), _tex_f(a.oracle), _tex_f(a.lost)]
@@ -291,4 +415,14 @@ def _csv(board: Leaderboard) -> str:
                        tgt_labeled=r.tgt_labeled, n=r.n, mean=num(r.mean),
                        std=num(r.std), src_val=num(r.src_val))
             writer.writerow(row | {f"iou_{c}": num(v) for c, v in zip(t.classes, r.iou or [])})
+    for t in board.dg:
+        for label, cells in t.rows:
+            for tgt, r in zip(t.columns, cells):
+                if r is None:
+                    continue
+                src = ",".join(d for d in t.domains if d != tgt)
+                writer.writerow(dict(pair=f"{src} -> {tgt} (dg)", src=src, tgt=tgt, task=t.task, protocol=t.protocol,
+                                     metric=t.metric, selection=t.method.name, oracle=t.method.oracle, algorithm=r.algo,
+                                     variant="; ".join(f"{k}={v}" for k, v in r.variant), tgt_labeled=0, n=r.n,
+                                     mean=num(r.mean), std=num(r.std), src_val=num(r.src_val)))
     return buf.getvalue()

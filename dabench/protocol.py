@@ -8,6 +8,12 @@ semi-supervised and supervised DA. Splits are cut with a fixed seed, so every ru
 shares one test split. Source val and target val are 20% of train; for segmentation at most 500
 images each (every checkpoint evaluates them at full size; see ``_val_cap``).
 
+Several sources (``--src a,b,c``): each source domain holds out its own 20% for source val, which
+evaluation reads pooled (DomainBed's training-domain validation), and training draws one
+minibatch of each per step. Setting "dg" (``--setting dg``, domain generalisation): the same
+target splits, but no target image reaches training (``Splits.tgt_train`` is None), nor the
+label-free scores, so the target is seen by evaluation and target-oracle selection only.
+
 Protocol "paper" (``--protocol paper``): the published setting of the segmentation papers. The
 source trains on all its images, the target on all of its train split (unlabelled; labelled
 budgets are drawn from all of it), the test split is the target's official one (Cityscapes val),
@@ -19,11 +25,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from dabench.data import CLASSIFICATION, Domain, ImagesOnly, Subset, labels_of
+from dabench.data import CLASSIFICATION, Domain, ImagesOnly, SourceDomains, Subset, labels_of
 from dabench.errors import DabenchError
 from dabench.prepared import use_prepared
 from dabench.registry import Spec, datasets
@@ -33,6 +40,7 @@ SOURCE_VAL = 0.2  # fraction of source train held out for validation
 TARGET_VAL = 0.2  # fraction of target train held out (labelled) for target-oracle selection
 TARGET_TEST = 0.25  # fraction held out for test when the target has no official test split
 SEGMENTATION_VAL_CAP = 500  # segmentation: source val and target val hold at most this many images
+SETTINGS = ("uda", "dg")  # domain adaptation (target images in training) or generalisation (none)
 
 
 def split_rules(task: str, protocol: str = "dabench") -> dict[str, str]:
@@ -52,10 +60,11 @@ class Splits:
     image_size: int | tuple[int, int]
     src_train: Dataset
     src_val: Dataset
-    tgt_train: ImagesOnly  # no labels, by type
+    tgt_train: ImagesOnly | None  # no labels, by type; None in domain generalisation
     tgt_val: Dataset
     tgt_test: Dataset
     tgt_labeled: Dataset | None  # None in unsupervised DA
+    setting: str = "uda"  # "dg": no target image in training
 
     def sizes(self) -> dict[str, int]:
         names = ["src_train", "src_val", "tgt_train", "tgt_val", "tgt_test", "tgt_labeled"]
@@ -133,7 +142,54 @@ def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(picked, dtype=np.int64))
 
 
-def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int, protocol: str = "dabench") -> Splits:
+def _source_parts(sources: list[Domain], protocol: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(val, train) indices of each source domain: 20% held out (capped for segmentation), or
+    nothing held out under protocol "paper"."""
+    if protocol == "paper":
+        return [(np.zeros(0, dtype=np.int64), np.arange(len(s.train))) for s in sources]
+    return [tuple(_split(len(s.train), [SOURCE_VAL], "source", [_val_cap(s.task)])) for s in sources]
+
+
+def _pooled(sources: list[Domain], parts: list[np.ndarray]) -> Dataset:
+    """One source's split as a Subset; several sources' as SourceDomains (pooled for evaluation,
+    one minibatch per domain in training)."""
+    subsets = [Subset(s.train, idx) for s, idx in zip(sources, parts)]
+    return subsets[0] if len(subsets) == 1 else SourceDomains(subsets)
+
+
+def _classes(domain: Domain) -> str:
+    shown = ", ".join(domain.classes[:5]) + (", ..." if len(domain.classes) > 5 else "")
+    return f"{len(domain.classes)}: {shown}"
+
+
+def check_sources(sources: list[Domain]) -> None:
+    """Several source domains must share a task, a label space and, for classification, a size."""
+    first = sources[0]
+    for s in sources:
+        if not s.labeled:
+            raise DabenchError(f"The source {s.name} has no labels: give the source as (images, labels).")
+        if s.task != first.task:
+            raise DabenchError(f"Sources {first.name} and {s.name} are of different tasks ({first.task}, {s.task}).")
+        if s.classes != first.classes:
+            raise DabenchError(f"Sources {first.name} and {s.name} have different classes ({_classes(first)} vs "
+                               f"{_classes(s)}): several sources need one label space (arrays: pass classes=[...]).")
+    if len(sources) > 1 and first.task != CLASSIFICATION:
+        raise DabenchError("Several source domains (--src a,b) are supported for classification; segmentation "
+                           "domains have images of different sizes, which one minibatch cannot hold. Train on one "
+                           "source, or make one folder of both (segfolder:PATH).")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise DabenchError(f"--src names a domain twice ({', '.join(names)}): list each source once.")
+
+
+def build_splits(src: Domain | Sequence[Domain], tgt: Domain, tgt_labeled: int | str, seed: int,
+                 protocol: str = "dabench", setting: str = "uda") -> Splits:
+    """The run's splits. ``src``: one domain or several (multi-source; DG). ``setting`` "dg":
+    no target image reaches training (``tgt_train`` is None); the target is tested and, for
+    target-oracle selection only, validated, as in DA."""
+    sources = [src] if isinstance(src, Domain) else list(src)
+    check_sources(sources)
+    src = sources[0]
     if src.task != tgt.task:
         raise DabenchError(f"Source {src.name} is a {src.task} data set but target {tgt.name} is {tgt.task}: pick two domains of one task.")
     if tgt.labeled and src.classes != tgt.classes:
@@ -141,34 +197,39 @@ def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int, pr
             f"Source {src.name} and target {tgt.name} have different classes ({len(src.classes)} vs {len(tgt.classes)}; "
             f"e.g. {sorted(set(src.classes) ^ set(tgt.classes))[:5]}). Domain adaptation here needs one label space."
         )
-    if not src.labeled:
-        raise DabenchError(f"The source {src.name} has no labels: give the source as (images, labels).")
+    if setting not in SETTINGS:
+        raise DabenchError(f"--setting must be one of {', '.join(SETTINGS)}, got '{setting}'.")
+    if protocol not in ("dabench", "paper"):
+        raise DabenchError(f"--protocol must be dabench or paper, got '{protocol}'.")
+    if (len(sources) > 1 or setting == "dg") and tgt.name in {s.name for s in sources}:
+        raise DabenchError(f"{tgt.name} is both a source and the target: hold the target out of --src.")
     cap = _val_cap(src.task)
+    source_parts = _source_parts(sources, "paper" if protocol == "paper" and tgt.labeled else "dabench")
     if not tgt.labeled:  # target images alone (arrays X): nothing to hold out, nothing to test on
         if tgt_labeled:
             raise DabenchError(f"The target {tgt.name} has no labels, so no labelled-target budget can be drawn from "
                                "it: give the target as (images, labels), or train without --tgt-labeled.")
+        if setting == "dg":
+            raise DabenchError(f"Domain generalisation tests on the held-out target, and {tgt.name} has no labels: "
+                               "give the target as (images, labels).")
         nothing = np.zeros(0, dtype=np.int64)
-        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source", [cap])
         tgt_val, tgt_train, tgt_test = nothing, np.arange(len(tgt.train)), Subset(tgt.train, nothing)
     elif protocol == "paper":
         if tgt.test is None:
             raise DabenchError(f"--protocol paper tests on the target's official test split, and {tgt.name} has none "
                                "(cityscapes has one: its val split). Use the default protocol (dabench) for this pair.")
         nothing = np.zeros(0, dtype=np.int64)  # no hold-out: the papers train on everything
-        src_val, src_train = nothing, np.arange(len(src.train))
         tgt_val, tgt_train = nothing, np.arange(len(tgt.train))
         tgt_test: Dataset = tgt.test
-    elif protocol != "dabench":
-        raise DabenchError(f"--protocol must be dabench or paper, got '{protocol}'.")
     elif tgt.test is not None:
-        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source", [cap])
         tgt_val, tgt_train = _split(len(tgt.train), [TARGET_VAL], "target", [cap])
         tgt_test = tgt.test
     else:
-        src_val, src_train = _split(len(src.train), [SOURCE_VAL], "source", [cap])
         test_idx, tgt_val, tgt_train = _target_parts(len(tgt.train), src.task)
         tgt_test = Subset(tgt.train, test_idx)
+    if setting == "dg" and tgt_labeled:
+        raise DabenchError("Domain generalisation (--setting dg) sees no target image in training, so it takes no "
+                           "labelled-target budget: drop --tgt-labeled, or use --setting uda.")
     train_labeled = Subset(tgt.train, tgt_train)
     if tgt_labeled == "all":
         labeled: Dataset | None = train_labeled
@@ -188,7 +249,8 @@ def build_splits(src: Domain, tgt: Domain, tgt_labeled: int | str, seed: int, pr
         labeled = None
     return Splits(
         task=src.task, classes=src.classes, image_size=src.image_size,
-        src_train=Subset(src.train, src_train), src_val=Subset(src.train, src_val),
-        tgt_train=ImagesOnly(train_labeled), tgt_val=Subset(tgt.train, tgt_val), tgt_test=tgt_test,
-        tgt_labeled=labeled,
+        src_train=_pooled(sources, [train for _, train in source_parts]),
+        src_val=_pooled(sources, [val for val, _ in source_parts]),
+        tgt_train=ImagesOnly(train_labeled) if setting != "dg" else None, tgt_val=Subset(tgt.train, tgt_val),
+        tgt_test=tgt_test, tgt_labeled=labeled, setting=setting,
     )

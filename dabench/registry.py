@@ -87,21 +87,54 @@ algorithms = Registry("algorithm")
 datasets = Registry("dataset")
 backbones = Registry("backbone")
 translators = Registry("translator")
+groups = Registry("group")  # domain groups (DomainGroup): the domains a leave-one-domain-out sweep holds out in turn
 
-REGISTRIES = {"algorithms": algorithms, "datasets": datasets, "backbones": backbones, "translators": translators}
+REGISTRIES = {"algorithms": algorithms, "datasets": datasets, "backbones": backbones, "translators": translators,
+              "groups": groups}
 
 
-def plugin(task: str, description: str | None = None) -> Callable[[Any], Any]:
+@dataclass(frozen=True)
+class DomainGroup:
+    """Domains of one label space that a domain-generalisation sweep (``dabench sweep --dg NAME``)
+    holds out in turn, training on the others. Register one with an entry point in the group
+    ``dabench.groups`` (value: a DomainGroup object)."""
+
+    members: tuple[str, ...]
+    description: str
+    task: str = "classification"
+
+
+def plugin(task: str, description: str | None = None, images_of: str | None = None) -> Callable[[Any], Any]:
     """Tag a dataset or backbone factory with its task ("classification", "segmentation" or
-    "any") and a one-line description for ``dabench list`` (default: the docstring's first line)."""
+    "any") and a one-line description for ``dabench list`` (default: the docstring's first line).
+    ``images_of``: the data set whose images this one transforms (``digits-m`` recolours
+    ``uci-digits``), so domain generalisation never trains on the images it tests on."""
 
     def decorate(obj: Any) -> Any:
         obj.task = task
         if description:
             obj.description = description
+        if images_of:
+            obj.images_of = images_of
         return obj
 
     return decorate
+
+
+def image_origin(name: str) -> str:
+    """The data set whose images ``name`` (``digits-m``, ``syndigits:500``) holds: its
+    ``images_of`` when it transforms another's, else its own name (without argument)."""
+    base = Spec.parse(name).name
+    try:
+        return getattr(datasets.get(base), "images_of", None) or base
+    except DabenchError:
+        return base
+
+
+def shared_images(sources: list[str], target: str) -> list[str]:
+    """The sources whose images are the target's (the same data set, or one made from it)."""
+    origin = image_origin(target)
+    return [s for s in sources if image_origin(s) == origin]
 
 
 def describe(obj: Any) -> str:

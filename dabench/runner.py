@@ -29,8 +29,8 @@ from dabench.algorithm import Algorithm
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.metrics import PRIMARY_METRIC
-from dabench.protocol import Splits, build_splits, data_root, load_domain, split_rules
-from dabench.registry import Spec, algorithms, backbones
+from dabench.protocol import SETTINGS, Splits, build_splits, data_root, load_domain, split_rules
+from dabench.registry import Spec, algorithms, backbones, shared_images
 from dabench.records import read_records
 from dabench.trainer import NullReporter, fit, seed_all
 
@@ -38,13 +38,15 @@ DEFAULT_BACKBONE = {"classification": "digit-cnn", "segmentation": "deeplabv2"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields that decide the numbers a run produces; their hash names the run folder.
 IDENTITY = ("algo", "src", "tgt", "backbone", "tgt_labeled", "steps", "eval_every", "seed", "hparams",
-            "precision", "image_size", "pretrained", "channels_last", "protocol")
+            "precision", "image_size", "pretrained", "channels_last", "protocol", "setting")
+DEFAULTS = {"protocol": "dabench", "setting": "uda"}  # identity fields older configs lack, and their values
 
 
 @dataclass
 class RunConfig:
     algo: str
-    src: str | Domain  # a data set name (uci-digits, folder:PATH) or a Domain (dabench.from_arrays makes one)
+    src: str | Domain | list  # a data set name (uci-digits, folder:PATH) or a Domain (dabench.from_arrays makes
+    # one); several sources: "a,b,c" or a list of those
     tgt: str | Domain
     backbone: str | None = None  # None: the task's default (digit-cnn for classification)
     tgt_labeled: int | str = 0  # labelled target samples, or "all" (every target train image labelled)
@@ -61,6 +63,7 @@ class RunConfig:
     pretrained: str | None = None
     channels_last: bool = False
     protocol: str = "dabench"  # "paper": no hold-outs, the target's official test split, last-step selection
+    setting: str = "uda"  # "dg": domain generalisation, no target image in training
     workers: int | None = None  # data-loading processes for file-backed data; None: default_workers
     log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard": also TensorBoard event files
     sync_bn: bool = False  # under torchrun: batch-norm statistics over all ranks' images
@@ -97,14 +100,16 @@ def slug(text: str) -> str:
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The fields that decide a run's numbers (a config from before protocols existed is "dabench")."""
-    return {k: config.get(k, "dabench" if k == "protocol" else None) for k in IDENTITY}
+    """The fields that decide a run's numbers (a config from before protocols or settings existed
+    has the defaults: "dabench", "uda")."""
+    return {k: config.get(k, DEFAULTS.get(k)) for k in IDENTITY}
 
 
 def run_dir_of(config: dict[str, Any], out: str | Path) -> Path:
     fields = identity(config)
-    if fields["protocol"] == "dabench":
-        del fields["protocol"]  # so run folders made before protocols existed keep their names
+    for k, default in DEFAULTS.items():
+        if fields[k] == default:
+            del fields[k]  # so run folders made before protocols and settings existed keep their names
     identity_text = json.dumps(fields, sort_keys=True, default=str)
     digest = hashlib.sha1(identity_text.encode()).hexdigest()[:8]
     return Path(out) / f"{slug(config['src'])}_to_{slug(config['tgt'])}" / slug(config["algo"]) / f"seed{config['seed']}-{digest}"
@@ -178,6 +183,19 @@ def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pr
     return algorithm
 
 
+def dg_algorithms() -> list[str]:
+    """The algorithms that train without target images (``needs_target`` False): DG's."""
+    names = []
+    for name in algorithms.names():
+        try:
+            cls = algorithms.get(name)
+        except DabenchError:
+            continue
+        if not cls.needs_target and cls.target_labels not in ("required", "all"):
+            names.append(name)
+    return names
+
+
 def compile_networks(module: torch.nn.Module) -> None:
     """``--compile``: torch.compile every network an algorithm calls (its direct submodules, and the
     entries of its ModuleDicts and ModuleLists), in place (``nn.Module.compile``), so parameter
@@ -194,8 +212,22 @@ def _config_dict(cfg: RunConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"hparams": dict(cfg.hparams)}
 
 
-def _domain_name(value: str | Domain) -> str:
+def _domain_name(value: str | Domain | list) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_domain_name, value))
     return value.name if isinstance(value, Domain) else value
+
+
+def source_list(value: str | Domain | list) -> list[str | Domain]:
+    """The source domains ``--src`` names: "a,b,c" or a list -> each one; one domain -> [it]."""
+    if isinstance(value, (list, tuple)):
+        return [d for v in value for d in source_list(v)]
+    if isinstance(value, Domain):
+        return [value]
+    names = [n.strip() for n in str(value).split(",")]
+    if not all(names):
+        raise DabenchError(f"--src '{value}': an empty name between commas. Write the sources as a,b,c.")
+    return names
 
 
 EVAL_EVERY = 200  # classification's default, and segmentation's least
@@ -219,7 +251,7 @@ def eval_every_for(task: str | None, steps: int, given: int | None) -> int:
 def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> dict[str, Any]:
     """The config as ``config.json`` records it, before the data-dependent fields are added."""
     tgt_labeled = "all" if algo_cls.target_labels == "all" and not cfg.tgt_labeled else cfg.tgt_labeled
-    config = _config_dict(cfg) | {"src": _domain_name(cfg.src), "tgt": _domain_name(cfg.tgt),
+    config = _config_dict(cfg) | {"src": _domain_name(source_list(cfg.src)), "tgt": _domain_name(cfg.tgt),
                                   "eval_every": eval_every_for(task, cfg.steps, cfg.eval_every),
                                   "backbone": cfg.backbone or DEFAULT_BACKBONE[task], "tgt_labeled": tgt_labeled,
                                   "hparams": values, "overrides": sorted(cfg.hparams)}  # the -H keys: a variant
@@ -290,10 +322,24 @@ def prepare(cfg: RunConfig) -> Prepared:
         )
 
     root = data_root(cfg.data_root)
-    src = load_domain(cfg.src, root, cfg.image_size)
+    if cfg.setting not in SETTINGS:
+        raise DabenchError(f"--setting must be one of {', '.join(SETTINGS)}, got '{cfg.setting}'.")
+    if cfg.setting == "dg" and (algo_cls.needs_target or algo_cls.target_labels in ("required", "all")):
+        raise DabenchError(
+            f"'{cfg.algo}' trains on target images, and domain generalisation (--setting dg) sees none. Choose an "
+            f"algorithm that runs without them ({', '.join(dg_algorithms())}), or use --setting uda.")
+    names = source_list(cfg.src)
+    if cfg.setting == "dg" and not isinstance(cfg.tgt, Domain) and (
+            same := shared_images([n for n in names if isinstance(n, str)], cfg.tgt)):
+        raise DabenchError(f"Domain generalisation holds {cfg.tgt} out, but the source {', '.join(same)} holds its images "
+                           f"(the same data set, or one made from it): training on it would test on seen images. Drop it "
+                           "from --src.")
+    src = load_domain(names[0], root, cfg.image_size)
     # Classification domains share one resolution; segmentation domains keep their own sizes
     # (GTA5 1280x720, Cityscapes 1024x512), scaled by the same --image-size (a height).
-    tgt = load_domain(cfg.tgt, root, cfg.image_size if src.task == SEGMENTATION else src.image_size)
+    size = cfg.image_size if src.task == SEGMENTATION else src.image_size
+    sources = [src] + [load_domain(n, root, size) for n in names[1:]]
+    tgt = load_domain(cfg.tgt, root, size)
     if algo_cls.task not in ("any", src.task):
         raise DabenchError(
             f"'{cfg.algo}' is a {algo_cls.task} algorithm but {src.name} -> {tgt.name} is a {src.task} pair. "
@@ -305,14 +351,16 @@ def prepare(cfg: RunConfig) -> Prepared:
     factory = backbones.get(Spec.parse(config["backbone"]).name)
     if getattr(factory, "task", "any") not in ("any", src.task):
         raise DabenchError(f"Backbone '{config['backbone']}' is for {factory.task}, but this is a {src.task} pair.")
-    splits = build_splits(src, tgt, config["tgt_labeled"], cfg.seed, cfg.protocol)
+    splits = build_splits(sources, tgt, config["tgt_labeled"], cfg.seed, cfg.protocol, cfg.setting)
     config |= {
         "task": src.task, "metric": PRIMARY_METRIC[src.task], "classes": src.classes,
         "eval_size": size_text(tgt.image_size),  # the target images' input size (W x H)
         "image_sizes": {"src": size_text(src.image_size), "tgt": size_text(tgt.image_size)},
         "splits": splits.sizes(), "split_rules": split_rules(src.task, cfg.protocol),
-        "data": {"src": src.info, "tgt": tgt.info},
+        "data": {"src": src.info, "tgt": tgt.info} | ({"sources": [s.info for s in sources]} if len(sources) > 1 else {}),
     }
+    if len(sources) > 1:
+        config["sources"] = [s.name for s in sources]
     run_dir = run_dir_of(config, cfg.out)
     config["run_id"] = run_dir.name
 

@@ -40,9 +40,12 @@ class Method:
         return self.split == LABEL_FREE
 
     def applies(self, records: Sequence[Mapping]) -> bool:
-        """False for a label-free method whose score no record holds (runs from before the scores
-        existed, DEV on segmentation): it would pick the last step by default, not by its score."""
-        return not self.label_free or any(self.key in (r.get(LABEL_FREE) or {}) for r in records)
+        """False for a method whose score no record holds (label-free scores of runs from before
+        they existed, DEV on segmentation; leave-one-domain-out without its validation runs): it
+        would pick the last step by default, not by its score."""
+        if self.label_free:
+            return any(self.key in (r.get(LABEL_FREE) or {}) for r in records)
+        return self.split != LODO_VAL or any(r.get(LODO_VAL) for r in records)
 
 
 def value(record: Mapping, split: str, metric: str) -> float:
@@ -65,6 +68,9 @@ def _best(split: str, key: str | None = None, lower_is_better: bool = False) -> 
 
 
 LABEL_FREE = "tgt-unlabeled"  # scores on unlabelled target train images (dabench.labelfree)
+# Domain generalisation's leave-one-domain-out validation (DomainBed): at each step, the mean
+# target-val metric of the runs that held out each source domain in turn (dabench.leaderboard adds it).
+LODO_VAL = "lodo-val"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -79,6 +85,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            _best(LABEL_FREE, "snd"), "snd"),
     Method("dev", "lowest deep embedded validation risk (importance-weighted source-val loss)", False, LABEL_FREE,
            _best(LABEL_FREE, "dev", True), "dev", True),
+    Method("lodo", "leave-one-domain-out: best mean accuracy on each source domain held out of a run trained on the "
+           "others (DomainBed)", False, LODO_VAL, _best(LODO_VAL)),
 ]}
 
 
@@ -86,6 +94,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 # "paper" holds nothing out, so the last step is its only honest choice.
 PROTOCOLS: dict[str, tuple[str, ...]] = {"dabench": ("source-val", "target-oracle", "last", "entropy", "im", "snd", "dev"),
                                          "paper": ("last",)}
+
+
+# Domain generalisation's selections, as DomainBed names them: training-domain validation (our
+# source-val: the held-out 20% of every source domain, pooled), leave-one-domain-out, test-domain
+# validation (our target-oracle), and the last step.
+DG_METHODS = ("source-val", "lodo", "target-oracle", "last")
+DG_TITLES = {"source-val": "training-domain validation (the held-out 20% of every source domain, pooled)",
+             "target-oracle": "test-domain validation (labelled held-out images of the test domain)"}
 
 
 def protocol_methods(protocol: str) -> list[Method]:

@@ -55,6 +55,46 @@ def plan(algos: list[str], seeds: list[int], tgt_labeled: list[int | str], hpara
     return configs, notes
 
 
+def group_members(text: str) -> tuple[str, ...]:
+    """The domains of ``--dg``: a registered group's (``digits4``, ``pacs``) or a list "a,b,c"."""
+    from dabench.registry import groups
+
+    if "," in text:
+        members = tuple(m.strip() for m in text.split(","))
+    else:
+        members = groups.get(text.strip()).members
+    if len(members) < 2 or not all(members) or len(set(members)) != len(members):
+        raise DabenchError(f"--dg '{text}': a domain group needs at least two different domains (a registered group, "
+                           "see 'dabench list groups', or a list a,b,c).")
+    return members
+
+
+def plan_dg(algos: list[str], seeds: list[int], hparam_samples: int, base: RunConfig, members: tuple[str, ...],
+            lodo: bool = False) -> tuple[list[RunConfig], list[str]]:
+    """Leave-one-domain-out: each member held out in turn (``--setting dg``), training on the
+    others. ``lodo``: also the runs DomainBed's leave-one-domain-out selection validates with:
+    for held-out t and each other domain v, a run trained on the rest and tested on v. Sources
+    that hold a held-out domain's images (``registry.shared_images``) are left out of its runs."""
+    from dabench.registry import shared_images
+
+    held_out = [(t, [m for m in members if m != t]) for t in members]
+    if lodo:
+        held_out += [(v, [m for m in members if m not in (t, v)]) for t in members for v in members if v != t]
+    configs, notes, seen = [], [], set()
+    for tgt, sources in held_out:
+        if same := shared_images(sources, tgt):
+            notes.append(f"held out {tgt}: {', '.join(same)} left out of the sources, it holds {tgt}'s images.")
+            sources = [s for s in sources if s not in same]
+        if not sources or (tuple(sources), tgt) in seen:
+            continue
+        seen.add((tuple(sources), tgt))
+        cfg = dataclasses.replace(base, src=",".join(sources), tgt=tgt, setting="dg")
+        more, more_notes = plan(algos, seeds, [0], hparam_samples, cfg)
+        configs += more
+        notes += [n for n in more_notes if n not in notes]
+    return configs, list(dict.fromkeys(notes))
+
+
 def _hparam_names(cls) -> set[str]:
     return set(cls.space("classification")) | set(cls.space("segmentation"))
 

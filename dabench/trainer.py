@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dabench.algorithm import Algorithm, StageContext, TrainData, upsample
-from dabench.data import Batch, Labeled, Subset, ordered_batches, stream
+from dabench.data import LABELED_STREAM, TARGET_STREAM, Batch, Labeled, Subset, ordered_batches, source_stream, stream
 from dabench import distributed, labelfree
 from dabench.errors import DabenchError, RunFailed
 from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
@@ -149,8 +149,10 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     with StepLog(run_dir, start, log if main else None) as step_log:
         ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir,
                            cache_dir or run_dir / "cache", device, precision, seed, reporter, workers, data_key or {})
-        unlabeled = labelfree.subset(splits.tgt_train, splits.task)  # label-free selection scores these,
-        src_sample = labelfree.subset(splits.src_val, splits.task)  # and DEV weighs these
+        # Label-free selection scores unlabelled target images, and DEV weighs source-val ones; in
+        # domain generalisation no target image may inform training or selection, so none are scored.
+        unlabeled = labelfree.subset(splits.tgt_train, splits.task) if splits.tgt_train is not None else ()
+        src_sample = labelfree.subset(splits.src_val, splits.task)
         evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
                                              "tgt-test": splits.tgt_test}.items() if len(ds)}  # "paper": no hold-outs
         algo.train()
@@ -171,9 +173,9 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                 continue
             prepare_s = time.perf_counter() - t_begin
             bs = algo.hp["batch_size"]
-            src = stream(data.src_train, bs, seed, 0, first, end, workers)
-            tgt = stream(data.tgt_train, bs, seed, 1, first, end, workers)
-            lab = (stream(data.tgt_labeled, min(bs, len(data.tgt_labeled)), seed, 2, first, end, workers)
+            src = source_stream(data.src_train, bs, seed, first, end, workers)
+            tgt = stream(data.tgt_train, bs, seed, TARGET_STREAM, first, end, workers) if data.tgt_train is not None else None
+            lab = (stream(data.tgt_labeled, min(bs, len(data.tgt_labeled)), seed, LABELED_STREAM, first, end, workers)
                    if data.tgt_labeled else None)
             sums: dict[str, float] = {}
             count, t0, eval_s, evaluations = 0, time.perf_counter(), 0.0, 0
@@ -181,10 +183,10 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
             try:
                 for step in range(first, end):
                     local = step - (end - stage.steps)
-                    (sx, sy), t = next(src), next(tgt)
+                    (sx, sy, domain), t = next(src), next(tgt) if tgt is not None else None
                     tx, pseudo = t if isinstance(t, (tuple, list)) else (t, None)
                     labeled = Labeled(*next(lab)) if lab is not None else None
-                    batch = Batch(sx, sy, tx, labeled, pseudo).to(device, channels_last)
+                    batch = Batch(sx, sy, tx, labeled, pseudo, domain).to(device, channels_last)
                     with autocast(device, precision):
                         losses = distributed.average_losses(algo.update(batch, local), device)  # the whole batch's, under torchrun
                     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}

@@ -27,7 +27,7 @@ def test_target_labels_never_reach_update(tmp_path, monkeypatch):
     assert len(seen) == 5
     for batch in seen:
         assert batch.tgt_labeled is None
-        assert [f.name for f in dataclasses.fields(batch)] == ["src_x", "src_y", "tgt_x", "tgt_labeled", "tgt_pseudo"]
+        assert [f.name for f in dataclasses.fields(batch)] == ["src_x", "src_y", "tgt_x", "tgt_labeled", "tgt_pseudo", "src_domain"]
         assert batch.tgt_pseudo is None  # only a self-training stage fills it, with its own model's labels
         assert batch.tgt_x.ndim == 4  # images only: the unlabelled stream has no label to carry
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from dabench.algorithm import pairwise_mean
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.erm import ERM
@@ -29,6 +30,9 @@ class CORAL(ERM):
     picks it so that both losses are about equal at the end; ``-H lambda_coral``), ERM's network and
     optimiser otherwise. ``-H coral_layer=features`` puts it on the backbone's feature vector, as
     DomainBed and TLlib do (DomainBed adds the difference of the means; we do not).
+
+    Domain generalisation (``--setting dg``, several sources): the loss between every pair of
+    source domains, averaged over the pairs, as DomainBed's CORAL aligns training domains.
     """
 
     task = "classification"
@@ -42,10 +46,10 @@ class CORAL(ERM):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.anneal(step)
         x, y = self.labeled_sources(batch)
-        feats = self.featurizer(torch.cat([x, batch.tgt_x]))
+        feats = self.featurizer(self.with_target(x, batch))
         logits = self.classifier(feats)
         cls = torch.nn.functional.cross_entropy(logits[: len(x)], y)
         seen = logits if self.hp["coral_layer"] == "logits" else feats
-        coral = coral_loss(seen[: len(batch.src_x)], seen[len(x):])
+        coral = pairwise_mean(self.aligned_groups(batch, seen), coral_loss)
         self.step(cls + self.hp["lambda_coral"] * coral, self.optims["model"])
         return {"cls": cls.item(), "coral": coral.item()}

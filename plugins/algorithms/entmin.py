@@ -25,6 +25,7 @@ class EntMin(ERM):
     """
 
     task = "classification"
+    needs_target = True
     hparams = {**ERM.hparams, "lambda_ent": HParam(0.1, log_uniform(-2, 0), "weight of the target entropy")}
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:

@@ -20,6 +20,7 @@ class ERM(Algorithm):
     """
 
     task = "any"
+    needs_target = False  # also the domain-generalisation baseline (--setting dg)
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
         super().__init__(backbone, num_classes, hparams, steps)

@@ -35,6 +35,7 @@ class MCC(ERM):
     """
 
     task = "classification"
+    needs_target = True
     hparams = {
         **ERM.hparams,
         "lambda_mcc": HParam(1.0, log_uniform(-1, 0.5), "weight of the class-confusion loss (mu)"),

@@ -39,6 +39,7 @@ class Rotation(ERM):
     """
 
     task = "classification"
+    needs_target = False  # in domain generalisation the pretext task sees the source images alone
     hparams = {**ERM.hparams, "lambda_rot": HParam(1.0, log_uniform(-1, 0.5), "weight of the rotation-prediction loss")}
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
@@ -50,6 +51,6 @@ class Rotation(ERM):
         self.anneal(step)
         x, y = self.labeled_sources(batch)
         cls = F.cross_entropy(self.predict(x), y)
-        rot = rotation_loss(self.featurizer, self.rotation_head, torch.cat([batch.src_x, batch.tgt_x]))
+        rot = rotation_loss(self.featurizer, self.rotation_head, self.with_target(batch.src_x, batch))
         self.step(cls + self.hp["lambda_rot"] * rot, self.optims["model"])
         return {"cls": cls.item(), "rot": rot.item()}

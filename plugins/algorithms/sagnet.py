@@ -72,6 +72,7 @@ class SagNet(Algorithm):
     authors' gradient clipping, as DomainBed does.
     """
 
+    needs_target = False  # a DG method first: in DG the styles come from the source domains alone
     hparams = {
         **Algorithm.hparams,
         "w_adv": HParam(0.1, log_uniform(-2, 1), "weight of the adversarial style loss"),
@@ -93,7 +94,7 @@ class SagNet(Algorithm):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.anneal(step)
         x, y = self.labeled_sources(batch)
-        images, n = torch.cat([x, batch.tgt_x]), len(x)
+        images, n = self.with_target(x, batch), len(x)
         f_opt, c_opt, s_opt = self.optims["features"], self.optims["content"], self.optims["style"]
 
         feats = self.features(images)

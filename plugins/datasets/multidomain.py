@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dabench.data import CLASSIFICATION, Domain
 from dabench.errors import DabenchError
-from dabench.registry import plugin
+from dabench.registry import DomainGroup, plugin
 
 from .folder import ImageFiles, scan
 
@@ -159,3 +159,8 @@ def visda2017(arg: str | None = None, *, root: Path | None = None, image_size: i
     size = image_size or DEFAULT_SIZE
     info = {"path": str(base), "images": len(files), "published_images": published}
     return Domain(f"visda2017:{arg}", CLASSIFICATION, list(VISDA_CLASSES), ImageFiles(files, labels, size), None, size, info)
+
+
+PACS = DomainGroup(tuple(f"pacs:{d}" for d in PACS_DOMAINS), "PACS's four domains (DomainBed's PACS)")
+OFFICE_HOME = DomainGroup(tuple(f"office-home:{d}" for d in OFFICE_HOME_DOMAINS), "Office-Home's four domains")
+DOMAINNET = DomainGroup(tuple(f"domainnet:{d}" for d in DOMAINNET_DOMAINS), "DomainNet's six domains")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dabench.data import CLASSIFICATION, Domain
 from dabench.errors import DabenchError
-from dabench.registry import plugin
+from dabench.registry import DomainGroup, plugin
 
 from .folder import ImageFiles, scan
 
@@ -44,3 +44,6 @@ def office31(arg: str | None = None, *, root: Path | None = None, image_size: in
     size = image_size or DEFAULT_SIZE
     info = {"path": str(path), "images": len(files), "published_images": DOMAINS[arg]}
     return Domain(f"office31:{arg}", CLASSIFICATION, classes, ImageFiles(files, labels, size), None, size, info)
+
+
+OFFICE31 = DomainGroup(tuple(f"office31:{d}" for d in DOMAINS), "Office-31's three domains")
