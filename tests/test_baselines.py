@@ -120,16 +120,18 @@ def entmin_term(algo, b):
 
 
 # CORAL's and MCC's gradients are tiny on the near-uniform logits of a fresh network: weighted up
-@pytest.mark.parametrize("name, weight, value, term", [
-    ("coral", "lambda_coral", 1e4, coral_term), ("dan", "lambda_mmd", 1.0, dan_term),
-    ("mcc", "lambda_mcc", 100.0, mcc_term), ("entmin", "lambda_ent", 0.1, entmin_term)])
-def test_an_update_descends_its_defining_term(name, weight, value, term):
+@pytest.mark.parametrize("name, weight, value, term, extra", [
+    ("coral", "lambda_coral", 1e4, coral_term, {}), ("dan", "lambda_mmd", 1.0, dan_term, {}),
+    ("mcc", "lambda_mcc", 100.0, mcc_term, {}), ("entmin", "lambda_ent", 0.1, entmin_term, {}),
+    ("dan", "lambda_mmd", 1.0, dan_term, {"ramp": "dann"}), ("mcc", "lambda_mcc", 100.0, mcc_term, {"ramp": "dann"})])
+def test_an_update_descends_its_defining_term(name, weight, value, term, extra):
     step, b = 50, batch()
-    with_term = build(name, **{weight: value})
+    with_term = build(name, **{weight: value}, **extra)
     without = copy.deepcopy(with_term)
     without.hp[weight] = 0.0
     start = copy.deepcopy(with_term)
-    lam = with_term.hp[weight]
+    # -H ramp=dann: the weight at step 50 of 100 is lambda x (2 / (1 + exp(-10 x 50/99)) - 1) = lambda x 0.9874
+    lam = with_term.hp[weight] * (2 / (1 + math.exp(-10 * 50 / 99)) - 1 if extra else 1.0)
     grads = torch.autograd.grad(lam * term(start, b), list(start.parameters()), allow_unused=True)
     with_term.update(b, step)
     without.update(b, step)

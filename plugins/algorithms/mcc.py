@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.entmin import entropy
+from dabench_plugins.algorithms.dann import grl_lambda
 from dabench_plugins.algorithms.erm import ERM
 
 
@@ -31,7 +32,9 @@ class MCC(ERM):
 
     The paper's defaults: temperature T = 2.5, mu = 1 (``-H temperature``, ``-H lambda_mcc``); ERM's
     network and optimiser. The entropy weighting (the paper's eq. 3, uncertainty reweighting) is
-    part of the default, as in the paper.
+    part of the default, as in the paper. ``-H ramp=dann`` (a variant, not the paper): mu rises as
+    DANN's lambda does, so the confusion term does not lock in the predictions of a network that
+    has not yet learnt the source (the paper fine-tunes a pretrained ResNet).
     """
 
     task = "classification"
@@ -40,6 +43,8 @@ class MCC(ERM):
         **ERM.hparams,
         "lambda_mcc": HParam(1.0, log_uniform(-1, 0.5), "weight of the class-confusion loss (mu)"),
         "temperature": HParam(2.5, None, "temperature of the target softmax (T)"),
+        "ramp": HParam("none", None, "none: the weight from the first step (the paper); dann: the weight times DANN's "
+                       "2 / (1 + exp(-10 p)) - 1, rising from 0", choices=("none", "dann")),
     }
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
@@ -48,5 +53,6 @@ class MCC(ERM):
         logits = self.predict(torch.cat([x, batch.tgt_x]))
         cls = F.cross_entropy(logits[: len(x)], y)
         mcc = mcc_loss(logits[len(x):], self.hp["temperature"])
-        self.step(cls + self.hp["lambda_mcc"] * mcc, self.optims["model"])
+        weight = self.hp["lambda_mcc"] * (grl_lambda(self.progress(step)) if self.hp["ramp"] == "dann" else 1.0)
+        self.step(cls + weight * mcc, self.optims["model"])
         return {"cls": cls.item(), "mcc": mcc.item()}
