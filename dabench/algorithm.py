@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from dabench.data import CLASSIFICATION, SEGMENTATION, Batch
+from dabench.data import CLASSIFICATION, SEGMENTATION, Batch, by_domain
 from dabench.hparams import HParam, choice, int_log2, log_uniform
 from dabench.segmentation import IGNORE_INDEX
 from dabench.nets import SegNet
@@ -143,6 +143,11 @@ class Algorithm(nn.Module):
         return cls.hparams
 
     @classmethod
+    def runs_in_dg(cls) -> bool:
+        """Whether domain generalisation (no target image or label in training) can run it."""
+        return not cls.needs_target and cls.target_labels not in ("required", "all")
+
+    @classmethod
     def description(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
@@ -241,9 +246,7 @@ class Algorithm(nn.Module):
         n_src = len(batch.src_x)
         if batch.tgt_x is not None:
             return [activations[:n_src], activations[len(activations) - len(batch.tgt_x):]]
-        if batch.src_domain is None:
-            return [activations[:n_src]]
-        return [activations[:n_src][batch.src_domain == d] for d in batch.src_domain.unique(sorted=True).tolist()]
+        return by_domain(activations[:n_src], batch.src_domain)
 
 
 def pairwise_mean(groups: list[torch.Tensor], term) -> torch.Tensor:

@@ -281,7 +281,7 @@ def list_(kind):
                 hps = "\n".join((f"{t}: " if len(tasks) > 1 else "")
                                  + ", ".join(f"{k}={v.default}" for k, v in sorted(obj.space(t).items())) for t in tasks)
                 labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
-                labels += "" if obj.needs_target or obj.target_labels in ("required", "all") else " [runs in DG]"
+                labels += " [runs in DG]" if obj.runs_in_dg() else ""
                 table.add_row(plugin_name, obj.task, escape(desc + labels), escape(hps))
             elif name == "translators":
                 hps = ", ".join(f"{k}={v.default}" for k, v in sorted(obj.hparams.items()))

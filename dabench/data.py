@@ -228,7 +228,7 @@ class SourceDomains(Dataset):
         return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
     def labels(self) -> np.ndarray:
-        return np.concatenate([labels_of(d) for d in self.domains]) if self.domains else np.zeros(0, np.int64)
+        return np.concatenate([labels_of(d) for d in self.domains])
 
 
 def domains_of(ds: Dataset) -> list[Dataset]:
@@ -339,10 +339,15 @@ class Batch:
 
     def source_domains(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) of each source domain: one group with a single source."""
-        if self.src_domain is None:
-            return [(self.src_x, self.src_y)]
-        return [(self.src_x[self.src_domain == d], self.src_y[self.src_domain == d])
-                for d in self.src_domain.unique(sorted=True).tolist()]
+        return list(zip(by_domain(self.src_x, self.src_domain), by_domain(self.src_y, self.src_domain)))
+
+
+def by_domain(rows: torch.Tensor, domain: torch.Tensor | None) -> list[torch.Tensor]:
+    """``rows`` cut by source-domain index (``Batch.src_domain``), in index order; one group when
+    ``domain`` is None (a single source)."""
+    if domain is None:
+        return [rows]
+    return [rows[domain == d] for d in domain.unique(sorted=True).tolist()]
 
 
 def step_indices(n: int, batch_size: int, seed: int, stream: int, step: int) -> list[int]:

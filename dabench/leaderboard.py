@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dabench.errors import DabenchError
-from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, variant
+from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, row_label, variant
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
 from dabench.selection import DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
 
@@ -92,8 +92,8 @@ class DGTable:
     task: str
     metric: str
     method: Method
-    rows: list[tuple[str, list[Row | None]]]  # (label, one cell per held-out domain; None: not run)
-    held_out: list[str]  # the domains some run held out (the columns)
+    rows: list[tuple[str, list[Row | None]]]  # (label, one cell per column; None: not run)
+    columns: list[str]  # the domains some run held out
     protocol: str = "dabench"
 
     @property
@@ -106,10 +106,6 @@ class DGTable:
         return (f"Selection: {DG_TITLES.get(self.method.name, self.method.title)}. Each column: target-test {self.metric} "
                 "(%) of the domain held out, trained on the others, mean ± std over seeds (n); avg: the mean of the "
                 "columns (– where a column is missing).")
-
-    @property
-    def columns(self) -> list[str]:
-        return [d for d in self.domains if d in self.held_out]
 
     @staticmethod
     def average(cells: list[Row | None]) -> float:
@@ -231,21 +227,17 @@ def dg_tables(runs: list[Run]) -> list[DGTable]:
         columns = sorted({r.config["tgt"] for r in group})
         metric, task = group[0].config["metric"], str(group[0].config["task"])
         pool = [r for r in runs if str(r.config.get("protocol", "dabench")) == protocol]
-        lodo = {id(r): with_lodo(r, pool) for r in group}
-        keys = sorted({(str(r.config["algo"]), variant(r, group)) for r in group}, key=str)
+        cells: dict[tuple, list[Run]] = defaultdict(list)  # (algorithm, variant, held out) -> its runs (seeds)
+        for r in group:
+            cells[(str(r.config["algo"]), variant(r, group), r.config["tgt"])].append(r)
+        lodo = {k: [v for r in rs if (v := with_lodo(r, pool))] for k, rs in cells.items()}  # with lodo-val records
+        keys = sorted({k[:2] for k in cells}, key=str)
         for method in (get(m) for m in DG_METHODS):
-            rows, found = [], False
-            for algo, var in keys:
-                cells = []
-                for tgt in columns:
-                    these = [r for r in group if r.config["tgt"] == tgt and r.config["algo"] == algo and variant(r, group) == var]
-                    if method.split == LODO_VAL:
-                        these = [lodo[id(r)] for r in these if lodo[id(r)] is not None]
-                    cells.append(aggregate(method, (algo, 0, var), these, metric, False, 0) if these else None)
-                    found = found or bool(these)
-                label = Row(algo, 0, 0, math.nan, math.nan, math.nan, variant=var).label
-                rows.append((label, cells))
-            if found:
+            these = lodo if method.split == LODO_VAL else cells
+            rows = [(row_label(algo, 0, var), [aggregate(method, (algo, 0, var), these[(algo, var, t)], metric, False, 0)
+                                               if these.get((algo, var, t)) else None for t in columns])
+                    for algo, var in keys]
+            if any(c for _, row in rows for c in row):
                 tables.append(DGTable(sorted(domains), task, metric, method, rows, columns, protocol))
     return tables
 

@@ -43,12 +43,17 @@ class Row:
 
     @property
     def label(self) -> str:
-        parts = [f"{k}={v}" for k, v in self.variant]
-        if self.tgt_labeled == "all":
-            parts.append("all labels")
-        elif self.tgt_labeled:
-            parts.append(f"N={self.tgt_labeled}")
-        return f"{self.algo} ({', '.join(parts)})" if parts else self.algo
+        return row_label(self.algo, self.tgt_labeled, self.variant)
+
+
+def row_label(algo: str, tgt_labeled: int | str, variant: tuple = ()) -> str:
+    """A table row's name: the algorithm, with its -H variant and labelled-target budget."""
+    parts = [f"{k}={v}" for k, v in variant]
+    if tgt_labeled == "all":
+        parts.append("all labels")
+    elif tgt_labeled:
+        parts.append(f"N={tgt_labeled}")
+    return f"{algo} ({', '.join(parts)})" if parts else algo
 
 
 def load_run(run_dir: Path) -> Run:

@@ -184,14 +184,14 @@ def build_algorithm(config: dict[str, Any], image_size, device: torch.device, pr
 
 
 def dg_algorithms() -> list[str]:
-    """The algorithms that train without target images (``needs_target`` False): DG's."""
+    """The algorithms domain generalisation can run (``Algorithm.runs_in_dg``)."""
     names = []
     for name in algorithms.names():
         try:
             cls = algorithms.get(name)
         except DabenchError:
             continue
-        if not cls.needs_target and cls.target_labels not in ("required", "all"):
+        if cls.runs_in_dg():
             names.append(name)
     return names
 
@@ -324,7 +324,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     root = data_root(cfg.data_root)
     if cfg.setting not in SETTINGS:
         raise DabenchError(f"--setting must be one of {', '.join(SETTINGS)}, got '{cfg.setting}'.")
-    if cfg.setting == "dg" and (algo_cls.needs_target or algo_cls.target_labels in ("required", "all")):
+    if cfg.setting == "dg" and not algo_cls.runs_in_dg():
         raise DabenchError(
             f"'{cfg.algo}' trains on target images, and domain generalisation (--setting dg) sees none. Choose an "
             f"algorithm that runs without them ({', '.join(dg_algorithms())}), or use --setting uda.")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from dabench.errors import DabenchError
-from dabench.registry import algorithms
+from dabench.registry import algorithms, groups, shared_images
 from dabench.runner import RunConfig, existing_run, run
 
 
@@ -57,8 +57,6 @@ def plan(algos: list[str], seeds: list[int], tgt_labeled: list[int | str], hpara
 
 def group_members(text: str) -> tuple[str, ...]:
     """The domains of ``--dg``: a registered group's (``digits4``, ``pacs``) or a list "a,b,c"."""
-    from dabench.registry import groups
-
     if "," in text:
         members = tuple(m.strip() for m in text.split(","))
     else:
@@ -75,8 +73,6 @@ def plan_dg(algos: list[str], seeds: list[int], hparam_samples: int, base: RunCo
     others. ``lodo``: also the runs DomainBed's leave-one-domain-out selection validates with:
     for held-out t and each other domain v, a run trained on the rest and tested on v. Sources
     that hold a held-out domain's images (``registry.shared_images``) are left out of its runs."""
-    from dabench.registry import shared_images
-
     held_out = [(t, [m for m in members if m != t]) for t in members]
     if lodo:
         held_out += [(v, [m for m in members if m not in (t, v)]) for t in members for v in members if v != t]
@@ -91,7 +87,7 @@ def plan_dg(algos: list[str], seeds: list[int], hparam_samples: int, base: RunCo
         cfg = dataclasses.replace(base, src=",".join(sources), tgt=tgt, setting="dg")
         more, more_notes = plan(algos, seeds, [0], hparam_samples, cfg)
         configs += more
-        notes += [n for n in more_notes if n not in notes]
+        notes += more_notes
     return configs, list(dict.fromkeys(notes))
 
 

@@ -34,6 +34,15 @@ def grl_lambda(p: float, gamma: float = 10.0) -> float:
     return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
 
 
+RAMP = HParam("none", None, "none: the weight from the first step (the paper); dann: the weight times DANN's "
+              "2 / (1 + exp(-10 p)) - 1, rising from 0", choices=("none", "dann"))
+
+
+def ramped(weight: float, ramp: str, p: float) -> float:
+    """A term's weight at progress p: as given (``ramp`` "none"), or times DANN's lambda_p ("dann")."""
+    return weight * (grl_lambda(p) if ramp == "dann" else 1.0)
+
+
 def domain_loss(src_logits: torch.Tensor, tgt_logits: torch.Tensor) -> torch.Tensor:
     """The paper's domain term (JMLR 2016, eq. 18): the mean logistic loss over the source samples
     (label 1) plus the mean over the target samples (label 0); 2 ln 2 when the classifier is at chance."""

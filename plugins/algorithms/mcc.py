@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.entmin import entropy
-from dabench_plugins.algorithms.dann import grl_lambda
+from dabench_plugins.algorithms.dann import RAMP, ramped
 from dabench_plugins.algorithms.erm import ERM
 
 
@@ -43,8 +43,7 @@ class MCC(ERM):
         **ERM.hparams,
         "lambda_mcc": HParam(1.0, log_uniform(-1, 0.5), "weight of the class-confusion loss (mu)"),
         "temperature": HParam(2.5, None, "temperature of the target softmax (T)"),
-        "ramp": HParam("none", None, "none: the weight from the first step (the paper); dann: the weight times DANN's "
-                       "2 / (1 + exp(-10 p)) - 1, rising from 0", choices=("none", "dann")),
+        "ramp": RAMP,
     }
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
@@ -53,6 +52,6 @@ class MCC(ERM):
         logits = self.predict(torch.cat([x, batch.tgt_x]))
         cls = F.cross_entropy(logits[: len(x)], y)
         mcc = mcc_loss(logits[len(x):], self.hp["temperature"])
-        weight = self.hp["lambda_mcc"] * (grl_lambda(self.progress(step)) if self.hp["ramp"] == "dann" else 1.0)
+        weight = ramped(self.hp["lambda_mcc"], self.hp["ramp"], self.progress(step))
         self.step(cls + weight * mcc, self.optims["model"])
         return {"cls": cls.item(), "mcc": mcc.item()}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from dabench.algorithm import pairwise_mean
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform
-from dabench_plugins.algorithms.dann import grl_lambda
+from dabench_plugins.algorithms.dann import RAMP, ramped
 from dabench_plugins.algorithms.erm import ERM
 
 KERNEL_POWERS = (-2, -1, 0, 1, 2)  # bandwidths: the batch's mean squared distance x 2^k
@@ -72,8 +72,7 @@ class DAN(ERM):
     hparams = {
         **ERM.hparams,
         "lambda_mmd": HParam(1.0, log_uniform(-1, 0.5), "weight of the MK-MMD terms"),
-        "ramp": HParam("none", None, "none: the weight from the first step (the paper); dann: the weight times DANN's "
-                       "2 / (1 + exp(-10 p)) - 1, rising from 0", choices=("none", "dann")),
+        "ramp": RAMP,
         "estimator": HParam("linear", None, "MMD estimate: linear (the paper's, linear time) or quadratic "
                             "(all pairs, biased)", choices=("linear", "quadratic")),
     }
@@ -87,6 +86,6 @@ class DAN(ERM):
         cls = F.cross_entropy(logits[: len(x)], y)
         term = lambda a, b: mk_mmd(a, b, self.hp["estimator"])  # noqa: E731
         mmd = sum(pairwise_mean(self.aligned_groups(batch, layer), term) for layer in (feats, hidden, logits))
-        weight = self.hp["lambda_mmd"] * (grl_lambda(self.progress(step)) if self.hp["ramp"] == "dann" else 1.0)
+        weight = ramped(self.hp["lambda_mmd"], self.hp["ramp"], self.progress(step))
         self.step(cls + weight * mmd, self.optims["model"])
         return {"cls": cls.item(), "mmd": mmd.item()}
