@@ -97,10 +97,9 @@ def _masks(labels: np.ndarray, fonts: dict[str, str | bytes], size: int, rng: np
     then averaged down 2x2.
 
     The framing copies the real targets': the UCI bitmaps were normalised so that each digit
-    fills its box. With smaller, off-centre glyphs (55-90% high, +-12% shift) the main gap was
-    geometric and class-specific (handwritten 2s, 3s and 8s read as 1s), which feature alignment
-    cannot close: ERM 64% vs DANN 61% on uci-digits (3 seeds). Framed like the target, what is left
-    is appearance (colour, texture, blur, stroke), the shift DANN is built for: ERM 57%, DANN 66%."""
+    fills its box. What is left between syndigits and uci-digits is appearance (colour, texture,
+    blur, stroke) and the shapes themselves, printed against handwritten: source-only training gets
+    the handwritten 8s and 9s wrong whatever the rendering (benchmarks/RESULTS.md, issue 9)."""
     big, n = 2 * size, len(labels)
     glyphs = _glyphs(fonts, big)
     style = rng.integers(len(glyphs), size=n)
