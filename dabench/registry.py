@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from dabench.errors import DabenchError
@@ -104,11 +105,15 @@ class DomainGroup:
     task: str = "classification"
 
 
-def plugin(task: str, description: str | None = None, images_of: str | None = None) -> Callable[[Any], Any]:
+def plugin(task: str, description: str | None = None, images_of: str | None = None,
+           generated: bool = False) -> Callable[[Any], Any]:
     """Tag a dataset or backbone factory with its task ("classification", "segmentation" or
     "any") and a one-line description for ``dabench list`` (default: the docstring's first line).
+    Two facts about a data set's images, so no run trains on the images it tests on:
     ``images_of``: the data set whose images this one transforms (``digits-m`` recolours
-    ``uci-digits``), so domain generalisation never trains on the images it tests on."""
+    ``uci-digits``); ``generated``: a generator whose argument is only how many images it draws
+    (``syndigits:N``), so every argument gives the same domain. Other data sets' arguments name
+    other images (``folder:PATH``, ``pacs:photo``)."""
 
     def decorate(obj: Any) -> Any:
         obj.task = task
@@ -116,19 +121,28 @@ def plugin(task: str, description: str | None = None, images_of: str | None = No
             obj.description = description
         if images_of:
             obj.images_of = images_of
+        if generated:
+            obj.generated = True
         return obj
 
     return decorate
 
 
 def image_origin(name: str) -> str:
-    """The data set whose images ``name`` (``digits-m``, ``syndigits:500``) holds: its
-    ``images_of`` when it transforms another's, else its own name (without argument)."""
-    base = Spec.parse(name).name
+    """Where the images of ``name`` come from: the data set it transforms (``digits-m`` ->
+    ``uci-digits``), the generator without its count (``syndigits:500`` -> ``syndigits``), else the
+    name with its argument (``pacs:photo``, ``folder:/data/a``: other arguments, other images)."""
+    spec = Spec.parse(name)
     try:
-        return getattr(datasets.get(base), "images_of", None) or base
+        factory = datasets.get(spec.name)
     except DabenchError:
-        return base
+        return str(spec)
+    if images_of := getattr(factory, "images_of", None):
+        return images_of
+    if getattr(factory, "generated", False) or not spec.arg:
+        return spec.name
+    path = Path(spec.arg).expanduser()
+    return f"{spec.name}:{path.resolve() if path.exists() else spec.arg}"  # one folder however it is written
 
 
 def shared_images(sources: list[str], target: str) -> list[str]:

@@ -18,7 +18,7 @@ from dabench.errors import DabenchError
 from dabench.hparams import defaults
 from dabench.leaderboard import leaderboard, render
 from dabench.protocol import build_splits, load_domain
-from dabench.registry import algorithms, backbones, datasets, plugin
+from dabench.registry import algorithms, backbones, datasets, plugin, shared_images
 from dabench.runner import RunConfig, run
 from dabench.sweep import plan_dg
 from dabench_plugins.algorithms.coral import coral_loss
@@ -206,6 +206,29 @@ def test_plan_dg_holds_each_domain_out_and_lodo_adds_the_validation_runs():
     configs, notes = plan_dg(["erm"], [0], 1, base, ("digits-m", "uci-digits", "syndigits"))
     assert ("syndigits", "uci-digits") in {(c.src, c.tgt) for c in configs}  # digits-m is uci-digits recoloured
     assert any("digits-m left out" in n for n in notes)
+    # a data set's argument that names a domain or a folder names other images: all sources stay
+    configs, notes = plan_dg(["erm"], [0], 1, base, ("pacs:photo", "pacs:sketch", "pacs:cartoon"))
+    assert [(c.src, c.tgt) for c in configs][0] == ("pacs:sketch,pacs:cartoon", "pacs:photo") and not notes
+
+
+def test_which_sources_hold_the_targets_images(tmp_path):
+    assert shared_images(["pacs:photo", "pacs:sketch"], "pacs:cartoon") == []
+    assert shared_images(["folder:/data/a", "syndigits"], "folder:/data/b") == []
+    assert shared_images(["folder:/data/a", "office31:amazon"], "folder:/data/a") == ["folder:/data/a"]
+    (tmp_path / "x").mkdir()
+    same_folder = f"folder:{tmp_path}/x/.."  # one folder written two ways
+    assert shared_images([same_folder, f"folder:{tmp_path}/x"], f"folder:{tmp_path}") == [same_folder]
+    assert shared_images(["digits-m", "mnist5k"], "uci-digits") == ["digits-m"]  # images_of
+    assert shared_images(["syndigits:500", "uci-digits"], "syndigits") == ["syndigits:500"]  # a generator's count
+
+
+def test_uda_refuses_a_source_that_holds_the_targets_images(tmp_path):
+    for src, tgt in (("uci-digits", "digits-m"), ("uci-digits", "uci-digits")):
+        result = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", src, "--tgt", tgt, "--steps", "2",
+                                           "--out", str(tmp_path)])
+        assert result.exit_code == 2 and "holds its images" in result.output and "--algo oracle" in result.output
+        assert "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
 
 
 def rec(step, src, val, test):

@@ -160,7 +160,8 @@ def render_syndigits(n: int, size: int, seed: int = SEED) -> tuple[torch.Tensor,
     return images, torch.from_numpy(labels), list(fonts)
 
 
-@plugin(task=CLASSIFICATION, description="fonts' digits, random pose/colour/texture (simulation; syndigits:N for N images, default 10000)")
+@plugin(task=CLASSIFICATION, generated=True,
+        description="fonts' digits, random pose/colour/texture (simulation; syndigits:N for N images, default 10000)")
 def syndigits(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Synthetic source domain: rendered digits, no download, seed 0 (the same images every time).
     Deliberately unlike the handwritten targets (printed shapes, colour, texture), so the pair

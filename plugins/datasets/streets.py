@@ -462,16 +462,18 @@ def _domain(name: str, arg: str | None, image_size: int | None, real: bool, seed
                         **({"textures": [*PHOTOS, *GREYS]} if real else {})})
 
 
-@plugin(task=SEGMENTATION, description="procedural flat-shaded street scenes, 8 Cityscapes classes (simulation; "
-                                       "streets-sim:N for N images, default 600)")
+@plugin(task=SEGMENTATION, generated=True,
+        description="procedural flat-shaded street scenes, 8 Cityscapes classes (simulation; streets-sim:N for N images, "
+                    "default 600)")
 def streets_sim(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Synthetic source: procedurally drawn streets, flat colours, seed 0 (the same images every
     time). 600 images of 128x64 take about a second on one core: no cache."""
     return _domain("streets-sim", arg, image_size, real=False, seed=SIM_SEED)
 
 
-@plugin(task=SEGMENTATION, description="procedural street scenes textured with photographs, 8 Cityscapes classes "
-                                       "(real; streets-real:N, default 600)")
+@plugin(task=SEGMENTATION, generated=True,
+        description="procedural street scenes textured with photographs, 8 Cityscapes classes (real; streets-real:N, "
+                    "default 600)")
 def streets_real(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """The 'real' target: streets of other statistics textured in perspective with scikit-image's
     photographs, camera blur, colour cast and noise, seed 1. No official test split."""
