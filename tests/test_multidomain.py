@@ -43,6 +43,23 @@ def test_pacs(tmp_path):
     assert r.exit_code == 2 and "PACS/cartoon" in r.output and "domaingeneralization.github.io" in " ".join(r.output.split())
 
 
+def test_dg_sweep_over_pacs_holds_each_domain_out_and_trains_on_the_other_three(tmp_path):
+    """pacs:photo and pacs:sketch are other images: no source is dropped as 'holding' a held-out domain."""
+    for d, domain in enumerate(("art_painting", "cartoon", "photo", "sketch")):
+        for i, c in enumerate(PACS_CLASSES):
+            image(tmp_path / "PACS" / domain / c / "0.png", 10 * d + i)
+            image(tmp_path / "PACS" / domain / c / "1.png", 100 + 10 * d + i)
+    runs = tmp_path / "runs"
+    r = CliRunner().invoke(main, ["sweep", "--algos", "erm", "--dg", "pacs", "--seeds", "1", "--steps", "2",
+                                  "--data-root", str(tmp_path), "--image-size", "28", "--backbone", "digit-cnn",
+                                  "--out", str(runs)])
+    assert r.exit_code == 0, r.output
+    assert "4 finished" in r.output and "left out" not in r.output
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "pacs_art_painting_pacs_cartoon_pacs_photo_to_pacs_sketch", "pacs_art_painting_pacs_cartoon_pacs_sketch_to_pacs_photo",
+        "pacs_art_painting_pacs_photo_pacs_sketch_to_pacs_cartoon", "pacs_cartoon_pacs_photo_pacs_sketch_to_pacs_art_painting"]
+
+
 @pytest.mark.parametrize("folder", ["Real World", "Real_World"])
 def test_office_home_reads_real_world_under_either_name(tmp_path, folder):
     for i in range(65):
