@@ -359,6 +359,9 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
         configs, notes = plan_dg(algo_list, seed_list, hparam_samples, base, dg, lodo)
     else:
         configs, notes = plan(algo_list, seed_list, budgets, hparam_samples, base)
+    if not configs:
+        raise DabenchError("The sweep plans no run: " + " ".join(notes or ["no configuration was left."])
+                           + " Check the domains (--dg, --src, --tgt).")
     for note in notes:
         err_console.print(f"[yellow]note:[/] {note}")
     err_console.print(f"{len(configs)} runs -> {out}")

@@ -81,7 +81,10 @@ def plan_dg(algos: list[str], seeds: list[int], hparam_samples: int, base: RunCo
         if same := shared_images(sources, tgt):
             notes.append(f"held out {tgt}: {', '.join(same)} left out of the sources, it holds {tgt}'s images.")
             sources = [s for s in sources if s not in same]
-        if not sources or (tuple(sources), tgt) in seen:
+        if not sources:
+            notes.append(f"held out {tgt}: no source left, so no run holds it out.")
+            continue
+        if (tuple(sources), tgt) in seen:
             continue
         seen.add((tuple(sources), tgt))
         cfg = dataclasses.replace(base, src=",".join(sources), tgt=tgt, setting="dg")

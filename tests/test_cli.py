@@ -107,9 +107,14 @@ def test_sweep_skips_finished_runs_and_survives_a_failure(tmp_path, monkeypatch)
 
 
 def test_sweep_leaves_out_supervised_methods_without_a_budget(tmp_path):
-    r = invoke("sweep", "--algos", "ccsa", *TOY, "--seeds", "1", "--out", str(tmp_path))
+    r = invoke("sweep", "--algos", "ccsa,erm", *TOY, "--seeds", "1", "--steps", "2", "--out", str(tmp_path))
     assert r.exit_code == 0
     assert "ccsa: left out, it needs labelled target samples" in " ".join(r.stderr.split())
+    assert [p.name for p in (tmp_path / "toy-src_to_toy-tgt").iterdir()] == ["erm"]
+    r = invoke("sweep", "--algos", "ccsa", *TOY, "--seeds", "1", "--out", str(tmp_path / "none"))
+    assert r.exit_code == 2 and "plans no run" in r.output  # nothing left to run is an error, not a silent success
+    assert "ccsa: left out, it needs labelled target samples" in " ".join(r.output.split())
+    assert not (tmp_path / "none").exists()
 
 
 def test_budgets_per_algorithm_kind():

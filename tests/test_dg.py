@@ -286,6 +286,10 @@ def test_dg_sweep_from_the_cli_and_its_leaderboard(tmp_path):
     assert result.exit_code == 2 and "without --src" in result.output
     result = CliRunner().invoke(main, ["sweep", "--algos", "erm", "--dg", "nope"])
     assert result.exit_code == 2 and "Unknown group 'nope'" in result.output
+    empty = tmp_path / "empty"  # each domain holds the other's images: nothing is left to train on
+    result = CliRunner().invoke(main, ["sweep", "--algos", "erm", "--dg", "digits-m,uci-digits", "--out", str(empty)])
+    assert result.exit_code == 2 and "plans no run" in result.output and "no source left" in result.output
+    assert not empty.exists()
     listed = CliRunner().invoke(main, ["list", "groups"])
     assert "digits4" in listed.output and "mnistm5k" in listed.output
 
