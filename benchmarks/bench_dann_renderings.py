@@ -64,16 +64,16 @@ def source(variant: str, n: int = 10_000, size: int = digits.DEFAULT_SIZE) -> st
     """The source domain of a variant: the shipped name, or syndigits re-rendered."""
     if variant in ("shipped", "mean-image"):
         return "syndigits"
-    rng = np.random.default_rng(digits.SEED)  # draws as render_syndigits does: the same masks
+    rng = np.random.default_rng(digits.SEED)  # draws as render_syndigits does: the same masks and colours
     labels = np.arange(n) % 10
-    masks = torch.from_numpy(digits._masks(labels, digits.digit_fonts(), size, rng))
+    masks = digits._masks(labels, digits.digit_fonts(), size, rng)
+    grey = torch.from_numpy(masks)
     if variant == "grey":
-        images = masks.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        images = grey.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
     elif variant == "light-on-dark":
-        painted = torch.cat([digits._paint(part, rng) for part in np.array_split(masks.numpy(), max(1, n // 2000))])
-        images = light_on_dark(painted, masks)
+        images = light_on_dark(digits.paint(masks, rng), grey)
     else:
-        images = through_sensor(masks, size)
+        images = through_sensor(grey, size)
     return Domain(f"syndigits-{variant}", CLASSIFICATION, digits.CLASSES, TensorImages(images, torch.from_numpy(labels)),
                   None, size)
 

@@ -330,13 +330,13 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"algorithm that runs without them ({', '.join(dg_algorithms())}), or use --setting uda.")
     names = source_list(cfg.src)
     if not isinstance(cfg.tgt, Domain) and (same := shared_images([n for n in names if isinstance(n, str)], cfg.tgt)):
-        held = "Domain generalisation holds" if cfg.setting == "dg" else "The target is"
-        raise DabenchError(
-            f"{held} {cfg.tgt}, but the source {', '.join(same)} holds its images (the same data set, or one made from "
-            "it): training on their labels would test on images the model was trained on. "
-            + ("Drop it from --src." if cfg.setting == "dg" else
-               "Pick a source with images of its own (e.g. mnist5k -> mnistm5k); for a within-domain reference, "
-               "--algo oracle trains on the target's own labels."))
+        if cfg.setting == "dg":
+            where, fix = f"Domain generalisation holds {cfg.tgt} out", "Drop it from --src."
+        else:
+            where, fix = (f"The target is {cfg.tgt}", "Pick a source with images of its own (e.g. mnist5k -> mnistm5k); "
+                          "for a within-domain reference, --algo oracle trains on the target's own labels.")
+        raise DabenchError(f"{where}, but the source {', '.join(same)} holds its images (the same data set, or one made "
+                           f"from it): training on their labels would test on images the model was trained on. {fix}")
     src = load_domain(names[0], root, cfg.image_size)
     # Classification domains share one resolution; segmentation domains keep their own sizes
     # (GTA5 1280x720, Cityscapes 1024x512), scaled by the same --image-size (a height).
