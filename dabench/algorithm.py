@@ -134,13 +134,14 @@ class Algorithm(nn.Module):
         return self._backbone(x).float().flatten(1)
 
     @classmethod
-    def space(cls, task: str) -> dict[str, HParam]:
-        """The hyperparameter space on a pair of ``task``. An algorithm for both tasks (``task =
+    def space(cls, task: str, regime: str | None = None) -> dict[str, HParam]:
+        """The hyperparameter space on a pair of ``task``, with the defaults the authors published
+        for ``regime`` (``dabench.hparams.REGIMES``: the digit setting or the ImageNet one; the
+        backbone decides, ``dabench.runner.regime_of``). An algorithm for both tasks (``task =
         "any"``, e.g. erm) keeps its classification space in ``hparams`` and its segmentation one in
         ``segmentation_hparams``; a one-task algorithm declares ``hparams`` only."""
-        if cls.task == "any" and task == SEGMENTATION:
-            return cls.segmentation_hparams
-        return cls.hparams
+        space = cls.segmentation_hparams if cls.task == "any" and task == SEGMENTATION else cls.hparams
+        return {k: p.in_regime(regime) for k, p in space.items()}
 
     @classmethod
     def runs_in_dg(cls) -> bool:
@@ -188,6 +189,17 @@ class Algorithm(nn.Module):
         for optim in self.optims.values():
             for group in optim.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
+
+    def inv(self, step: int, optims=None, gamma: float = 0.001, power: float = 0.75) -> None:
+        """The "inv" rate of the thuml code (CDAN, MCC, TLlib): lr_0 (1 + gamma i) ** -power at
+        iteration i, counted in iterations rather than progress, so it does not depend on
+        ``--steps``. Each param group keeps the rate it was built with as lr_0 (``lr_mult`` folded
+        in), so heads at 10x decay alongside the backbone."""
+        factor = (1 + gamma * step) ** -power
+        for optim in optims or self.optims.values():
+            for group in optim.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor
 
     def step(self, loss: torch.Tensor, *optims: torch.optim.Optimizer) -> None:
         """zero_grad, backward, step: with loss scaling when the trainer runs in fp16."""

@@ -278,8 +278,7 @@ def list_(kind):
             if name == "algorithms":
                 desc = obj.description()
                 tasks = ["classification", "segmentation"] if obj.task == "any" else [obj.task]
-                hps = "\n".join((f"{t}: " if len(tasks) > 1 else "")
-                                 + ", ".join(f"{k}={v.default}" for k, v in sorted(obj.space(t).items())) for t in tasks)
+                hps = "\n".join(_defaults_text(obj, t, len(tasks) > 1) for t in tasks)
                 labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
                 labels += " [runs in DG]" if obj.runs_in_dg() else ""
                 table.add_row(plugin_name, obj.task, escape(desc + labels), escape(hps))
@@ -291,6 +290,19 @@ def list_(kind):
             else:
                 table.add_row(plugin_name, getattr(obj, "task", "any"), escape(describe(obj)))
         console.print(table)
+
+
+def _defaults_text(algo_cls, task: str, name_task: bool) -> str:
+    """An algorithm's defaults on ``task``; where the authors' defaults differ by kind of data, one
+    line per regime, headed by the backbones it applies to."""
+    from dabench.hparams import REGIMES
+
+    head = f"{task}: " if name_task else ""
+    if not any(p.regimes for p in algo_cls.space(task).values()):
+        return head + ", ".join(f"{k}={v.default}" for k, v in sorted(algo_cls.space(task).items()))
+    which = {"digits": "digits (digit-cnn, from scratch)", "imagenet": "imagenet (other backbones)"}
+    return "\n".join(f"{head}{which[r]}: " + ", ".join(f"{k}={v.default}" for k, v in sorted(algo_cls.space(task, r).items()))
+                     for r in REGIMES)
 
 
 @main.command()

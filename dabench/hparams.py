@@ -5,6 +5,7 @@ from its distribution with a generator seeded by (algorithm, k), so a sweep is r
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
@@ -17,16 +18,32 @@ from dabench.errors import DabenchError
 Sampler = Callable[[np.random.Generator], Any]
 
 
+# The kinds of data an author may publish a setting for, as DomainBed's registry tells small
+# images from ImageNet-size ones: ``digits`` (small images, a network trained from scratch: the
+# digit CNN) and ``imagenet`` (ImageNet-size images, a pretrained network). A backbone plugin
+# declares its regime (``@plugin(regime=...)``); a run records the one its defaults came from.
+REGIMES = ("digits", "imagenet")
+
+
 @dataclass(frozen=True)
 class HParam:
     default: Any
     search: Sampler | None = None  # None: not searched, always the default
     help: str = ""
     choices: tuple | None = None
+    # Where the authors' default differs by kind of data: {"digits": value, "imagenet": value};
+    # a regime not named keeps ``default``.
+    regimes: dict[str, Any] | None = None
 
     @property
     def type(self) -> type:
         return type(self.default)
+
+    def in_regime(self, regime: str | None) -> "HParam":
+        """This hyperparameter with its default for ``regime`` (itself when no default differs)."""
+        if not self.regimes or regime not in self.regimes:
+            return self
+        return dataclasses.replace(self, default=self.regimes[regime], regimes=None)
 
 
 def log_uniform(lo: float, hi: float) -> Sampler:

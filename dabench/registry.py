@@ -106,17 +106,20 @@ class DomainGroup:
 
 
 def plugin(task: str, description: str | None = None, images_of: str | None = None,
-           generated: bool = False) -> Callable[[Any], Any]:
+           generated: bool = False, regime: str | None = None) -> Callable[[Any], Any]:
     """Tag a dataset or backbone factory with its task ("classification", "segmentation" or
     "any") and a one-line description for ``dabench list`` (default: the docstring's first line).
     Two facts about a data set's images, so no run trains on the images it tests on:
     ``images_of``: the data set whose images this one transforms (``digits-m`` recolours
     ``uci-digits``); ``generated``: a generator whose argument is only how many images it draws
     (``syndigits:N``), so every argument gives the same domain. Other data sets' arguments name
-    other images (``folder:PATH``, ``pacs:photo``)."""
+    other images (``folder:PATH``, ``pacs:photo``). A backbone's ``regime``: which of the authors'
+    settings its runs take their defaults from (``dabench.hparams.REGIMES``; default ``imagenet``)."""
 
     def decorate(obj: Any) -> Any:
         obj.task = task
+        if regime:
+            obj.regime = regime
         if description:
             obj.description = description
         if images_of:

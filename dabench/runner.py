@@ -248,6 +248,24 @@ def eval_every_for(task: str | None, steps: int, given: int | None) -> int:
     return EVAL_EVERY if task != SEGMENTATION else max(EVAL_EVERY, steps // SEGMENTATION_EVALUATIONS)
 
 
+def regime_of(backbone: str) -> str:
+    """The kind of data whose published defaults a run on ``backbone`` takes (``digits``: the
+    digit CNN, trained from scratch; ``imagenet``: any other backbone), as the backbone plugin
+    declares it."""
+    try:
+        return getattr(backbones.get(Spec.parse(backbone).name), "regime", "imagenet")
+    except DabenchError:
+        return "imagenet"  # an unknown backbone is refused later, with its own message
+
+
+def hparam_values(cfg: RunConfig, algo_cls, task: str) -> tuple[dict[str, Any], str]:
+    """The hyperparameter values of ``cfg`` (its search sample, then its ``-H`` overrides) in the
+    regime of its backbone, and that regime."""
+    regime = regime_of(cfg.backbone or DEFAULT_BACKBONE[task])
+    space = algo_cls.space(task, regime)
+    return hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams), regime
+
+
 def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> dict[str, Any]:
     """The config as ``config.json`` records it, before the data-dependent fields are added."""
     tgt_labeled = "all" if algo_cls.target_labels == "all" and not cfg.tgt_labeled else cfg.tgt_labeled
@@ -270,8 +288,7 @@ def _candidate_dirs(cfg: RunConfig) -> list[Path]:
         tasks = ("classification", SEGMENTATION) if algo_cls.task == "any" else (algo_cls.task,)
         dirs = []
         for task in tasks:
-            space = algo_cls.space(task)
-            values = hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams)
+            values, _ = hparam_values(cfg, algo_cls, task)
             dirs.append(run_dir_of(_recorded(cfg, task, algo_cls, values), cfg.out))
         return dirs
     except DabenchError:
@@ -348,9 +365,8 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"'{cfg.algo}' is a {algo_cls.task} algorithm but {src.name} -> {tgt.name} is a {src.task} pair. "
             f"See 'dabench list algorithms' for the {src.task} ones."
         )
-    space = algo_cls.space(src.task)
-    values = hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams)
-    config = _recorded(cfg, src.task, algo_cls, values)
+    values, regime = hparam_values(cfg, algo_cls, src.task)
+    config = _recorded(cfg, src.task, algo_cls, values) | {"regime": regime}
     factory = backbones.get(Spec.parse(config["backbone"]).name)
     if getattr(factory, "task", "any") not in ("any", src.task):
         raise DabenchError(f"Backbone '{config['backbone']}' is for {factory.task}, but this is a {src.task} pair.")

@@ -178,7 +178,8 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
             lab = (stream(data.tgt_labeled, min(bs, len(data.tgt_labeled)), seed, LABELED_STREAM, first, end, workers)
                    if data.tgt_labeled else None)
             sums: dict[str, float] = {}
-            count, t0, eval_s, evaluations = 0, time.perf_counter(), 0.0, 0
+            counts: dict[str, int] = {}  # per loss: a term may start after a warm-up (cdan)
+            t0, eval_s, evaluations = time.perf_counter(), 0.0, 0
             reporter.start(stage.steps, first - (end - stage.steps), stage.name)
             try:
                 for step in range(first, end):
@@ -199,15 +200,14 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                             f"{where} Try a smaller learning rate (-H lr=...) or --precision fp32."
                         )
                     for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
+                        sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
                     reporter.advance(local + 1, losses)
                     step_log.step(step + 1, stage.name, losses)
                     if (step + 1) % eval_every and step + 1 != end:
                         continue
                     if stage.evaluate:
                         record = {"step": step + 1, "stage": stage.name, "time_s": round(time.perf_counter() - t0, 3),
-                                  "losses": {k: v / count for k, v in sums.items()}}
+                                  "losses": {k: v / counts[k] for k, v in sums.items()}}
                         t_eval = time.perf_counter()
                         for name, ds in evals.items():
                             record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
@@ -224,7 +224,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                             save_weights(run_dir / SELECTED, algo, step + 1, "source-val")
                         reporter.evaluated(record)
                         step_log.evaluated(record)
-                        sums, count = {}, 0
+                        sums, counts = {}, {}
                     step_log.flush()  # before the checkpoint: a resume never finds a step the log lacks
                     save_checkpoint(ckpt, algo, step + 1)
             finally:

@@ -8,7 +8,7 @@ from dabench.nets import Backbone, load_weights
 from dabench.registry import plugin
 
 
-@plugin(task="classification", description="DANN paper digit CNN: conv5x5-32, pool, conv5x5-48, pool, fc-100 (fast on CPU)")
+@plugin(task="classification", regime="digits", description="DANN paper digit CNN: conv5x5-32, pool, conv5x5-48, pool, fc-100 (fast on CPU)")
 def digit_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int = 28, pretrained: str | None = None,
               num_classes: int | None = None) -> Backbone:
     """Ganin et al. (JMLR 2016), MNIST architecture: conv 5x5x32 -> maxpool 2 -> conv 5x5x48 ->
