@@ -10,7 +10,9 @@ import torch
 
 from dabench.hparams import defaults
 from dabench_plugins.algorithms.advent import AdvEnt, MinEnt, entropy_loss, self_information
-from test_adaptsegnet import K, batch, tiny_segnet
+from test_adaptsegnet import _one_thread  # noqa: F401  (autouse)
+from test_adaptsegnet import (K, batch, first_adam_step_of_the_discriminators, first_sgd_step_of_the_adversarial_term,
+                              tiny_segnet)
 
 
 def test_self_information_and_entropy_by_hand():
@@ -66,6 +68,20 @@ def test_advent_discriminators_read_self_information_maps():
     assert not torch.allclose(seen[0].sum(1), torch.ones_like(seen[0].sum(1)))  # a softmax map would sum to 1
 
 
+def self_information_map(logits):
+    """-p log2(p + 1e-30) / log2(C), as ADVENT's ``prob_2_entropy``, by hand."""
+    p = torch.softmax(logits, 1)
+    return -p * torch.log2(p + 1e-30) / math.log2(logits.shape[1])
+
+
+def test_advent_segmenter_descends_the_loss_of_passing_target_entropy_maps_for_source():
+    first_sgd_step_of_the_adversarial_term(AdvEnt, self_information_map)
+
+
+def test_advent_discriminators_learn_source_0_and_target_1_on_detached_entropy_maps():
+    first_adam_step_of_the_discriminators(AdvEnt, self_information_map)
+
+
 @pytest.mark.parametrize("name", ["minent", "advent"])
 def test_advent_runs_from_the_cli(tmp_path, name):
     from click.testing import CliRunner
@@ -101,27 +117,27 @@ def test_fda_translates_the_source_into_the_target_spectrum():
         assert torch.equal(build(FDASeg, beta=0.01).translate(src, tgt), src)  # floor(0.01 x 32) = 0
 
 
-def test_fda_trains_on_translated_source_and_adds_the_entropy_after_a_third():
+def test_fda_trains_on_translated_source_and_adds_the_entropy_after_half_the_run():
     b = batch()
     algo = build(FDASeg, beta=0.1, lambda_ent=50.0)
     seen = []
     algo.segmenter.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
     expected = algo.translate(b.src_x, b.tgt_x)
     early = copy.deepcopy(algo)
-    logs = algo.update(b, 10)  # 10 < 100 / 3: no entropy yet
+    logs = algo.update(b, 50)  # on only where step > 0.5 x 100 (the authors' i > switch2entropy)
     assert torch.equal(seen[0], expected) and not torch.equal(seen[0], b.src_x) and logs["ent_on"] == 0.0
     no_ent = copy.deepcopy(early)
     no_ent.hp["lambda_ent"] = 0.0
-    early.update(b, 10)
-    no_ent.update(b, 10)
+    early.update(b, 50)
+    no_ent.update(b, 50)
     assert all(torch.equal(p, q) for p, q in zip(early.parameters(), no_ent.parameters()))  # off before the switch
     # after the switch, the step differs from the entropy-free one by exactly -lr x the entropy's gradient
     late, late_free = build(FDASeg, beta=0.1, lambda_ent=50.0), build(FDASeg, beta=0.1, lambda_ent=0.0)
     start = copy.deepcopy(late)
     grads = torch.autograd.grad(50.0 * robust_entropy(start.segmenter(b.tgt_x)[0], 2.0), list(start.parameters()),
                                 allow_unused=True)
-    assert late.update(b, 50)["ent_on"] == 1.0
-    late_free.update(b, 50)
+    assert late.update(b, 51)["ent_on"] == 1.0
+    late_free.update(b, 51)
     lrs = lr_of(late)
     moved = [(p - q, -lrs[id(p)] * g) for p, q, g in zip(late.parameters(), late_free.parameters(), grads) if g is not None]
     scale = max(e.abs().max().item() for _, e in moved)

@@ -12,6 +12,10 @@ from dabench.data import SEGMENTATION, Batch
 from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
 
+# ADVENT's config.py: poly decay over MAX_ITERS 250000, training stopped at EARLY_STOP 120000.
+POLY_SPAN = HParam(250_000 / 120_000, None, "the poly decay's horizon as a multiple of --steps: ADVENT decays over "
+                   "250000 iterations and stops at 120000 (1: decay to 0 at the end of the run)")
+
 
 def self_information(logits: torch.Tensor) -> torch.Tensor:
     """The weighted self-information map I = -p log2(p) / log2(C) per class and pixel (ADVENT eq. 5,
@@ -29,10 +33,14 @@ class MinEnt(Algorithm):
     """ADVENT's MinEnt (Vu et al., CVPR 2019): source segmentation plus the mean normalised entropy
     of the target predictions, minimised directly.
 
-    As the paper's code (configs/minent.yml): multi-level, the main output's entropy at
-    lambda_ent 0.001 and the auxiliary output's at 0.0002, segmentation weighted 1 and 0.1
-    (``aux_weight``); logits upsampled to the input size (corner-aligned) before both losses;
-    SGD with poly decay as AdaptSegNet. Entropy in bits over log2(C), so 1 is a uniform prediction.
+    As the paper's code (valeoai/ADVENT ``train_minent`` with configs/minent.yml; checked step for
+    step in tests/test_parity_seg.py): multi-level, the main output's entropy at lambda_ent 0.001 and
+    the auxiliary output's at 0.0002, segmentation weighted 1 and 0.1 (``aux_weight``); logits
+    upsampled to the input size (corner-aligned) before both losses; SGD 2.5e-4 (heads 10x) with
+    poly decay over MAX_ITERS 250000, stopped at EARLY_STOP 120000: the decay spans ``poly_span`` =
+    25/12 of ``--steps``. Entropy in bits over log2(C), so 1 is a uniform prediction. As for
+    AdaptSegNet, the authors' optimiser groups repeat backbone parameters (one entry per module
+    containing them); dabench steps each once.
     """
 
     task = SEGMENTATION
@@ -40,6 +48,7 @@ class MinEnt(Algorithm):
         **Algorithm.segmentation_hparams,
         "lambda_ent": HParam(0.001, log_uniform(-4, -2), "weight of the main output's target entropy"),
         "lambda_ent_aux": HParam(0.0002, log_uniform(-4.7, -2.7), "weight of the auxiliary output's target entropy"),
+        "poly_span": POLY_SPAN,
     }
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
@@ -50,8 +59,12 @@ class MinEnt(Algorithm):
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return level_outputs(self.segmenter, x)
 
+    def set_rates(self, step: int) -> None:
+        """The segmenter's poly-decayed rate at ``step``, over ``poly_span`` x ``--steps``."""
+        self.poly(step, round(self.hp["poly_span"] * self.steps))
+
     def update(self, batch: Batch, step: int) -> dict[str, float]:
-        self.poly(step)
+        self.set_rates(step)
         seg_weight = {"main": 1.0, "aux": self.hp["aux_weight"]}
         ent_weight = {"main": self.hp["lambda_ent"], "aux": self.hp["lambda_ent_aux"]}
         seg = sum(seg_weight[k] * seg_loss(v, y) for x, y in self.labeled_parts(batch) for k, v in self.outputs(x).items())
@@ -70,10 +83,14 @@ class AdvEnt(AdaptSegNet):
     the softmax maps, so that target predictions learn to have the low-entropy structure of the
     source ones.
 
-    As the paper's code (configs/advent.yml): multi-level, lambda_adv 0.001 (main) and 0.0002
-    (auxiliary), discriminators of AdaptSegNet's architecture with Adam at 1e-4, source label 0
-    and target 1, segmentation weights 1 and 0.1.
+    As the paper's code (valeoai/ADVENT ``train_advent`` with configs/advent.yml; checked step for
+    step in tests/test_parity_seg.py): multi-level, lambda_adv 0.001 (main) and 0.0002 (auxiliary),
+    discriminators of AdaptSegNet's architecture with Adam at 1e-4, betas (0.9, 0.99), source label
+    0 and target 1, segmentation weights 1 and 0.1, AdaptSegNet's order of operations; poly decay
+    over MAX_ITERS 250000, stopped at EARLY_STOP 120000 (``poly_span`` 25/12 of ``--steps``).
     """
+
+    hparams = {**AdaptSegNet.hparams, "poly_span": POLY_SPAN}
 
     def disc_input(self, logits: torch.Tensor) -> torch.Tensor:
         return self_information(logits)

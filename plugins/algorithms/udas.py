@@ -73,7 +73,12 @@ class UDAS(AdaptSegNet):
        the paper, this is the only way labelled target pixels reach the adaptation stage, so the
        model does not come to depend on them (``-H tgt_direct=true`` also trains on them as a
        plain group, dabench 0.1's behaviour; ``-H consistency=kl`` is dabench 0.1's symmetric KL,
-       which drops the two entropy terms).
+       which drops the two entropy terms). The paper does not say how CutMix boxes are drawn:
+       here one lambda ~ Beta(1, 1) per batch and one box per image, inside the image (CutMix's
+       code, clovaai/CutMix-PyTorch train.py rand_bbox, draws one box per batch, clipped at the
+       border); a labelled target image of another size is resized to the source's first. This stage's update is checked step for step against
+       tests/reference/udas.py, the paper's L_total with AdaptSegNet's multi-level iteration
+       (train_gta2cityscapes_multi.py) written out (tests/test_parity_udas.py).
     3. self-train 1..R: the current model is the teacher; it labels every unlabelled target
        image from K AutoAugment samples (geometric ops inverted, the most confident view per pixel,
        pixels under ``threshold`` ignored); the student (starting from the teacher) trains on these
@@ -107,12 +112,13 @@ class UDAS(AdaptSegNet):
     }
 
     @classmethod
-    def space(cls, task: str) -> dict[str, HParam]:
-        """UDAS's own space plus every installed translator's, as ``<translator>_<name>``."""
-        space = dict(cls.hparams)
+    def space(cls, task: str, regime: str | None = None) -> dict[str, HParam]:
+        """UDAS's own space (in ``regime``'s defaults) plus every installed translator's, as
+        ``<translator>_<name>``."""
+        space = super().space(task, regime)
         for name in translators.names():
             for key, p in translators.get(name).hparams.items():
-                space[f"{name}_{key}"] = p
+                space[f"{name}_{key}"] = p.in_regime(regime)
         return space
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
