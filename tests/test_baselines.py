@@ -35,14 +35,16 @@ def test_coral_loss_by_hand():
 
 def test_mk_mmd_by_hand():
     src, tgt = torch.zeros(2, 1), torch.ones(2, 1)
-    # joint batch 0, 0, 1, 1: 8 of the 12 ordered pairs i != j are 1 apart, so base = 8 / 12
-    cross = sum(math.exp(-1 / (8 / 12 * 2.0 ** k)) for k in (-2, -1, 0, 1, 2))
+    # joint batch 0, 0, 1, 1: 8 of the 16 squared distances are 1, their mean 1/2, so the kernel of
+    # alpha = 2^k (k = -3..1) is exp(-1 / (2 x 2^k x 1/2)) = exp(-2^-k) at distance 1, and 1 at distance 0
+    cross = sum(math.exp(-(2.0 ** -k)) for k in range(-3, 2))
+    # quadratic (TLlib's --non-linear): within-domain pairs i != j (5 per domain), every cross pair (-2 x cross)
     assert mk_mmd(src, tgt, "quadratic").item() == pytest.approx(5 + 5 - 2 * cross, rel=1e-6)
-    # linear: one quad-tuple, k(s1, s2) + k(t1, t2) - k(s1, t2) - k(s2, t1) = 5 + 5 - 2 x cross
-    assert mk_mmd(src, tgt, "linear").item() == pytest.approx(10 - 2 * cross, rel=1e-6)
+    # linear, n = 2: pairs (0, 1) and (1, 0) in each domain; the two cross pairs coincide, counted once as in TLlib
+    assert mk_mmd(src, tgt, "linear").item() == pytest.approx(10 - cross, rel=1e-6)
     x = torch.randn(8, 3)
-    assert mk_mmd(x, x, "quadratic").item() == pytest.approx(0, abs=1e-6)
     assert mk_mmd(x, x, "linear").item() == pytest.approx(0, abs=1e-6)
+    assert mk_mmd(x, x + 3, "linear").item() > 0.5
 
 
 def test_entropy_and_mcc_by_hand():
@@ -86,6 +88,21 @@ def test_rotate_turns_each_image_by_its_label():
     assert len(set(k.tolist())) > 1
 
 
+def test_the_digit_turns_leave_180_degrees_out():
+    """The authors' digit set (DsetSSRotRand.py, digit=True): 1 a transpose, 2 a left-right mirror,
+    3 a 270-degree turn; a 6 is never turned into a 9."""
+    img = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).expand(16, 3, 2, 2)
+    expected = {0: [[1.0, 2.0], [3.0, 4.0]], 1: [[1.0, 3.0], [2.0, 4.0]], 2: [[2.0, 1.0], [4.0, 3.0]],
+                3: [[3.0, 1.0], [4.0, 2.0]]}
+    torch.manual_seed(0)
+    turned, k = rotate(img, "digits")
+    assert set(k.tolist()) == {0, 1, 2, 3}
+    for t, r in zip(turned, k.tolist()):
+        assert t[0].tolist() == expected[r]
+        assert not torch.equal(t[0], torch.rot90(img[0, 0], 2))
+    assert torch.equal(torch.rot90(img[0, 0], 3), torch.tensor(expected[3]))
+
+
 # --- the updates use their terms ----------------------------------------------------------------
 
 def build(name: str, **hp):
@@ -114,19 +131,13 @@ def coral_term(algo, b):
     return coral_loss(logits[:8], logits[8:])
 
 
-def dan_term(algo, b):
-    return sum(mk_mmd(layer[:8], layer[8:], "linear") for layer in forward(algo, b))
-
-
 def entmin_term(algo, b):
     return entropy(forward(algo, b)[2][8:]).mean()
 
 
 # CORAL's and MCC's gradients are tiny on the near-uniform logits of a fresh network: weighted up
 @pytest.mark.parametrize("name, weight, value, term, extra", [
-    ("coral", "lambda_coral", 1e4, coral_term, {}), ("dan", "lambda_mmd", 1.0, dan_term, {}),
-    ("entmin", "lambda_ent", 0.1, entmin_term, {}),
-    ("dan", "lambda_mmd", 1.0, dan_term, {"ramp": "dann"})])
+    ("entmin", "lambda_ent", 0.1, entmin_term, {})])
 def test_an_update_descends_its_defining_term(name, weight, value, term, extra):
     step, b = 50, batch()
     with_term = build(name, **{weight: value}, **extra)
@@ -148,11 +159,70 @@ def test_an_update_descends_its_defining_term(name, weight, value, term, extra):
         assert torch.allclose(got, expected, atol=1e-3 * scale, rtol=1e-3), name
 
 
+def test_coral_update_descends_its_term_at_the_default_weight():
+    """CORAL at its default weight (1, the digits regime) against the same step without the term:
+    every weight moves by -lr x the gradient of the CORAL loss of the logits. The logits start as
+    large as training makes them (the last layer x 50) and the target has three times the source's
+    contrast: a fresh network's near-uniform logits have almost no covariance to align, which is why
+    the paper fixes lambda against the end of training."""
+    step, b = 50, batch()
+    b = Batch(b.src_x, b.src_y, b.tgt_x * 3)
+    cls = algorithms.get("coral")
+    torch.manual_seed(0)
+    backbone = backbones.get("digit-cnn")(None, in_channels=3, image_size=28, pretrained=None, num_classes=10)
+    coral = cls(backbone, 10, defaults(cls.space("classification", "digits")) | {"lr": 10.0}, steps=100)
+    assert coral.hp["lambda_coral"] == 1.0
+    with torch.no_grad():
+        coral.classifier[-1].weight.mul_(50.0)
+    without = copy.deepcopy(coral)
+    without.hp["lambda_coral"] = 0.0
+    start = copy.deepcopy(coral)
+    grads = torch.autograd.grad(coral_term(start, b), list(start.parameters()))
+    logged = coral.update(b, step)
+    without.update(b, step)
+    assert logged["coral"] == pytest.approx(coral_term(start, b).item(), rel=1e-4)
+    lr = coral.optims["model"].param_groups[0]["lr"]
+    scale = max((lr * g).abs().max().item() for g in grads)
+    assert scale > 1e-3, "the CORAL term's step is too small to check"
+    for p, q, g in zip(coral.parameters(), without.parameters(), grads):
+        assert torch.allclose(p - q, -lr * g, atol=1e-3 * scale, rtol=1e-3)
+
+
 def rotation_term(algo, b):
     return rotation_loss(algo.featurizer, algo.rotation_head, torch.cat([b.src_x, b.tgt_x]))
 
 
-@pytest.mark.parametrize("name, extra", [("rotation", {}), ("dann", {"aux": "rotation"})])
+@pytest.mark.parametrize("extra", [{}, {"ramp": "dann"}])
+def test_dan_update_descends_the_mk_mmd_of_its_bottleneck(extra):
+    """DAN with its defining term against the same step without it: every weight moves by
+    -1.9 x lr x lambda x the gradient of the MK-MMD between the source and target bottleneck
+    features (Nesterov's first step: the gradient plus 0.9 x the momentum it just filled); the
+    head, which the term does not reach, moves the same. Dropout off: one network on all sides."""
+    step, b = 50, batch()
+    cls = algorithms.get("dan")
+    torch.manual_seed(0)
+    backbone = backbones.get("digit-cnn")(None, in_channels=3, image_size=28, pretrained=None, num_classes=10)
+    dan = cls(backbone, 10, defaults(cls.space("classification", "digits")) | {"lr": 10.0} | extra, steps=100)
+    dan.eval()
+    without = copy.deepcopy(dan)
+    without.hp["lambda_mmd"] = 0.0
+    start = copy.deepcopy(dan)
+    f = start.bottleneck(start.featurizer(torch.cat([b.src_x, b.tgt_x])))
+    lam = grl_lambda(50 / 99) if extra else 1.0  # -H ramp=dann: lambda_mmd (1) x DANN's lambda at step 50 of 100
+    grads = torch.autograd.grad(lam * mk_mmd(f[:8], f[8:]), list(start.parameters()), allow_unused=True)
+    logged = dan.update(b, step)
+    without.update(b, step)
+    assert logged["mmd"] == pytest.approx(mk_mmd(f[:8], f[8:]).item(), rel=1e-4) and logged["mmd"] > 0
+    lr = dan.optims["model"].param_groups[0]["lr"]  # TLlib's rate at step 50, the same for every group from scratch
+    scale = max((1.9 * lr * g).abs().max().item() for g in grads if g is not None)
+    assert scale > 1e-5
+    for p, q, g in zip(dan.parameters(), without.parameters(), grads):
+        expected = torch.zeros_like(p) if g is None else -1.9 * lr * g
+        assert torch.allclose(p - q, expected, atol=1e-3 * scale, rtol=1e-3)
+    assert any(g is None for g in grads)  # the head
+
+
+@pytest.mark.parametrize("name, extra", [("rotation", {"rot_update": "summed"}), ("dann", {"aux": "rotation"})])
 def test_an_update_learns_to_predict_rotations(name, extra):
     step, b = 50, batch()
     with_term = build(name, lambda_rot=1.0, **extra)
@@ -171,6 +241,35 @@ def test_an_update_learns_to_predict_rotations(name, extra):
     assert scale > 1e-5 and any(e.abs().max() > 0 for got, e in moved if got.shape == (4, 100))  # the head moved
     for got, expected in moved:
         assert torch.allclose(got, expected, atol=1e-3 * scale, rtol=1e-3)
+
+
+def test_rotation_steps_on_its_task_first_then_on_the_labels_from_the_weights_it_left():
+    """The authors' order (uda_release utils/train.py): the rotation optimiser steps the featurizer
+    and the head by -lr x lambda_rot x the rotation loss's gradient, then the classification
+    optimiser steps by -lr x the label loss's gradient taken at those new weights (SGD's first step:
+    each momentum buffer is its gradient)."""
+    step, b = 50, batch()
+    algo = build("rotation")
+    assert algo.hp["rot_update"] == "alternating" and algo.hp["lambda_rot"] == 1.0
+    start = copy.deepcopy(algo)
+    start.anneal(step)
+    lr = start.optims["model"].param_groups[0]["lr"]
+    shared = list(start.featurizer.parameters()) + list(start.rotation_head.parameters())
+    torch.manual_seed(3)  # the same random turns here and in the update
+    rot_grads = torch.autograd.grad(rotation_term(start, b), shared)
+    with torch.no_grad():
+        for p, g in zip(shared, rot_grads):
+            p -= lr * g
+    labelled = list(start.featurizer.parameters()) + list(start.classifier.parameters())
+    cls_grads = torch.autograd.grad(F.cross_entropy(start.predict(b.src_x), b.src_y), labelled)
+    with torch.no_grad():
+        for p, g in zip(labelled, cls_grads):
+            p -= lr * g
+    torch.manual_seed(3)
+    algo.update(b, step)
+    assert max((lr * g).abs().max().item() for g in rot_grads) > 1e-3  # the rotation step is not negligible
+    for p, q in zip(algo.parameters(), start.parameters()):
+        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4)
 
 
 def test_cdan_reverses_the_conditional_domain_gradient_and_trains_its_discriminator():

@@ -10,7 +10,7 @@ from torch import nn
 from dabench.algorithm import Algorithm, mlp
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform, uniform
-from dabench_plugins.algorithms.rotation import ROTATIONS, rotation_loss
+from dabench_plugins.algorithms.rotation import ROTATIONS, Rotation, rotation_loss
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -76,7 +76,8 @@ class DANN(Algorithm):
     ``-H domain_head=features`` puts the domain classifier on the feature vector for digit-cnn too
     (dabench 0.1; kept as an ablation: the reversed gradient then reaches the label head's input).
     ``-H aux=rotation`` adds the rotation-prediction task of the ``rotation`` algorithm (a linear
-    head on the feature vector, source and target images, weight ``lambda_rot``).
+    head on the feature vector, source and target images, weight ``lambda_rot``, its ``turns``: no
+    180-degree turn on digits), summed into DANN's one step.
     """
 
     hparams = {
@@ -91,6 +92,7 @@ class DANN(Algorithm):
         "aux": HParam("none", None, "an auxiliary self-supervised task on source and target images: none, or "
                       "rotation (4-way rotation prediction, as the rotation algorithm)", choices=("none", "rotation")),
         "lambda_rot": HParam(1.0, None, "weight of the rotation task when aux=rotation"),
+        "turns": Rotation.hparams["turns"],
     }
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
@@ -122,7 +124,8 @@ class DANN(Algorithm):
         logs = {"cls": cls.item(), "dom": dom.item(), "lambda": lam}
         loss = cls + dom
         if self.hp["aux"] == "rotation":
-            rot = rotation_loss(self.featurizer, self.rotation_head, torch.cat([batch.src_x, batch.tgt_x]))
+            rot = rotation_loss(self.featurizer, self.rotation_head, torch.cat([batch.src_x, batch.tgt_x]),
+                                self.hp["turns"])
             loss, logs["rot"] = loss + self.hp["lambda_rot"] * rot, rot.item()
         self.step(loss, self.optims["model"])
         return logs

@@ -20,8 +20,17 @@ class EntMin(ERM):
     semi-supervised learning used as a DA baseline: cross-entropy on the labelled images plus
     lambda times the mean entropy of the predictions on the unlabelled target images.
 
-    ERM's network and optimiser. lambda = 0.1 by default (the paper sets it by cross-validation;
-    ``-H lambda_ent``, searched over 10^U(-2, 0)).
+    The paper publishes no code; this follows its Section 2 (the criterion C = L - lambda H_emp,
+    maximised): L the log-likelihood of the labelled images, H_emp the empirical entropy of the
+    model's posteriors, where a labelled image's posterior is its one-hot label (entropy 0) and an
+    unlabelled image's is the softmax. Per step, negated and averaged over a batch: mean
+    cross-entropy of the labelled images + lambda x mean entropy (nats, exact log-softmax) of the
+    target images; the paper's sums and 1/n fold into lambda, which it sets by cross-validation.
+    TLlib's entropy term (tllib/modules/entropy.py, used by its AFN example) is the same mean entropy
+    with -p log(p + 1e-5); ADVENT's divides by log K (bits per class), for segmentation maps.
+
+    ERM's network and optimiser. lambda = 0.1 by default, TLlib's ``--trade-off-entropy`` in its AFN
+    runs (``-H lambda_ent``, searched over 10^U(-2, 0)).
     """
 
     task = "classification"
