@@ -102,6 +102,8 @@ def _run_options(f):
         click.option("--log", type=click.Choice(["jsonl", "tensorboard"]), default="jsonl", show_default=True,
                      help="every step's losses go to the run folder's steps.jsonl; tensorboard: also TensorBoard "
                           "event files in its tensorboard/ (pip install 'dabench[tensorboard]')"),
+        click.option("--dev", is_flag=True, help="also score deep embedded validation at every evaluation (classification; "
+                     "a domain classifier fitted per evaluation, about 6 CPU-seconds each on digits)"),
         click.option("--sync-bn", is_flag=True, help="under torchrun (--devices N): batch-norm statistics over every "
                      "process's images, not each process's own"),
         click.option("--compile", is_flag=True, help="torch.compile the networks (worth it on a GPU for long runs; the "
@@ -177,8 +179,8 @@ def _launcher(opts: dict, jobs: int):
 @click.option("--devices", type=int, default=1, show_default=True,
               help="train on N processes (GPUs) with torchrun: the same run, its batches split over them")
 def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
-        image_size, pretrained, channels_last, workers, log, sync_bn, compile, protocol, setting, out, resume, overwrite,
-        devices):
+        image_size, pretrained, channels_last, workers, log, dev, sync_bn, compile, protocol, setting, out, resume,
+        overwrite, devices):
     """Train one algorithm on one source -> target pair and evaluate it."""
     import os
 
@@ -194,7 +196,7 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
     cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
-                    channels_last=channels_last, workers=workers, log=log, sync_bn=sync_bn, compile=compile, protocol=protocol,
+                    channels_last=channels_last, workers=workers, log=log, dev=dev, sync_bn=sync_bn, compile=compile, protocol=protocol,
                     setting=setting, resume=resume, overwrite=overwrite)
     result = run_api(cfg, reporter=make_reporter(err_console, title=f"{algo} {src} -> {tgt}"))
     if not distributed.is_main():
@@ -418,7 +420,7 @@ def _dry_run(configs: list) -> None:
 @click.option("--tgt", required=True)
 @click.option("--tgt-labeled", required=True, help="labelled target budgets, comma-separated, e.g. 0,100,500,1000,all")
 @click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
-@click.option("--selection", type=click.Choice(["source-val", "target-oracle", "last"]), default=None,
+@click.option("--selection", type=click.Choice(["source-val", "target-oracle", "target-oracle-best", "last"]), default=None,
               help="model selection method for the cells (default: source-val; last under --protocol paper)")
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True)

@@ -13,12 +13,22 @@ pixels are scored at the network's output resolution) and records, under ``tgt-u
   similarity matrix over temperature 0.05, each row's softmax (self excluded), mean row entropy
   (higher is better); segmentation samples 1,024 pixels with a fixed generator.
 
-- ``dev`` (classification): deep embedded validation (You et al., ICML 2019): a logistic-regression
-  domain classifier on the features (``Algorithm.embed``) of source-val and the unlabelled target
-  images gives density ratios w = (n_s / n_t) p(t|x) / p(s|x) on the source-val images; DEV is the
-  importance-weighted source-val loss with the paper's control variate, mean(w l) + eta mean(w) - eta,
-  eta = -Cov(w l, w) / Var(w) (lower is better). The classifier is fitted on the same images it
-  weights (the paper fits it on training features), C = 1, features standardised.
+- ``dev`` (classification): deep embedded validation (You et al., ICML 2019), as the authors'
+  ``dev.py`` computes it (thuml/Deep-Embedded-Validation; transcribed in tests/reference/dev.py,
+  checked by tests/test_selection_sources.py). A domain classifier is trained on the features
+  (``Algorithm.embed``, unscaled) of source *train* images (label 1) and the unlabelled target
+  images (label 0): sklearn's MLP with hidden layers (d, d, 2), ReLU, fitted on a random 80% of
+  those rows once per weight decay in 1e-1, 3e-2, ..., 1e-5, the decay most accurate on the other
+  20% kept. It weighs the source-val images, which it never saw: w = p(t|x) / p(s|x) * n_s / n_t
+  (n_s source-train rows, n_t target rows). DEV is the importance-weighted source-val loss with
+  the paper's control variate, mean(w l) + eta mean(w) - eta, eta = -Cov(w l, w) / Var(w) (eq. 9;
+  lower is better), l the cross-entropy of each image.
+  Departures, each for a reason: at most 1,000 source-train images (the same fixed subset at every
+  evaluation, like the target and source-val ones), where the authors use the whole training set,
+  to bound the cost of nine MLP fits per evaluation; one seeded generator for the split and the
+  fits (the authors draw from numpy's global one, unseeded), so a run's scores repeat and numpy's
+  global state is left alone; p(s|x) floored at 1e-6, where the authors divide by it (a weight
+  of inf at 0); eta = 0 when every weight is equal (the authors divide by Var(w) = 0).
 """
 from __future__ import annotations
 
@@ -35,6 +45,9 @@ SPLIT = LABEL_FREE  # the records' key, which the selection methods read
 MAX_IMAGES = {"classification": 1000, "segmentation": 50}
 SND_POINTS = 1024
 SND_TEMPERATURE = 0.05
+DEV_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # the authors' weight-decay grid
+DEV_SEED = 0
+DEV_MIN_IMAGES = 5  # per domain, for the classifier's 80/20 split to hold both domains
 
 
 def subset(images, task: str):
@@ -60,43 +73,78 @@ def snd(p: torch.Tensor, temperature: float = SND_TEMPERATURE) -> float:
 
 @torch.no_grad()
 def scores(algo, images, task: str, device: torch.device, batch_size: int, autocast, workers: int = 0,
-           source_val=None) -> dict:
-    """``entropy``, ``im`` and ``snd`` of ``algo`` on ``images`` (an unlabelled view's subset). The
+           source_val=None, source_train=None) -> dict:
+    """``entropy``, ``im`` and ``snd`` of ``algo`` on ``images`` (an unlabelled view's subset), and
+    ``dev`` given labelled ``source_val`` and ``source_train`` subsets (classification). The
     global random state is left as it was (a DataLoader draws its base seed from it), so scoring
     changes nothing about the training that follows."""
-    with_dev = task == "classification" and source_val is not None and len(source_val) > 1
+    with_dev = (task == "classification" and source_val is not None and source_train is not None
+                and len(source_val) > 1 and len(source_train) >= DEV_MIN_IMAGES and len(images) >= DEV_MIN_IMAGES)
     with torch.random.fork_rng(devices=[]):
         out, target_features = _scores(algo, images, task, device, batch_size, autocast, workers, with_dev)
         if out and with_dev:
-            out["dev"] = dev(algo, source_val, target_features, device, batch_size, autocast, workers)
+            out["dev"] = dev(algo, source_train, source_val, target_features, device, batch_size, autocast, workers)
         return out
 
 
 @torch.no_grad()
-def dev(algo, source_val, ft: np.ndarray, device, batch_size, autocast, workers: int = 0) -> float:
-    """Deep embedded validation risk of ``algo`` (lower is better) from the labelled ``source_val``
-    images and the target images' features ``ft``; see the module docstring."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
+def dev(algo, source_train, source_val, ft: np.ndarray, device, batch_size, autocast, workers: int = 0) -> float:
+    """Deep embedded validation risk of ``algo`` (lower is better): the domain classifier learns
+    from ``source_train``'s features and the target features ``ft``, and weighs the losses of the
+    labelled ``source_val`` images; see the module docstring."""
     algo.eval()
-    feats, losses = [], []
+    train_feats, feats, losses = [], [], []
+    for x, _ in ordered_batches(source_train, batch_size, workers):
+        with autocast():
+            train_feats.append(algo.embed(x.to(device, non_blocking=True)).float().cpu())
     for x, y in ordered_batches(source_val, batch_size, workers):
         x = x.to(device, non_blocking=True)
         with autocast():
             feats.append(algo.embed(x).float().cpu())
             losses.append(F.cross_entropy(algo.predict(x).float(), y.to(device), reduction="none").cpu())
     algo.train()
-    fs, loss = torch.cat(feats).numpy(), torch.cat(losses).numpy()
-    x = StandardScaler().fit_transform(np.concatenate([fs, ft]))
-    y = np.r_[np.zeros(len(fs)), np.ones(len(ft))]
-    p = LogisticRegression(C=1.0, max_iter=1000).fit(x, y).predict_proba(x[: len(fs)])[:, 1].clip(1e-6, 1 - 1e-6)
-    return dev_risk((len(fs) / len(ft)) * p / (1 - p), loss)
+    w = density_ratios(torch.cat(train_feats).numpy(), ft, torch.cat(feats).numpy())
+    return dev_risk(w, torch.cat(losses).numpy())
+
+
+def density_ratios(source_train: np.ndarray, target: np.ndarray, source_val: np.ndarray,
+                   rng: np.random.RandomState | None = None) -> np.ndarray:
+    """w(x) = p_t(x) / p_s(x) at each row of ``source_val`` (features, one row per image), from an
+    MLP domain classifier trained on ``source_train`` (label 1) and ``target`` (label 0) rows with
+    its weight decay chosen on a held-out 20% of them, as DEV's authors' ``get_weight``. ``rng``
+    draws the split and then each fit's initialisation and batch order, in the authors' order
+    (the default: a generator seeded with ``DEV_SEED``)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.RandomState(DEV_SEED) if rng is None else rng
+    n_s, d = source_train.shape
+    x = np.concatenate([source_train, target])
+    y = np.asarray([1] * n_s + [0] * len(target), dtype=np.int32)
+    fit_x, held_x, fit_y, held_y = train_test_split(x, y, train_size=0.8, random_state=rng)
+    best, best_acc = None, -1.0
+    for decay in DEV_DECAYS:
+        classifier = MLPClassifier(hidden_layer_sizes=(d, d, 2), activation="relu", alpha=decay, random_state=rng)
+        # one BLAS thread: on minibatches of 200 rows, threads spin more than they compute (twenty
+        # times the CPU time on a busy 2-core machine); the weights came out bit-identical
+        with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+            warnings.simplefilter("ignore", ConvergenceWarning)  # 200 epochs without converging, as the authors allow
+            classifier.fit(fit_x, fit_y)
+        acc = np.mean((held_y == classifier.predict(held_x)).astype(np.float32))
+        if acc > best_acc:  # the first of equally accurate decays, as list.index(max) takes
+            best, best_acc = classifier, acc
+    p = best.predict_proba(source_val)  # columns: classes 0 (target), 1 (source)
+    return p[:, 0] / np.maximum(p[:, 1], 1e-6) * n_s / len(target)
 
 
 def dev_risk(w: np.ndarray, loss: np.ndarray) -> float:
     """DEV's estimate from density ratios ``w`` and losses ``loss`` of the source-val samples:
-    mean(w l) + eta mean(w) - eta, eta = -Cov(w l, w) / Var(w) (You et al. 2019, eq. 9)."""
+    mean(w l) + eta mean(w) - eta, eta = -Cov(w l, w) / Var(w), both ddof=1 (You et al. 2019,
+    eq. 9; the authors' ``get_dev_risk``), eta = 0 when Var(w) = 0."""
     weighted = w * loss
     var = w.var(ddof=1)
     eta = -np.cov(weighted, w, ddof=1)[0, 1] / var if var > 0 else 0.0

@@ -24,7 +24,7 @@ from pathlib import Path
 from dabench.errors import DabenchError
 from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, row_label, variant
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
-from dabench.selection import DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
+from dabench.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
 
 
 @dataclass
@@ -68,14 +68,15 @@ class Table:
 
 @dataclass
 class Agreement:
-    """How one selection method ranks an algorithm's runs of a pair against target-oracle."""
+    """How one selection method ranks an algorithm's runs of a pair against the oracle that also
+    chooses a step (``selection.AGREEMENT_ORACLE``: target-oracle-best)."""
 
     algo: str
     method: str
     runs: int
     rho: float  # Spearman correlation of the method's score and the oracle's (tgt-val) over the runs
     picked: float  # tgt-test (%) of the run and step the method picks among all of them
-    oracle: float  # tgt-test (%) of the run and step target-oracle picks
+    oracle: float  # tgt-test (%) of the run and step target-oracle-best picks
     pair: str = ""
 
     @property
@@ -125,9 +126,11 @@ class Leaderboard:
 
 def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
     """For each pair and algorithm with at least ``min_runs`` finished runs (seeds, hyperparameter
-    samples): each selection method's pick in every run, its score and the oracle's score there,
-    their Spearman correlation over the runs, and the target-test value of the run and step it
-    would report against the one target-oracle would (DomainBed's oracle)."""
+    samples): each selection method's pick in every run, its score there and the oracle's at the
+    oracle's own pick, their Spearman correlation over the runs, and the target-test value of the
+    run and step it would report against the one the oracle would. The oracle is target-oracle-best
+    (the best target-validation step of the best run): the methods compared choose a step, and
+    DomainBed's target-oracle (the last step) does not."""
     from scipy.stats import spearmanr
 
     from dabench.selection import TEST, get, select, value
@@ -151,7 +154,7 @@ def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
             continue
         metric = group[0].config["metric"]
         every = [r for run in group for r in run.records]
-        o_scores, _, best_oracle = picks(get("target-oracle"), group, metric)
+        o_scores, _, best_oracle = picks(get(AGREEMENT_ORACLE), group, metric)
         for m in protocol_methods("dabench"):
             if m.oracle or not m.applies(every):
                 continue
@@ -314,10 +317,12 @@ def _markdown(board: Leaderboard) -> str:
                 "|---|" + "---:|" * (len(t.columns) + 1)]
         out += [_md_row([label, *(_cell(c) for c in cells), _f(t.average(cells))]) for label, cells in t.rows] + [""]
     if board.agreement:
-        out += ["## Model selection against target-oracle", "",
+        out += [f"## Model selection against {AGREEMENT_ORACLE}", "",
                 "Over each algorithm's runs of a pair (seeds, hyperparameter samples): the Spearman correlation of "
-                "each method's score at its chosen step with target-oracle's (target val), and the target-test value "
-                "of the run and step the method picks against the one target-oracle picks.", "",
+                f"each method's score at its chosen step with {AGREEMENT_ORACLE}'s (the best target-validation step "
+                "of each run), and the target-test value of the run and step the method picks against the one "
+                f"{AGREEMENT_ORACLE} picks (an oracle that chooses the step, as these methods do; target-oracle, "
+                "DomainBed's, keeps the last step).", "",
                 _md_row(["pair", "algorithm", "selection", "runs", "Spearman", "tgt-test picked (%)",
                          "tgt-test oracle (%)", "lost"]), "|---|---|---|---:|---:|---:|---:|---:|"]
         out += [_md_row([a.pair, a.algo, a.method, str(a.runs), "–" if math.isnan(a.rho) else f"{a.rho:.2f}",
@@ -357,7 +362,7 @@ def _latex(board: Leaderboard) -> str:
     footnote = tex(FOOTNOTE).replace("±", r"$\pm$")
     for t in board.tables:
         pair = rf"{tex(t.src)} $\rightarrow$ {tex(t.tgt)}" + ("" if t.protocol == "dabench" else f" ({tex(t.protocol)} protocol)")
-        oracle = " (oracle: uses target labels)" if t.method.oracle else ""
+        oracle = f" (oracle: uses target labels; {tex(t.method.title)})" if t.method.oracle else ""
         label = "tab:" + "".join(ch if ch.isalnum() else "-" for ch in f"{t.src}-{t.tgt}-{t.protocol}-{t.method.name}")
         caption = (f"{pair}, model selection: {tex(t.method.name)}{oracle}. Target-test {tex(t.metric)} (\\%) at the "
                    f"step chosen from validation records only; {footnote}.")
@@ -379,9 +384,10 @@ def _latex(board: Leaderboard) -> str:
         rows = [[tex(a.pair).replace("->", r"$\rightarrow$"), tex(a.algo), tex(a.method), str(a.runs),
                  "--" if math.isnan(a.rho) else f"{a.rho:.2f}", _tex_f(a.picked), _tex_f(a.oracle), _tex_f(a.lost)]
                 for a in board.agreement]
-        out += _tex_table("Model selection against target-oracle over each algorithm's runs of a pair: Spearman "
-                          "correlation of each method's score with target-oracle's, and the target-test value (\\%) of "
-                          "the run and step each picks against target-oracle's pick.", "tab:selection-agreement",
+        out += _tex_table(f"Model selection against {tex(AGREEMENT_ORACLE)} (the best target-validation step) over "
+                          "each algorithm's runs of a pair: Spearman correlation of each method's score with "
+                          f"{tex(AGREEMENT_ORACLE)}'s, and the target-test value (\\%) of the run and step each picks "
+                          f"against {tex(AGREEMENT_ORACLE)}'s pick.", "tab:selection-agreement",
                           ["Pair", "Algorithm", "Selection", "Runs", "Spearman", "Picked", "Oracle", "Lost"], rows)
     for p, step in board.incomplete:
         out.append(f"% incomplete (not averaged): {tex(_rel(board, p))}, last step {step}")

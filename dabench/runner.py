@@ -66,6 +66,7 @@ class RunConfig:
     setting: str = "uda"  # "dg": domain generalisation, no target image in training
     workers: int | None = None  # data-loading processes for file-backed data; None: default_workers
     log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard": also TensorBoard event files
+    dev: bool = False  # also score DEV at every evaluation (a domain classifier fitted each time)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over all ranks' images
     compile: bool = False  # torch.compile the networks (same weights and checkpoints; kernels may differ in the last bits)
     resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
@@ -273,7 +274,7 @@ def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> di
                                   "eval_every": eval_every_for(task, cfg.steps, cfg.eval_every),
                                   "backbone": cfg.backbone or DEFAULT_BACKBONE[task], "tgt_labeled": tgt_labeled,
                                   "hparams": values, "overrides": sorted(cfg.hparams)}  # the -H keys: a variant
-    for transient in ("resume", "overwrite", "out", "data_root", "device", "workers", "log"):
+    for transient in ("resume", "overwrite", "out", "data_root", "device", "workers", "log", "dev"):
         config.pop(transient)
     return config
 
@@ -463,7 +464,7 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
         records = fit(prep.algorithm, prep.splits, eval_every=prep.config["eval_every"], seed=cfg.seed,
                       run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
                       resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / "cache",
-                      data_key=_data_key(config), log=cfg.log)
+                      data_key=_data_key(config), log=cfg.log, dev=cfg.dev)
     except DabenchError:
         if main and not resume and not (run_dir / "checkpoint.pt").exists():
             shutil.rmtree(run_dir)  # refused before anything was trained: leave no half-made run behind

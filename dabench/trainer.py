@@ -132,10 +132,11 @@ def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
 def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
         device: torch.device, precision: str = "fp32", channels_last: bool = False, resume: bool = False,
         reporter: NullReporter | None = None, workers: int = 0, cache_dir: Path | None = None,
-        data_key: dict | None = None, log: str = "jsonl") -> list[dict]:
+        data_key: dict | None = None, log: str = "jsonl", dev: bool = False) -> list[dict]:
     """Train ``algo`` through its stages (one of ``algo.steps`` updates unless it declares more);
     returns every evaluation record of the run. Every step's losses go to ``steps.jsonl`` (and
-    to TensorBoard event files under ``tensorboard/`` with ``log="tensorboard"``)."""
+    to TensorBoard event files under ``tensorboard/`` with ``log="tensorboard"``). ``dev``: also
+    score deep embedded validation at each evaluation (classification)."""
     reporter = reporter or NullReporter()
     ckpt, results = run_dir / "checkpoint.pt", run_dir / "results.jsonl"
     start = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else 0
@@ -153,6 +154,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
         # domain generalisation no target image may inform training or selection, so none are scored.
         unlabeled = labelfree.subset(splits.tgt_train, splits.task) if splits.tgt_train is not None else ()
         src_sample = labelfree.subset(splits.src_val, splits.task)
+        src_train_sample = labelfree.subset(splits.src_train, splits.task) if dev else None  # DEV's classifier's
         evals = {name: ds for name, ds in {"src-val": splits.src_val, "tgt-val": splits.tgt_val,
                                              "tgt-test": splits.tgt_test}.items() if len(ds)}  # "paper": no hold-outs
         algo.train()
@@ -215,7 +217,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         if len(unlabeled):
                             record[labelfree.SPLIT] = labelfree.scores(
                                 algo, unlabeled, splits.task, device, EVAL_BATCH[splits.task],
-                                lambda: autocast(device, precision), workers, src_sample)
+                                lambda: autocast(device, precision), workers, src_sample, src_train_sample)
                         eval_s, evaluations = eval_s + time.perf_counter() - t_eval, evaluations + 1
                         if main:
                             append_record(results, record)

@@ -43,14 +43,15 @@ def cell(board, method, label="dann"):
 
 def test_each_method_picks_its_step_and_never_the_best_test():
     assert selection.choose("source-val", CURVE, "acc")["step"] == 400  # best src-val, though its test is the worst
-    assert selection.choose("target-oracle", CURVE, "acc")["step"] == 600
+    assert selection.choose("target-oracle", CURVE, "acc")["step"] == 800  # DomainBed's oracle: no early stopping
+    assert selection.choose("target-oracle-best", CURVE, "acc")["step"] == 600  # best tgt-val
     assert selection.choose("last", CURVE, "acc")["step"] == 800
 
 
 def test_ties_go_to_the_later_step():
     records = [rec(200, 0.9, 0.5, 0.1), rec(400, 0.9, 0.5, 0.2), rec(600, 0.8, 0.4, 0.3)]
     assert selection.select("source-val", records, "acc") == 1
-    assert selection.select("target-oracle", records, "acc") == 1
+    assert selection.select("target-oracle-best", records, "acc") == 1
 
 
 def test_selection_methods_never_see_the_target_test_split():
@@ -84,7 +85,8 @@ def test_table_cells_follow_each_selection_method(tmp_path):
     make_run(tmp_path, CURVE)
     board = leaderboard(tmp_path)
     assert cell(board, "source-val").mean == 50.0
-    assert cell(board, "target-oracle").mean == 60.0
+    assert cell(board, "target-oracle").mean == pytest.approx(55.0)  # the last step, as DomainBed's oracle
+    assert cell(board, "target-oracle-best").mean == 60.0  # the best target-validation step
     assert cell(board, "last").mean == pytest.approx(55.0)
 
 
@@ -98,6 +100,7 @@ def test_hparam_sweep_picks_the_sample_with_the_better_validation_score(tmp_path
     board = leaderboard(tmp_path)
     assert (cell(board, "source-val").mean, cell(board, "source-val").n) == (50.0, 1)  # one seed, not two runs
     assert cell(board, "target-oracle").mean == 90.0
+    assert cell(board, "target-oracle-best").mean == 90.0
     assert cell(board, "last").mean == 50.0  # last: hparams by src-val of the last record
 
 
@@ -141,28 +144,32 @@ def test_rows_name_budgets_and_the_oracle_table_is_marked(tmp_path):
     assert [r.label for r in board.tables[0].rows] == ["ccsa (N=10)", "ccsa (N=100)", "dann", "oracle (all labels)"]
     md = render(board, "markdown")
     assert "## syndigits -> uci-digits · target-oracle (oracle: uses target labels)" in md
+    assert "## syndigits -> uci-digits · target-oracle-best (oracle: uses target labels)" in md
     assert "## syndigits -> uci-digits · source-val\n" in md
-    assert md.count("oracle: uses target labels") == 1
+    assert md.count("oracle: uses target labels") == 2
+    assert "Selection: test-domain validation as DomainBed's oracle: the last evaluation" in md
+    assert "Selection: best labelled target validation step (early stopping on target labels" in md
 
 
 def test_latex_escapes_and_has_one_captioned_table_per_table(tmp_path):
     make_run(tmp_path, CURVE, algo="my_algo", tgt="office_31")
     tex = render(leaderboard(tmp_path), "latex")
-    assert tex.count(r"\begin{table}") == 3 and tex.count(r"\caption{") == 3 and r"\toprule" in tex
+    assert tex.count(r"\begin{table}") == 4 and tex.count(r"\caption{") == 4 and r"\toprule" in tex
     assert r"my\_algo & 50.0 $\pm$ 0.0 & 1 & 95.0 \\" in tex
     assert r"office\_31" in tex and r"(\%)" in tex and "my_algo" not in tex
-    assert "(oracle: uses target labels)" in tex
+    assert "(oracle: uses target labels; test-domain validation as DomainBed's oracle: the last evaluation" in tex
+    assert "(oracle: uses target labels; best labelled target validation step" in tex
 
 
 def test_csv_is_one_long_table(tmp_path):
     make_run(tmp_path, [rec(200, 0.9, 0.5, 0.60)], seed=0)
     make_run(tmp_path, [rec(200, 0.9, 0.5, 0.70)], seed=1)
     rows = list(csv.DictReader(io.StringIO(render(leaderboard(tmp_path), "csv"))))
-    assert [r["selection"] for r in rows] == ["source-val", "target-oracle", "last"]
+    assert [r["selection"] for r in rows] == ["source-val", "target-oracle", "target-oracle-best", "last"]
     first = rows[0]
     assert (first["pair"], first["algorithm"], first["oracle"], first["n"]) == ("syndigits -> uci-digits", "dann", "False", "2")
     assert (float(first["mean"]), float(first["std"])) == (65.0, 7.0711)
-    assert rows[1]["oracle"] == "True"
+    assert (rows[1]["oracle"], rows[2]["oracle"], rows[3]["oracle"]) == ("True", "True", "False")
 
 
 def seg(step, src, val, miou, iou):
@@ -183,7 +190,7 @@ def test_segmentation_per_class_table(tmp_path):
     assert "| algorithm | road | car | sky | mIoU |" in md and "| adaptsegnet | 60.0 | 30.0 | – | 45.0 |" in md
     rows = list(csv.DictReader(io.StringIO(render(board, "csv"))))
     assert (rows[0]["iou_road"], rows[0]["iou_car"], rows[0]["iou_sky"], rows[0]["mean"]) == ("60.0", "30.0", "", "45.0")
-    assert render(board, "latex").count(r"\begin{table}") == 6  # main + per-class, per method
+    assert render(board, "latex").count(r"\begin{table}") == 8  # main + per-class, per method
 
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
@@ -252,7 +259,63 @@ def test_selection_methods_are_scored_against_target_oracle(tmp_path):
     assert got["entropy"].rho == pytest.approx(1.0)  # lower entropy is better: ranks 1, 3, 2
     assert got["snd"].rho == pytest.approx(0.5) and got["snd"].lost == pytest.approx(-5)  # picks the third: 65
     md = render(board, "markdown")
-    assert "## Model selection against target-oracle" in md and "| syndigits -> uci-digits | dann | im | 3 | 1.00 |" in md
+    assert "## Model selection against target-oracle-best\n" in md and "| syndigits -> uci-digits | dann | im | 3 | 1.00 |" in md
     assert any(t.method.name == "snd" for t in board.tables)  # scored runs get label-free tables too
     tex = render(board, "latex")
     assert r"\label{tab:selection-agreement}" in tex and r"dann & im & 3 & 1.00 & 60.0 & 60.0 & 0.0 \\" in tex
+
+
+def test_target_oracle_is_domainbeds_last_step_and_the_best_step_oracle_keeps_its_own_name(tmp_path):
+    # two hyperparameter samples of one seed, (step, src-val, tgt-val, tgt-test):
+    hp0 = [rec(200, 0.9, 0.90, 0.95), rec(400, 0.9, 0.50, 0.40)]  # best tgt-val early, then worse
+    hp1 = [rec(200, 0.8, 0.60, 0.55), rec(400, 0.8, 0.70, 0.65)]  # better tgt-val at the last step
+    # DomainBed's OracleSelectionMethod: each sample's last record; the sample whose last tgt-val is best
+    assert selection.select_run("target-oracle", [hp0, hp1], "acc") == (1, 1)
+    # the best-step oracle: each sample's best tgt-val step (hp0's step 200 at 0.90), the best of those
+    assert selection.select_run("target-oracle-best", [hp0, hp1], "acc") == (0, 0)
+    make_run(tmp_path, hp0, hparam_index=0)
+    make_run(tmp_path, hp1, hparam_index=1)
+    make_run(tmp_path, [rec(200, 0.9, 0.2, 0.10), rec(400, 0.9, 0.3, 0.20)], seed=1)  # one sample: its last step
+    board = leaderboard(tmp_path)
+    assert cell(board, "target-oracle").mean == pytest.approx((65.0 + 20.0) / 2)
+    assert cell(board, "target-oracle-best").mean == pytest.approx((95.0 + 20.0) / 2)
+    md = render(board, "markdown")
+    assert "| dann | 42.5 ± 31.8 | 2 | 85.0 |" in md  # target-oracle: src-val 80 and 90 at the chosen steps
+    assert "| dann | 57.5 ± 53.0 | 2 | 90.0 |" in md  # target-oracle-best
+
+
+def test_label_free_selection_is_scored_against_the_best_step_oracle(tmp_path):
+    # three runs whose last step is not their best target-validation step
+    runs = [[rec(200, 0.9, 0.80, 0.70), rec(400, 0.8, 0.10, 0.05)],
+            [rec(200, 0.7, 0.30, 0.30), rec(400, 0.6, 0.60, 0.50)],
+            [rec(200, 0.5, 0.20, 0.20), rec(400, 0.4, 0.40, 0.45)]]
+    for seed, records in enumerate(runs):
+        make_run(tmp_path, records, seed=seed)
+    got = {a.method: a for a in leaderboard(tmp_path).agreement}
+    # target-oracle-best: run 0 at step 200 (tgt-val 0.80): 70; DomainBed's target-oracle would take run 1's last (50)
+    assert got["source-val"].oracle == pytest.approx(70.0) and got["source-val"].picked == pytest.approx(70.0)
+    assert got["last"].picked == pytest.approx(5.0) and got["last"].lost == pytest.approx(65.0)
+    # Spearman over runs of (score at the method's step) with the oracle's best tgt-val (0.8, 0.6, 0.4)
+    assert got["source-val"].rho == pytest.approx(1.0) and got["last"].rho == pytest.approx(1.0)
+
+
+def dg_run(root, src, tgt, records, seed=0):
+    d = root / f"{src}_to_{tgt}" / f"seed{seed}"
+    d.mkdir(parents=True)
+    config = {"algo": "erm", "src": src, "tgt": tgt, "seed": seed, "task": "classification", "metric": "acc",
+              "setting": "dg", "steps": 2, "eval_every": 1, "hparams": {}, "classes": ["0", "1"],
+              "sources": src.split(",")}
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (d / "done").touch()
+
+
+def test_dg_test_domain_validation_is_domainbeds_oracle(tmp_path):
+    dg_run(tmp_path, "B,C", "A", [rec(1, 0.9, 0.9, 0.80), rec(2, 0.8, 0.4, 0.30)])  # best tgt-val first, then the last
+    dg_run(tmp_path, "A,C", "B", [rec(1, 0.9, 0.9, 0.70), rec(2, 0.8, 0.5, 0.60)])
+    board = leaderboard(tmp_path)
+    oracle = next(t for t in board.dg if t.method.name == "target-oracle")
+    (_, (a, b)), = oracle.rows
+    assert (a.mean, b.mean) == (pytest.approx(30.0), pytest.approx(60.0))  # the last steps, not 80 and 70
+    md = render(board, "markdown")
+    assert "Selection: test-domain validation as DomainBed's oracle (the last step;" in md
