@@ -95,8 +95,9 @@ class Algorithm(nn.Module):
         "batch_size": HParam(1, choice([1, 2]), "images per domain per step"),
         "weight_decay": HParam(5e-4, log_uniform(-5, -3), "L2 penalty of the segmenter"),
         "power": HParam(0.9, None, "poly decay: lr * (1 - p) ** power"),
-        "poly_horizon": HParam(0, None, "steps the poly decay spans (0: the stage's own length); the AdaptSegNet and "
-                               "ADVENT code decay over 250000 and stop at 150000"),
+        "poly_horizon": HParam(0, None, "steps the poly decay spans (0: the stage's own length, or the method's "
+                               "poly_span x --steps); the AdaptSegNet code decays over 250000 and stops at 150000, "
+                               "ADVENT's at 120000"),
         "head_lr_mult": HParam(10.0, None, "learning-rate multiplier of the freshly initialised heads"),
         "aux_weight": HParam(0.1, None, "weight of the auxiliary head's loss (lambda_seg), when the network has one"),
         "freeze_backbone": HParam(False, None, FREEZE_HELP),
@@ -222,9 +223,10 @@ class Algorithm(nn.Module):
     def poly(self, step: int, steps: int | None = None, optims=None) -> None:
         """Poly decay of every optimiser (or of ``optims``): lr_0 * (1 - step/horizon) ** power, where
         lr_0 is the rate each param group was built with (so an Adam discriminator at 1e-4 decays
-        alongside SGD at 2.5e-4). The horizon is ``poly_horizon`` when set (the reference code decays
+        alongside SGD at 2.5e-4). The horizon is ``poly_horizon`` when set (AdaptSegNet's code decays
         over 250k iterations and stops at 150k: ``--steps 150000 -H poly_horizon=250000``), else
-        ``steps`` (a stage's length), else ``--steps``; past it the rate is 0."""
+        ``steps`` (a stage's length, or a method's ``poly_span`` x ``--steps``), else ``--steps``;
+        past it the rate is 0."""
         horizon = self.hp.get("poly_horizon") or steps or self.steps
         factor = max(0.0, 1 - step / horizon) ** self.hp["power"]
         for optim in optims or self.optims.values():
