@@ -143,7 +143,10 @@ def main() -> None:
              "| method | transcription of the authors' setting | per seed | dabench | per seed |", "|---|---:|---|---:|---|"]
     for method in args.methods.split(","):
         t = time.perf_counter()
-        ours = [train(method, args.src, args.tgt, args.steps, s, args.work) for s in range(args.seeds)]
+        ours = []
+        for s in range(args.seeds):
+            ours.append(train(method, args.src, args.tgt, args.steps, s, args.work))
+            print(f"{method} seed {s}: {100 * ours[-1]:.1f} ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
         theirs = dabench_last(args.runs, method, args.steps, args.seeds) if args.runs else []
         lines.append(f"| {method} | {mean_std(ours)} | {', '.join(f'{100 * v:.1f}' for v in ours)} | {mean_std(theirs)} | "
                      f"{', '.join(f'{100 * v:.1f}' for v in theirs)} |")
