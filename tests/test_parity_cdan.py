@@ -86,6 +86,7 @@ def test_cdan_regimes_give_the_authors_settings():
     imagenet = defaults(algorithms.get("cdan").space("classification", "imagenet"))
     assert (digits["lr"], digits["schedule"], digits["warmup"], digits["disc_hidden"]) == (0.01, "step", 0.1, 500)
     assert (imagenet["lr"], imagenet["schedule"], imagenet["warmup"], imagenet["disc_hidden"]) == (0.001, "inv", 0.0, 1024)
+    assert (digits["batch_size"], imagenet["batch_size"]) == (64, 36)  # train_uspsmnist.py, train_image.py
     algo = build(100, regime="imagenet")
     algo.inv(1000)
     lrs = [g["lr"] for g in algo.optims["model"].param_groups] + [algo.optims["discriminator"].param_groups[0]["lr"]]

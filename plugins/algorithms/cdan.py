@@ -9,7 +9,7 @@ from torch import nn
 
 from dabench.algorithm import Algorithm, mlp
 from dabench.data import Batch
-from dabench.hparams import HParam, log_uniform
+from dabench.hparams import HParam, int_log2, log_uniform
 from dabench_plugins.algorithms.dann import grl_lambda, reverse_grad
 
 MAX_MULTILINEAR = 4096  # above d x K, the paper's randomized multilinear map of this width
@@ -82,16 +82,16 @@ class CDAN(Algorithm):
     with the coefficient of the run's iteration (the authors' grl_hook on the entropy).
 
     Two settings, by the backbone's regime (``dabench list algorithms`` shows both):
-    - digits (pytorch/train_uspsmnist.py, MNIST -> USPS, trained from scratch): the network and
-      the discriminator (fc 500 -> 500) each with their own SGD, lr 0.01, momentum 0.9, weight
-      decay 5e-4; the first of 10 epochs (``warmup`` 0.1 of the run) trains the classifier alone
-      and leaves the discriminator untouched; the network's rate (not the discriminator's) is
-      halved every ``decay_epoch`` 5 of the 10 epochs (at 40% and 90% of the run); source and
-      target pass through the network as one batch.
-    - imagenet (pytorch/train_image.py, pretrained ResNet-50): one SGD with Nesterov momentum
-      0.9, lr 0.001 decayed as lr (1 + 0.001 i) ** -0.75, weight decay 5e-4 x 2, the new layers
-      (head, discriminator of fc 1024 -> 1024) at 10x; no warm-up; source and target through the
-      network separately (batch-norm statistics per domain).
+    - digits (pytorch/train_uspsmnist.py, MNIST -> USPS, trained from scratch): 64 images per
+      domain; the network and the discriminator (fc 500 -> 500) each with their own SGD, lr 0.01,
+      momentum 0.9, weight decay 5e-4; the first of 10 epochs (``warmup`` 0.1 of the run) trains
+      the classifier alone and leaves the discriminator untouched; the network's rate (not the
+      discriminator's) is halved every ``decay_epoch`` 5 of the 10 epochs (at 40% and 90% of the
+      run); source and target pass through the network as one batch.
+    - imagenet (pytorch/train_image.py, pretrained ResNet-50): 36 images per domain; SGD with
+      Nesterov momentum 0.9, lr 0.001 decayed as lr (1 + 0.001 i) ** -0.75, weight decay 5e-4 x 2,
+      the new layers (head, discriminator of fc 1024 -> 1024) at 10x; no warm-up; source and target
+      through the network separately (batch-norm statistics per domain).
     The network is the benchmark's (the backbone and ERM's fc 100 -> fc K head), not the authors'
     LeNet or ResNet-50 with a 256-d bottleneck.
     """
@@ -100,6 +100,7 @@ class CDAN(Algorithm):
     hparams = {
         **Algorithm.hparams,
         "lr": HParam(0.01, log_uniform(-3.5, -1.5), "initial SGD learning rate", regimes={"imagenet": 0.001}),
+        "batch_size": HParam(64, int_log2(5, 7), "images per domain per step", regimes={"imagenet": 36}),
         "weight_decay": HParam(5e-4, None, "L2 penalty of every optimiser", regimes={"imagenet": 1e-3}),
         "schedule": HParam("step", None, "step: constant, the network's rate halved every decay_epoch of 10 epochs "
                            "(digit scripts); inv: lr (1 + 0.001 i) ** -0.75 per iteration (train_image.py)",
