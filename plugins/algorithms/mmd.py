@@ -146,18 +146,18 @@ class DAN(Algorithm):
         width = self.hp["bottleneck_dim"]
         self.bottleneck = nn.Sequential(nn.Linear(backbone.out_features, width), nn.ReLU(), nn.Dropout(0.5))
         self.head = nn.Linear(width, num_classes)
+        lr = self.hp["lr"]
         self.optims["model"] = torch.optim.SGD(
-            [{"params": list(backbone.parameters()), "lr_mult": self.hp["backbone_lr_mult"]},
-             {"params": list(self.bottleneck.parameters()), "lr_mult": 1.0},
-             {"params": list(self.head.parameters()), "lr_mult": 1.0}],
-            lr=self.hp["lr"], momentum=0.9, weight_decay=self.hp["weight_decay"], nesterov=True)
+            [{"params": list(backbone.parameters()), "lr": lr * self.hp["backbone_lr_mult"]},
+             {"params": list(self.bottleneck.parameters()), "lr": lr},
+             {"params": list(self.head.parameters()), "lr": lr}],
+            lr=lr, momentum=0.9, weight_decay=self.hp["weight_decay"], nesterov=True)
 
     def schedule(self, step: int) -> float:
-        """TLlib's rate at iteration ``step``: lr (1 + lr_gamma step)^-lr_decay, times each group's multiple."""
-        rate = self.hp["lr"] * (1.0 + self.hp["lr_gamma"] * step) ** -self.hp["lr_decay"]
-        for group in self.optims["model"].param_groups:
-            group["lr"] = rate * group["lr_mult"]
-        return rate
+        """TLlib's rate at iteration ``step``: lr (1 + lr_gamma step)^-lr_decay (``Algorithm.inv``),
+        times each group's multiple; returns the base rate."""
+        self.inv(step, gamma=self.hp["lr_gamma"], power=self.hp["lr_decay"])
+        return self.hp["lr"] * (1.0 + self.hp["lr_gamma"] * step) ** -self.hp["lr_decay"]
 
     def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, bottleneck features) of images ``x``."""
