@@ -81,6 +81,9 @@ class Algorithm(nn.Module):
     # True: ``update`` reads ``batch.tgt_x``, so domain generalisation (no target image in
     # training, ``tgt_x`` None) refuses the algorithm. Set False where it trains without them.
     needs_target: ClassVar[bool] = True
+    # True: a domain-generalisation method only (e.g. DomainBed's MMD between source domains);
+    # unsupervised DA (--setting uda) refuses it.
+    dg_only: ClassVar[bool] = False
     hparams: ClassVar[dict[str, HParam]] = {
         "lr": HParam(0.01, log_uniform(-3, -1.5), "initial SGD learning rate, annealed as in DANN"),
         "batch_size": HParam(64, int_log2(5, 7), "images per domain per step"),

@@ -282,7 +282,7 @@ def list_(kind):
                 tasks = ["classification", "segmentation"] if obj.task == "any" else [obj.task]
                 hps = "\n".join(_defaults_text(obj, t, len(tasks) > 1) for t in tasks)
                 labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
-                labels += " [runs in DG]" if obj.runs_in_dg() else ""
+                labels += " [DG only]" if obj.dg_only else " [runs in DG]" if obj.runs_in_dg() else ""
                 table.add_row(plugin_name, obj.task, escape(desc + labels), escape(hps))
             elif name == "translators":
                 hps = ", ".join(f"{k}={v.default}" for k, v in sorted(obj.hparams.items()))

@@ -346,6 +346,11 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise DabenchError(
             f"'{cfg.algo}' trains on target images, and domain generalisation (--setting dg) sees none. Choose an "
             f"algorithm that runs without them ({', '.join(dg_algorithms())}), or use --setting uda.")
+    if cfg.setting == "uda" and algo_cls.dg_only:
+        raise DabenchError(
+            f"'{cfg.algo}' is a domain generalisation method: it aligns source domains with each other and takes no "
+            f"target image. Add --setting dg with several sources (--src a,b,c), or pick a DA method for "
+            f"{cfg.src} -> {cfg.tgt} (dabench list algorithms).")
     names = source_list(cfg.src)
     if not isinstance(cfg.tgt, Domain) and (same := shared_images([n for n in names if isinstance(n, str)], cfg.tgt)):
         if cfg.setting == "dg":
