@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from dabench.data import CLASSIFICATION, SEGMENTATION, Domain, as_uint8_images, from_arrays, to_unit_range
 from dabench.errors import DabenchError
+from dabench.files import load_pt
 from dabench.records import read_records
 from dabench.selection import PROTOCOLS, choose
 
@@ -99,14 +100,14 @@ def _weights(run_dir: Path, config: dict, records: list[dict], selection: str) -
         ckpt = run_dir / "checkpoint.pt"
         if not ckpt.is_file():
             raise DabenchError(f"{run_dir} has no checkpoint.pt: it is not a run folder, or its run never got to a step.")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = load_pt(ckpt, "checkpoint")
         return state["model"], int(state["step"])
     chosen = choose(selection, records, config["metric"])["step"]
     path = run_dir / "selected.pt"
     if not path.is_file():
         raise DabenchError(f"{run_dir} keeps no selected.pt (it was made before dabench kept the weights of the "
                            "source-val step): load it with selection='last' (--selection last), or run it again.")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_pt(path, "weights file")
     if int(state["step"]) != chosen:
         raise DabenchError(f"{path} holds step {state['step']}, but source-val selection over results.jsonl chooses step "
                            f"{chosen}: the folder was changed after its run. Run it again (--overwrite).")
@@ -135,10 +136,7 @@ def load(path: str | Path, *, selection: str | None = None, device: str = "auto"
         state, step = _weights(path, config, records, selection)
         run_dir: Path | None = path
     elif path.is_file():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise DabenchError(f"{path} is not a file Run.save wrote ({type(exc).__name__}: {exc}).") from None
+        saved = load_pt(path, "file Run.save wrote")
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise DabenchError(f"{path} is not a file Run.save wrote (a checkpoint.pt? load its run folder instead).")
         if selection not in (None, saved["selection"]):
@@ -161,7 +159,13 @@ class Run:
         self.run_dir, self.device = run_dir, device
         self.algorithm = build_algorithm(config, self.input_size if self.task == SEGMENTATION else self.input_size[0],
                                          device)
-        self.algorithm.load_state_dict(state)
+        try:
+            self.algorithm.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:  # another algorithm's or backbone's weights
+            first = str(exc).strip().splitlines()[0]
+            raise DabenchError(f"The weights do not fit the network the config describes ({config.get('algo')} on "
+                               f"{config.get('backbone')}): {first[:200]}. The file was changed or comes from another "
+                               "run; load the run folder it came from.") from None
         self.algorithm.eval()
 
     def __repr__(self) -> str:

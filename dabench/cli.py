@@ -341,7 +341,9 @@ def sweep(algos, src, tgt, dg, lodo, seeds, tgt_labeled, hparam_samples, out, jo
     bad = [o for o in outcomes if o.status in ("failed", "invalid")]
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
-    console.print(f"sweep: {done} finished, {skipped} already done, {len(bad)} failed")
+    held = [o for o in outcomes if o.status == "held"]
+    console.print(f"sweep: {done} finished, {skipped} already done, " + (f"{len(held)} left to the process training "
+                  "them, " if held else "") + f"{len(bad)} failed")
     for o in bad:
         err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {escape(o.message)}"
                           + (f" (log: {o.log})" if o.log else ""), soft_wrap=True)
@@ -360,7 +362,7 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
     from dabench.sweep import plan, plan_dg
 
     seed_list = _ints(seeds, "--seeds")
-    seed_list = list(range(seed_list[0])) if "," not in seeds else seed_list
+    seed_list = list(range(seed_list[0])) if "," not in seeds else list(dict.fromkeys(seed_list))  # 0,0: one run
     if not seed_list or hparam_samples < 1 or jobs < 1:
         raise DabenchError("--seeds, --hparam-samples and --jobs must be at least 1.")
     options = dict(run_options)
@@ -388,6 +390,8 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
             metric = next(iter(o.final.get("tgt-val", {})), None)
             extra = f" tgt-val {o.final['tgt-val'][metric]:.4f}" if metric else ""
             err_console.print(f"{label}: {'finished' if o.status == 'done' else 'already done'}{extra}  {o.run_dir}")
+        elif o.status == "held":
+            err_console.print(f"{label}: [yellow]skipped[/]: {escape(o.message.splitlines()[0])}", soft_wrap=True)
         else:
             err_console.print(f"{label}: [red]{o.status}[/]: {escape(o.message.splitlines()[0])}", soft_wrap=True)
 

@@ -8,6 +8,7 @@ never leaves a half-made folder behind.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,7 @@ from dabench import hparams as hp
 from dabench.algorithm import Algorithm
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
+from dabench.files import RunLock
 from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import SETTINGS, Splits, build_splits, data_root, load_domain, split_rules
 from dabench.registry import Spec, algorithms, backbones, shared_images
@@ -429,6 +431,13 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
         return RunResult(done, json.loads((done / "config.json").read_text()), read_records(done / "results.jsonl"),
                          already_done=True)
     prep = prepare(cfg)
+    # One writer per run folder: rank 0 holds the lock for the run's whole life (under torchrun the
+    # other ranks write nothing, and torchrun ends them when rank 0 fails to take it).
+    with RunLock(prep.run_dir) if main else contextlib.nullcontext():
+        return _train(cfg, prep, reporter, main, world_size)
+
+
+def _train(cfg: RunConfig, prep: Prepared, reporter: NullReporter | None, main: bool, world_size: int) -> RunResult:
     run_dir, config = prep.run_dir, prep.config
     if world_size > 1:
         if cfg.sync_bn:

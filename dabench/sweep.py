@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from dabench.errors import DabenchError
+from dabench.files import RunHeld
 from dabench.registry import algorithms, groups, shared_images
 from dabench.runner import RunConfig, existing_run, run
 
@@ -20,7 +21,7 @@ from dabench.runner import RunConfig, existing_run, run
 @dataclass
 class Outcome:
     config: RunConfig
-    status: str  # "done" | "skipped" (already done) | "failed" | "invalid"
+    status: str  # "done" | "skipped" (already done) | "held" (another process trains it) | "failed" | "invalid"
     message: str = ""  # one line: what went wrong
     run_dir: str | None = None
     detail: str = ""  # a failed run's full traceback (shown with --debug)
@@ -107,6 +108,8 @@ def run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
         torch.set_num_threads(threads)
     try:
         result = run(cfg)
+    except RunHeld as exc:
+        return Outcome(cfg, "held", str(exc))
     except DabenchError as exc:
         return Outcome(cfg, "invalid", str(exc))
     except Exception as exc:  # noqa: BLE001 - a sweep survives any one run failing

@@ -28,6 +28,7 @@ from dabench.algorithm import Algorithm, StageContext, TrainData, upsample
 from dabench.data import LABELED_STREAM, TARGET_STREAM, Batch, Labeled, Subset, ordered_batches, source_stream, stream
 from dabench import distributed, labelfree
 from dabench.errors import DabenchError, RunFailed
+from dabench.files import load_pt
 from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
 from dabench.protocol import Splits
 from dabench.records import append_record, read_records
@@ -79,7 +80,12 @@ def evaluate(algo: Algorithm, dataset, task: str, num_classes: int, device: torc
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain data, so a checkpoint loads with
+    ``weights_only=True`` (NumPy's key array as an int64 tensor)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -87,7 +93,12 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        keys = saved["keys"].numpy().astype(np.uint32)
+        np.random.set_state((saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["gauss"]))
+    else:  # a checkpoint from before dabench kept it as NumPy's own tuple
+        np.random.set_state(saved)
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -119,14 +130,19 @@ def save_weights(path: Path, algo: Algorithm, step: int, selection: str) -> None
 
 
 def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
-    state = torch.load(path, map_location=device, weights_only=False)
-    algo.load_state_dict(state["model"])
-    for k, o in algo.optims.items():
-        o.load_state_dict(state["optims"][k])
-    if state.get("scaler"):
-        algo.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
+    state = load_pt(path, "checkpoint", map_location=device)
+    try:
+        algo.load_state_dict(state["model"])
+        for k, o in algo.optims.items():
+            o.load_state_dict(state["optims"][k])
+        if state.get("scaler"):
+            algo.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        return int(state["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DabenchError(f"{path} does not hold this run's training state ({type(exc).__name__}: {first[:160]}): it "
+                           "was changed or comes from another run. Start again with --overwrite.") from None
 
 
 def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
@@ -194,7 +210,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         losses = distributed.average_losses(algo.update(batch, local), device)  # the whole batch's, under torchrun
                     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                     if bad:
-                        kept = torch.load(ckpt, map_location="cpu", weights_only=False)["step"] if ckpt.exists() else 0
+                        kept = load_pt(ckpt, "checkpoint")["step"] if ckpt.exists() else 0
                         where = (f"The last good checkpoint (step {kept}) is kept in {run_dir}." if kept else
                                  f"No checkpoint was written before it; the run folder is {run_dir}.")
                         raise RunFailed(
