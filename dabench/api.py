@@ -126,7 +126,7 @@ def load(path: str | Path, *, selection: str | None = None, device: str = "auto"
             raise DabenchError(f"{path} is not a run folder: it has no config.json (`dabench run` prints the run folder "
                                "at its end; folders look like runs/<src>_to_<tgt>/<algo>/seed0-1a2b3c4d).")
         config = json.loads(config_path.read_text())
-        records = read_records(path / "results.jsonl")
+        records = read_records(path / "results.jsonl", strict=True)
         protocol = config.get("protocol", "dabench")
         selection = selection or PROTOCOLS[protocol][0]
         if selection not in KEPT or selection not in PROTOCOLS[protocol]:

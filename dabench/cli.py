@@ -345,8 +345,9 @@ def sweep(algos, src, tgt, dg, lodo, seeds, tgt_labeled, hparam_samples, out, jo
     console.print(f"sweep: {done} finished, {skipped} already done, " + (f"{len(held)} left to the process training "
                   "them, " if held else "") + f"{len(bad)} failed")
     for o in bad:
-        err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {escape(o.message)}"
-                          + (f" (log: {o.log})" if o.log else ""), soft_wrap=True)
+        where = f" (log: {o.log})" if o.log else " (--debug prints its traceback)" if o.detail and not debug else ""
+        err_console.print(f"[red]{o.status}[/] {o.config.algo} seed {o.config.seed}: {escape(o.message)}{where}",
+                          soft_wrap=True)
         if debug and o.detail:
             err_console.print(escape(o.detail), highlight=False, soft_wrap=True)
     if bad:

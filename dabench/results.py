@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from dabench.records import read_records
+from dabench.records import scan_records
 from dabench.selection import TEST, Method, select_run
 
 REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
@@ -28,6 +28,7 @@ class Run:
     config: dict
     records: list[dict]
     done: bool
+    damage: str = ""  # results.jsonl's first unreadable line, if any (the records stop before it)
 
 
 @dataclass
@@ -65,7 +66,9 @@ def load_run(run_dir: Path) -> Run:
         raise ValueError(f"config.json lacks {', '.join(missing)}")
     if not isinstance(config["seed"], int) or not isinstance(config.get("tgt_labeled", 0), (int, str)):
         raise ValueError("config.json has a seed or tgt_labeled that is not a number (or 'all')")
-    return Run(run_dir, config, read_records(run_dir / "results.jsonl"), (run_dir / "done").exists())
+    scan = scan_records(run_dir / "results.jsonl")
+    damage = scan.problem(run_dir / "results.jsonl") if scan.bad_line is not None else ""
+    return Run(run_dir, config, scan.records, (run_dir / "done").exists(), damage)
 
 
 def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int | None]], list[tuple[Path, str]]]:
@@ -77,8 +80,11 @@ def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int
         except (OSError, ValueError) as exc:
             skipped.append((run_dir, f"unreadable config.json: {exc}"))
             continue
-        if not run.done:
+        if not run.done:  # still training (its last line may be mid-write) or stopped
             incomplete.append((run_dir, run.records[-1]["step"] if run.records else None))
+        elif run.damage:
+            skipped.append((run_dir, f"finished, but {run.damage.replace(str(run_dir) + '/', '')}: its records "
+                                     "cannot all be read, so it counts nowhere"))
         elif not run.records:
             skipped.append((run_dir, "finished (has done) but results.jsonl has no evaluation records"))
         elif TEST not in run.records[-1]:

@@ -428,8 +428,8 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     rank, world_size = distributed.setup()  # under torchrun: join the process group; else (0, 1)
     main = rank == 0
     if cfg.resume is not True and not cfg.overwrite and (done := finished_run(cfg)) is not None:
-        return RunResult(done, json.loads((done / "config.json").read_text()), read_records(done / "results.jsonl"),
-                         already_done=True)
+        return RunResult(done, json.loads((done / "config.json").read_text()),
+                         read_records(done / "results.jsonl", strict=True), already_done=True)
     prep = prepare(cfg)
     # One writer per run folder: rank 0 holds the lock for the run's whole life (under torchrun the
     # other ranks write nothing, and torchrun ends them when rank 0 fails to take it).
@@ -455,14 +455,14 @@ def _train(cfg: RunConfig, prep: Prepared, reporter: NullReporter | None, main: 
         if main:
             shutil.rmtree(run_dir)
     elif (run_dir / "done").exists():
-        return RunResult(run_dir, config, read_records(run_dir / "results.jsonl"), already_done=True)
+        return RunResult(run_dir, config, read_records(run_dir / "results.jsonl", strict=True), already_done=True)
     elif run_dir.exists():
         raise DabenchError(
             f"An unfinished run of this exact config is already in {run_dir}. Add --resume to continue it, "
             "or --overwrite to delete it and start again."
         )
     if (run_dir / "done").exists():
-        return RunResult(run_dir, config, read_records(run_dir / "results.jsonl"), already_done=True)
+        return RunResult(run_dir, config, read_records(run_dir / "results.jsonl", strict=True), already_done=True)
 
     distributed.barrier()  # every rank has decided before rank 0 writes
     if main:
@@ -479,10 +479,10 @@ def _train(cfg: RunConfig, prep: Prepared, reporter: NullReporter | None, main: 
                       run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
                       resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / "cache",
                       data_key=_data_key(config), log=cfg.log, dev=cfg.dev)
-    except DabenchError:
-        if main and not resume and not (run_dir / "checkpoint.pt").exists():
-            shutil.rmtree(run_dir)  # refused before anything was trained: leave no half-made run behind
-        raise
+    except BaseException:  # refused, crashed or interrupted
+        if main and not (run_dir / "checkpoint.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: leave no half-made run behind
+        raise  # after a checkpoint the folder stays, and --resume continues it
     if main:
         (run_dir / "done").touch()
     return RunResult(run_dir, config, records)

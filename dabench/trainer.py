@@ -18,6 +18,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from dabench.errors import DabenchError, RunFailed
 from dabench.files import load_pt
 from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
 from dabench.protocol import Splits
-from dabench.records import append_record, read_records
+from dabench.records import Scan, append_record, scan_records
 from dabench.selection import select
 
 EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")
@@ -110,11 +111,12 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def save_checkpoint(path: Path, algo: Algorithm, step: int) -> None:
+def save_checkpoint(path: Path, algo: Algorithm, step: int, records: int) -> None:
+    """The training state after ``step``, which follows ``records`` evaluations in results.jsonl."""
     if not distributed.is_main():
         return  # rank 0 writes the run folder
-    state = {"step": step, "model": algo.state_dict(), "optims": {k: o.state_dict() for k, o in algo.optims.items()},
-             "scaler": algo.scaler.state_dict(), "rng": rng_state()}
+    state = {"step": step, "records": records, "model": algo.state_dict(), "rng": rng_state(),
+             "optims": {k: o.state_dict() for k, o in algo.optims.items()}, "scaler": algo.scaler.state_dict()}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill leaves the old checkpoint or the new one, never half of one
@@ -129,7 +131,9 @@ def save_weights(path: Path, algo: Algorithm, step: int, selection: str) -> None
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
+def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> tuple[int, int | None]:
+    """Restore the training state; returns (its step, the number of evaluations before it; None for
+    a checkpoint from before dabench counted them)."""
     state = load_pt(path, "checkpoint", map_location=device)
     try:
         algo.load_state_dict(state["model"])
@@ -138,11 +142,37 @@ def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> int:
         if state.get("scaler"):
             algo.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        return int(state["step"])
+        return int(state["step"]), state.get("records")
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DabenchError(f"{path} does not hold this run's training state ({type(exc).__name__}: {first[:160]}): it "
                            "was changed or comes from another run. Start again with --overwrite.") from None
+
+
+def rewrite_lines(path: Path, records: list[dict]) -> None:
+    """Replace a JSON-lines file by ``records`` atomically: a kill leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def resumed_records(path: Path, start: int, before: int | None) -> list[dict]:
+    """The evaluations a run resuming from its checkpoint at ``start`` keeps: those up to it, which
+    must all be readable (``before`` of them, as the checkpoint counted). A line cut or damaged past
+    the checkpoint is dropped with a warning (the steps after the checkpoint are trained and scored
+    again); one before it stops the resume, since its evaluation cannot be read back."""
+    scan = scan_records(path)
+    kept = [r for r in scan.records if r["step"] <= start]  # evaluations past the checkpoint are redone
+    lost = len(kept) < before if before is not None else (scan.bad_line is not None and not scan.torn)
+    if lost:
+        where = scan.problem(path) if scan.bad_line is not None else f"{path} holds {len(kept)} of them"
+        raise DabenchError(f"The checkpoint at step {start} follows {before if before is not None else 'more'} "
+                           f"evaluations, but {where}: evaluations before the checkpoint cannot be read back, so the "
+                           "run cannot resume with its records whole. Start it again with --overwrite.")
+    if scan.bad_line is not None:
+        warnings.warn(f"{scan.problem(path)}; dropped: it is past the checkpoint at step {start}, from which the run "
+                      "trains and evaluates again.", stacklevel=2)
+    return kept
 
 
 def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
@@ -155,11 +185,11 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     score deep embedded validation at each evaluation (classification)."""
     reporter = reporter or NullReporter()
     ckpt, results = run_dir / "checkpoint.pt", run_dir / "results.jsonl"
-    start = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else 0
-    records = [r for r in read_records(results) if r["step"] <= start]  # drop evaluations past the checkpoint
+    start, before = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else (0, 0)
+    records = resumed_records(results, start, before)
     main = distributed.is_main()
     if main:
-        results.write_text("".join(json.dumps(r) + "\n" for r in records))
+        rewrite_lines(results, records)
     else:
         reporter = NullReporter()
     _check_shards(algo, splits)
@@ -186,7 +216,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
             t_begin = time.perf_counter()
             data = algo.begin_stage(stage, ctx, resumed=first > end - stage.steps)
             if data is None:  # its work is cached: skip its steps
-                save_checkpoint(ckpt, algo, end)
+                save_checkpoint(ckpt, algo, end, len(records))
                 _log_time(run_dir, stage.name, "cached", 0, time.perf_counter() - t_begin)
                 continue
             prepare_s = time.perf_counter() - t_begin
@@ -212,7 +242,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                     if bad:
                         kept = load_pt(ckpt, "checkpoint")["step"] if ckpt.exists() else 0
                         where = (f"The last good checkpoint (step {kept}) is kept in {run_dir}." if kept else
-                                 f"No checkpoint was written before it; the run folder is {run_dir}.")
+                                 "No checkpoint was written before it, so the run folder is removed.")
                         raise RunFailed(
                             f"Loss became non-finite at step {step + 1} ({', '.join(f'{k}={v}' for k, v in bad.items())}). "
                             f"{where} Try a smaller learning rate (-H lr=...) or --precision fp32."
@@ -244,7 +274,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         step_log.evaluated(record)
                         sums, counts = {}, {}
                     step_log.flush()  # before the checkpoint: a resume never finds a step the log lacks
-                    save_checkpoint(ckpt, algo, step + 1)
+                    save_checkpoint(ckpt, algo, step + 1, len(records))
             finally:
                 reporter.stop()
             _log_time(run_dir, stage.name, "prepare", 0, prepare_s)
@@ -264,8 +294,11 @@ class StepLog:
         if log is None:  # not rank 0: it writes nothing
             return
         path = run_dir / "steps.jsonl"
-        kept = [r for r in read_records(path) if r["step"] <= start] if start else []
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        scan = scan_records(path) if start else Scan()
+        if scan.bad_line is not None:
+            warnings.warn(f"{scan.problem(path)}; the step log keeps the steps before it.", stacklevel=2)
+        kept = [r for r in scan.records if r["step"] <= start]
+        rewrite_lines(path, kept)
         self.file = open(path, "a")
         if log == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter  # checked by the runner before training

@@ -115,10 +115,21 @@ def test_incomplete_runs_are_listed_and_not_averaged(tmp_path):
     assert "Incomplete runs" in md and f"| {unfinished.relative_to(tmp_path)} | 400 |" in md
 
 
-def test_a_truncated_last_line_is_ignored(tmp_path):
-    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.60), rec(400, 0.8, 0.4, 0.70)], tail='{"step": 600, "src-val": {"a')
+def test_a_run_with_an_unreadable_line_is_skipped_and_named_a_training_one_is_listed(tmp_path):
+    """A finished run wrote every record whole before its ``done``: a cut or garbage line is damage,
+    and its numbers count nowhere (the records before the line would be another run's last step).
+    A run still training may be mid-write: it is listed at its last whole record."""
+    good = [rec(200, 0.9, 0.5, 0.60), rec(400, 0.8, 0.4, 0.70)]
+    make_run(tmp_path, good, seed=0)
+    cut = make_run(tmp_path, good, seed=1, tail='{"step": 600, "src-val": {"a')
+    garbage = make_run(tmp_path, good[:1], seed=2, tail='garbage\n' + json.dumps(good[1]) + "\n")
+    training = make_run(tmp_path, good, seed=3, done=False, tail='{"step": 600, "src-v')
     board = leaderboard(tmp_path)
-    assert cell(board, "last").mean == 70.0
+    assert cell(board, "last").mean == 70.0 and cell(board, "last").n == 1
+    reasons = dict(board.skipped)
+    assert "line 3 is cut off" in reasons[cut] and "line 2 is not a record" in reasons[garbage]
+    assert board.incomplete == [(training, 400)]
+    assert "line 3 is cut off" in render(board, "markdown")
 
 
 def test_malformed_config_is_skipped_with_its_reason(tmp_path):

@@ -152,3 +152,88 @@ def test_sweep_runs_a_repeated_seed_once(tmp_path):
     assert r.exit_code == 0 and "1 runs ->" in r.output, r.output
     assert len(list(tmp_path.glob("*/erm/seed0-*/done"))) == 1
     assert read_records(next(tmp_path.glob("*/erm/seed0-*/results.jsonl")))[-1]["step"] == 5
+
+
+# --- crash-safe records -----------------------------------------------------------------------------
+
+class _Killed(Exception):
+    pass
+
+
+def killed_at(tmp_path, monkeypatch, step: int) -> Path:
+    """A 40-step run stopped by an exception in step ``step`` (checkpoints every 10); its folder."""
+    from dabench_plugins.algorithms.erm import ERM
+
+    original = ERM.update
+
+    def dies(self, batch, s):
+        if s == step:
+            raise _Killed()
+        return original(self, batch, s)
+
+    monkeypatch.setattr(ERM, "update", dies)
+    with pytest.raises(_Killed):
+        run(cfg(tmp_path, steps=40))
+    monkeypatch.setattr(ERM, "update", original)
+    (run_dir,) = (tmp_path / "toy-src_to_toy-tgt" / "erm").iterdir()
+    return run_dir
+
+
+def steps_of(records):
+    return [r["step"] for r in records]
+
+
+def without_time(records):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
+
+
+def test_a_torn_line_past_the_checkpoint_is_dropped_with_a_warning_and_the_resume_is_exact(tmp_path, monkeypatch):
+    full = run(cfg(tmp_path / "full", steps=40))
+    run_dir = killed_at(tmp_path / "k", monkeypatch, 25)
+    results = run_dir / "results.jsonl"
+    assert steps_of(read_records(results)) == [10, 20]
+    with open(results, "a") as f:  # the kill hit the write of step 30's record
+        f.write('{"step": 30, "stage": "train", "src-v')
+    with pytest.warns(UserWarning, match="line 3 is cut off.*dropped"):
+        resumed = run(cfg(tmp_path / "k", steps=40, resume=True))
+    assert without_time(read_records(results, strict=True)) == without_time(full.records)
+    assert without_time(resumed.records) == without_time(full.records)
+
+
+@pytest.mark.parametrize("damage, line, what", [
+    (lambda text: text[: text.index("\n") + 30], 2, "is cut off"),  # cut inside step 20's record
+    (lambda text: "garbage\n" + text.split("\n", 1)[1], 1, "is not a record")])
+def test_an_unreadable_record_before_the_checkpoint_stops_the_resume(tmp_path, monkeypatch, damage, line, what):
+    run_dir = killed_at(tmp_path, monkeypatch, 25)  # checkpoint at 20, after the records of 10 and 20
+    results = run_dir / "results.jsonl"
+    results.write_text(damage(results.read_text()))
+    with pytest.raises(DabenchError, match=f"results.jsonl line {line} {what}.*--overwrite"):
+        run(cfg(tmp_path, steps=40, resume=True))
+    r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "toy-src", "--tgt", "toy-tgt", "--steps", "40",
+                                  "--eval-every", "10", "--out", str(tmp_path), "--resume"])
+    assert r.exit_code == 2 and f"line {line}" in r.output and "Traceback" not in r.output, r.output
+    assert not (run_dir / "done").exists()
+
+
+def test_records_are_read_line_by_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n')
+    assert steps_of(read_records(path, strict=True)) == [1, 2]
+    path.write_text('{"step": 1}\n{"step": 2}')  # whole JSON, but its newline never written
+    with pytest.raises(DabenchError, match="line 2 is cut off"):
+        read_records(path, strict=True)
+    assert steps_of(read_records(path)) == [1]
+    path.write_text('{"step": 1}\n[1, 2]\n{"step": 3}\n')
+    with pytest.raises(DabenchError, match="line 2 is not a record"):
+        read_records(path, strict=True)
+
+
+def test_a_finished_run_with_a_damaged_record_is_refused_by_load_and_by_a_rerun(finished, tmp_path):
+    copy = tmp_path / "copy" / finished.relative_to(finished.parents[2])
+    shutil.copytree(finished, copy)
+    lines = (copy / "results.jsonl").read_text().split("\n")
+    (copy / "results.jsonl").write_text("\n".join([lines[0][:-5]] + lines[1:]))
+    with pytest.raises(DabenchError, match="line 1 is not a record.*--overwrite"):
+        dabench.load(copy)
+    with pytest.raises(DabenchError, match="line 1 is not a record"):
+        run(cfg(tmp_path / "copy"))  # "already finished" would show the records after the damage as the run's

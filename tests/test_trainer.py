@@ -94,11 +94,22 @@ def test_every_step_is_logged_and_evaluations_average_them(tmp_path):
 
 
 def test_unfinished_run_needs_resume_or_overwrite(tmp_path, monkeypatch):
-    monkeypatch.setattr(ERM, "update", lambda self, b, s: (_ for _ in ()).throw(_Killed()))
+    original = ERM.update
+    monkeypatch.setattr(ERM, "update", lambda self, b, s: original(self, b, s) if s < 15 else (_ for _ in ()).throw(_Killed()))
     with pytest.raises(_Killed):
-        run(cfg(tmp_path, algo="erm"))
+        run(cfg(tmp_path, algo="erm"))  # after the checkpoint of step 10
     with pytest.raises(DabenchError, match="--resume"):
         run(cfg(tmp_path, algo="erm"))
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch):
+    original = ERM.update
+    monkeypatch.setattr(ERM, "update", lambda self, b, s: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        run(cfg(tmp_path, algo="erm"))
+    assert not list((tmp_path / "toy-src_to_toy-tgt" / "erm").iterdir())
+    monkeypatch.setattr(ERM, "update", original)
+    assert [r["step"] for r in run(cfg(tmp_path, algo="erm")).records] == [10, 20, 30, 40]  # no "Add --resume"
 
 
 def test_resume_with_different_config_is_refused(tmp_path):
