@@ -221,8 +221,16 @@ def _torchrun(devices: int) -> None:
             skip = True
         elif not a.startswith("--devices="):
             argv.append(a)
+    import os
+
+    from dabench.distributed import die_with_parent
+
+    parent = os.getpid()
+    # torchrun's agent and, through it, every worker end with this process (no orphans training on);
+    # the lock on the run folder is rank 0's, so it goes with them.
     code = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
-                            "-m", "dabench", *argv])
+                            "-m", "dabench", *argv], env=os.environ | {"DABENCH_PARENT": str(parent)},
+                           preexec_fn=lambda: die_with_parent(parent))
     sys.exit(code)
 
 

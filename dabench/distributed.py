@@ -13,7 +13,10 @@ run folder.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -34,6 +37,8 @@ def setup() -> tuple[int, int]:
     """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU);
     a no-op outside torchrun. Each rank uses the GPU of its local rank."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and "DABENCH_PARENT" in os.environ:
+        die_with_parent()  # a worker ends when torchrun's agent does, even one killed with SIGKILL
     if size > 1 and not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
@@ -95,3 +100,18 @@ def shard(indices: list[int]) -> list[int]:
         return indices
     k = len(indices) // size
     return indices[rank * k : (rank + 1) * k]
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent exits (``prctl``'s
+    PR_SET_PDEATHSIG), so ``dabench run --devices N`` leaves no orphan training on when its
+    process is killed. ``parent``: the pid the parent had when this process was started; if it has
+    already gone, this process ends now. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took hold

@@ -55,18 +55,42 @@ def test_a_two_process_segmentation_run_finishes(tmp_path):
     assert [r["step"] for r in records] == [2, 4] and len(records[-1]["tgt-test"]["iou"]) == 8
 
 
-def test_a_killed_two_process_run_resumes_to_the_uninterrupted_numbers(tmp_path):
+def survivors(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_only_the_parent_of_a_two_process_run_leaves_no_worker_and_it_resumes_exactly(tmp_path):
+    """SIGKILL to `dabench run --devices 2` alone (not its process group): torchrun's agent and both
+    workers end with it, nobody writes `done`, and --resume gives the uninterrupted numbers."""
     args = [*RUN, "--steps", "80", "--devices", "2"]
     dabench(*args, "--out", str(tmp_path / "full"))
-    proc = dabench(*args, "--out", str(tmp_path / "killed"), wait=False)
+    killed = tmp_path / "killed"
+    proc = dabench(*args, "--out", str(killed), wait=False)
     deadline = time.time() + 240
     while time.time() < deadline:
-        found = list((tmp_path / "killed").rglob("results.jsonl"))
+        found = list(killed.rglob("results.jsonl"))
         if found and len(found[0].read_text().splitlines()) >= 2:
             break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    assert len(survivors(str(killed))) >= 3  # the parent, torchrun's agent, two workers
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 60
+    while survivors(str(killed)) and time.time() < deadline:
+        time.sleep(0.2)
+    left = survivors(str(killed))
+    for pid in left:  # do not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not left
     (done_marker,) = [p.parent / "done" for p in (tmp_path / "killed").rglob("config.json")]
     assert not done_marker.exists()
     dabench(*args, "--resume", "--out", str(tmp_path / "killed"))
