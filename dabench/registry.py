@@ -106,7 +106,7 @@ class DomainGroup:
 
 
 def plugin(task: str, description: str | None = None, images_of: str | None = None,
-           generated: bool = False, regime: str | None = None) -> Callable[[Any], Any]:
+           generated: bool = False, regime: str | None = None, path_arg: bool = False) -> Callable[[Any], Any]:
     """Tag a dataset or backbone factory with its task ("classification", "segmentation" or
     "any") and a one-line description for ``dabench list`` (default: the docstring's first line).
     Two facts about a data set's images, so no run trains on the images it tests on:
@@ -114,10 +114,14 @@ def plugin(task: str, description: str | None = None, images_of: str | None = No
     ``uci-digits``); ``generated``: a generator whose argument is only how many images it draws
     (``syndigits:N``), so every argument gives the same domain. Other data sets' arguments name
     other images (``folder:PATH``, ``pacs:photo``). A backbone's ``regime``: which of the authors'
-    settings its runs take their defaults from (``dabench.hparams.REGIMES``; default ``imagenet``)."""
+    settings its runs take their defaults from (``dabench.hparams.REGIMES``; default ``imagenet``).
+    ``path_arg``: the data set's argument is a path (``folder:PATH``); a run records it resolved, so
+    the same words typed in another directory name another run."""
 
     def decorate(obj: Any) -> Any:
         obj.task = task
+        if path_arg:
+            obj.path_arg = True
         if regime:
             obj.regime = regime
         if description:
@@ -129,6 +133,15 @@ def plugin(task: str, description: str | None = None, images_of: str | None = No
         return obj
 
     return decorate
+
+
+def resolved_name(name: str) -> str:
+    """``name`` with a path argument made absolute (``folder:data/mine`` -> ``folder:/home/me/data/mine``);
+    any other name as it is."""
+    spec = Spec.parse(name)
+    if spec.arg and spec.name in datasets.names() and getattr(datasets.get(spec.name), "path_arg", False):
+        return f"{spec.name}:{Path(spec.arg).expanduser().resolve()}"
+    return name
 
 
 def image_origin(name: str) -> str:

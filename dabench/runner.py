@@ -32,7 +32,7 @@ from dabench.errors import DabenchError
 from dabench.files import RunLock
 from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import SETTINGS, Splits, build_splits, data_root, load_domain, split_rules
-from dabench.registry import Spec, algorithms, backbones, shared_images
+from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
 from dabench.records import read_records
 from dabench.trainer import NullReporter, fit, seed_all
 
@@ -221,6 +221,15 @@ def _domain_name(value: str | Domain | list) -> str:
     return value.name if isinstance(value, Domain) else value
 
 
+def _resolved(value: str | Domain | list) -> str | Domain | list:
+    """Domain names with their path arguments made absolute (``registry.resolved_name``)."""
+    if isinstance(value, (list, tuple)):
+        return [_resolved(v) for v in value]
+    if isinstance(value, Domain):
+        return value
+    return ",".join(resolved_name(n.strip()) if n.strip() else n for n in str(value).split(","))
+
+
 def source_list(value: str | Domain | list) -> list[str | Domain]:
     """The source domains ``--src`` names: "a,b,c" or a list -> each one; one domain -> [it]."""
     if isinstance(value, (list, tuple)):
@@ -272,7 +281,9 @@ def hparam_values(cfg: RunConfig, algo_cls, task: str) -> tuple[dict[str, Any], 
 def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> dict[str, Any]:
     """The config as ``config.json`` records it, before the data-dependent fields are added."""
     tgt_labeled = "all" if algo_cls.target_labels == "all" and not cfg.tgt_labeled else cfg.tgt_labeled
-    config = _config_dict(cfg) | {"src": _domain_name(source_list(cfg.src)), "tgt": _domain_name(cfg.tgt),
+    # A run is named by the folder it reads, not the words typed for it: folder:data typed in another
+    # directory is other images, hence another run (path arguments are recorded resolved).
+    config = _config_dict(cfg) | {"src": _domain_name(source_list(_resolved(cfg.src))), "tgt": _domain_name(_resolved(cfg.tgt)),
                                   "eval_every": eval_every_for(task, cfg.steps, cfg.eval_every),
                                   "backbone": cfg.backbone or DEFAULT_BACKBONE[task], "tgt_labeled": tgt_labeled,
                                   "hparams": values, "overrides": sorted(cfg.hparams)}  # the -H keys: a variant

@@ -237,3 +237,33 @@ def test_a_finished_run_with_a_damaged_record_is_refused_by_load_and_by_a_rerun(
         dabench.load(copy)
     with pytest.raises(DabenchError, match="line 1 is not a record"):
         run(cfg(tmp_path / "copy"))  # "already finished" would show the records after the damage as the run's
+
+
+def image_folder(path: Path, value: int) -> Path:
+    for c in ("a", "b"):
+        (path / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((16, 16, 3), value + 40 * (c == "b") + i, np.uint8)).save(path / c / f"{i}.png")
+    return path
+
+
+def test_a_relative_folder_names_the_run_by_where_it_resolves(tmp_path, monkeypatch):
+    """The same words, folder:data, typed in two directories that hold other images: two runs."""
+    for name, value in (("one", 10), ("two", 150)):
+        image_folder(tmp_path / name / "data", value)
+    image_folder(tmp_path / "target", 90)
+    out = tmp_path / "runs"
+    results = {}
+    for name in ("one", "two"):
+        monkeypatch.chdir(tmp_path / name)
+        r = run(RunConfig(algo="erm", src="folder:data", tgt="folder:../target", steps=2, eval_every=2,
+                          out=str(out), hparams={"batch_size": 4}))
+        assert not r.already_done
+        results[name] = r
+    assert results["one"].run_dir != results["two"].run_dir
+    assert results["one"].config["src"] == f"folder:{tmp_path / 'one' / 'data'}"
+    assert results["two"].config["tgt"] == f"folder:{tmp_path / 'target'}"
+    monkeypatch.chdir(tmp_path)  # the same folder written another way is the same run
+    again = run(RunConfig(algo="erm", src="folder:two/data", tgt="folder:target", steps=2, eval_every=2,
+                          out=str(out), hparams={"batch_size": 4}))
+    assert again.already_done and again.run_dir == results["two"].run_dir
