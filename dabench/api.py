@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from dabench.data import CLASSIFICATION, SEGMENTATION, Domain, as_uint8_images, from_arrays, to_unit_range
 from dabench.errors import DabenchError
-from dabench.files import load_pt
+from dabench.files import load_pt, read_config
 from dabench.records import read_records
 from dabench.selection import PROTOCOLS, choose
 
@@ -125,7 +125,7 @@ def load(path: str | Path, *, selection: str | None = None, device: str = "auto"
         if not config_path.is_file():
             raise DabenchError(f"{path} is not a run folder: it has no config.json (`dabench run` prints the run folder "
                                "at its end; folders look like runs/<src>_to_<tgt>/<algo>/seed0-1a2b3c4d).")
-        config = json.loads(config_path.read_text())
+        config = read_config(config_path)
         records = read_records(path / "results.jsonl", strict=True)
         protocol = config.get("protocol", "dabench")
         selection = selection or PROTOCOLS[protocol][0]
@@ -195,6 +195,9 @@ class Run:
         """User images -> (the network's input: [-1, 1] floats at the run's input size, their own (H, W))."""
         x = to_unit_range(as_uint8_images(images))
         own = tuple(x.shape[-2:])
+        if self.task == CLASSIFICATION and own[0] != own[1]:  # as fit refuses them: no silent stretching
+            raise DabenchError(f"Classification images must be square, got {own[1]}x{own[0]}. Crop or resize them as "
+                               "the training images were.")
         w, h = self.input_size
         if own != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)

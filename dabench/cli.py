@@ -499,11 +499,12 @@ def leaderboard(path, fmt):
 @click.option("--selection", type=click.Choice(["source-val", "last"]), default=None,
               help="which step's model: the one source-val selection chose, as the tables (default; last under "
                    "--protocol paper), or the last")
-def predict(run_dir, images, out, device, selection):
+@click.option("--overwrite", is_flag=True, help="replace predictions already in --out")
+def predict(run_dir, images, out, device, selection, overwrite):
     """Apply a run's model to a folder of images: coloured masks and overlays (segmentation) or a CSV."""
     from dabench.predict import predict as predict_api
 
-    written = predict_api(run_dir, images, out, device, selection)
+    written = predict_api(run_dir, images, out, device, selection, overwrite)
     console.print(f"wrote {len(written)} files to {out}")
 
 

@@ -74,10 +74,42 @@ def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.to(torch.float32, copy=True).div_(127.5).sub_(1.0)
 
 
+_INTEGER_TYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _tensor(values, what: str, expected: str) -> torch.Tensor:
+    """User data (numpy, torch, nested lists) as a CPU tensor, or a DabenchError saying why not."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu()
+    try:
+        array = np.asarray(values)
+    except ValueError as exc:  # a ragged list: items of different shapes
+        raise DabenchError(f"{what}: expected {expected}, but the items differ in shape ({exc}).") from None
+    if array.dtype.kind not in "biuf":
+        raise DabenchError(f"{what}: expected numbers ({expected}), got {array.dtype} values"
+                           f"{' (class names? map them to ids 0..K-1 and pass the names as classes=)' if array.dtype.kind in 'USO' else ''}.")
+    return torch.as_tensor(array)
+
+
+def _labels(labels, n: int) -> torch.Tensor:
+    """Class ids or label maps as int64; floats must be whole numbers (never truncated)."""
+    y = _tensor(labels, "labels", f"{n} integer class ids or label maps")
+    if y.is_floating_point():
+        bad = ~torch.isfinite(y) | (y != y.round())
+        if bool(bad.any()):
+            raise DabenchError(f"labels: expected integer class ids, got {int(bad.sum())} values that are not whole "
+                               f"numbers (e.g. {y[bad].flatten()[0].item()}). Pass ints (0..K-1).")
+    elif y.dtype == torch.bool:
+        raise DabenchError("labels: expected integer class ids, got booleans. Pass ints (0..K-1).")
+    return y.long()
+
+
 def as_uint8_images(images, what: str = "images") -> torch.Tensor:
     """User arrays -> uint8 (N, 3, H, W): numpy or torch, (N, H, W), (N, C, H, W) or (N, H, W, C)
     with C 1 or 3, uint8 0-255 or floats in [0, 1]; one channel is replicated to three."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
+    x = _tensor(images, what, "images of one size")
+    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in _INTEGER_TYPES):
+        raise DabenchError(f"{what}: expected uint8 (0-255) or float (0-1) pixels, got {x.dtype}.")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or (x.shape[1] not in (1, 3) and x.shape[-1] not in (1, 3)):
@@ -88,6 +120,10 @@ def as_uint8_images(images, what: str = "images") -> torch.Tensor:
     if x.dtype != torch.uint8:
         if not x.is_floating_point():
             raise DabenchError(f"{what}: expected uint8 (0-255) or float (0-1) pixels, got {x.dtype}.")
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise DabenchError(f"{what}: {bad} pixel values are NaN or infinite. Replace them (e.g. np.nan_to_num) "
+                               "before training: dabench does not guess what they stood for.")
         if len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
             raise DabenchError(f"{what}: float pixels must lie in [0, 1] (got {float(x.min()):.3g} to "
                                f"{float(x.max()):.3g}); divide by the maximum or pass uint8 0-255.")
@@ -108,7 +144,7 @@ def from_arrays(images, labels=None, *, classes: list[str] | None = None, name: 
         y = torch.full((len(x),), -1, dtype=torch.long)  # placeholders, never served: the domain is unlabelled
         classes = classes or ["0"]
     else:
-        y = torch.as_tensor(np.asarray(labels)).long()
+        y = _labels(labels, len(x))
         if y.ndim not in (1, 3) or len(y) != len(x) or (y.ndim == 3 and y.shape[1:] != x.shape[2:]):
             raise DabenchError(f"labels: expected (N,) class ids or (N, H, W) label maps matching the {len(x)} images "
                                f"of size {tuple(x.shape[2:])}, got shape {tuple(y.shape)}.")

@@ -7,6 +7,7 @@ run folder; a second one is refused, naming the holder.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -73,14 +74,17 @@ class RunLock:
             return "another process"
 
     def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire(timeout=0)
         except Timeout:
             raise RunHeld(
                 f"{self.run_dir} is being trained by {self.holder()}: one process writes a run folder. Wait for it to "
                 "finish (its results then show here), or stop it first; a second writer would interleave its "
                 "records.") from None
+        except OSError as exc:
+            raise DabenchError(f"Cannot write under {self.path.parents[1]} ({exc.strerror or exc}). Choose an --out "
+                               "folder you can write.") from None
         self.owner.write_text(f"process {os.getpid()} on {socket.gethostname()}\n")
         return self
 
@@ -107,3 +111,26 @@ def is_held(run_dir: Path) -> bool:
         return True
     probe._lock.release()
     return False
+
+
+def writable_folder(path: Path, option: str) -> None:
+    """Refuse ``path`` as an output folder when it is a file or cannot be created or written."""
+    if path.exists() and not path.is_dir():
+        raise DabenchError(f"{option} {path} is a file; give a folder (it is created if missing).")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise DabenchError(f"{option} {path}: {existing} is a file, so the folder cannot be created there.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DabenchError(f"{option} {path}: {existing} is not writable by you. Choose a folder you can write.")
+
+
+def read_config(path: Path) -> dict:
+    """A run folder's config.json, or a ``DabenchError`` naming the file when it is not a JSON object."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DabenchError(f"{path} cannot be read ({type(exc).__name__}: {exc}): the run folder was damaged. Run "
+                           "that config again with --overwrite.") from None
+    if not isinstance(config, dict):
+        raise DabenchError(f"{path} is not a JSON object: the run folder was damaged. Run it again with --overwrite.")
+    return config

@@ -127,4 +127,16 @@ def apply_overrides(space: dict[str, HParam], values: dict[str, Any], overrides:
             raise DabenchError(f"Hyperparameter '{key}' expects a {p.type.__name__}, got {raw!r}.")
         else:
             out[key] = parse_value(key, str(raw), p) if p.choices else raw
+    check_values(out)
     return out
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """What no algorithm can train with: a learning rate that is not a finite positive number, a
+    batch of fewer than one image. Checked before anything is built, for the CLI and the API alike."""
+    for key, value in values.items():
+        if (key == "lr" or key.endswith("_lr")) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not (math.isfinite(value) and value > 0):
+                raise DabenchError(f"Hyperparameter '{key}' must be a finite number above 0, got {value!r}.")
+        if key == "batch_size" and isinstance(value, int) and value < 1:
+            raise DabenchError(f"Hyperparameter 'batch_size' must be 1 or more (images per domain per step), got {value}.")

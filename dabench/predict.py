@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 from dabench.algorithm import upsample
 from dabench.data import decode_image, to_unit_range
 from dabench.errors import DabenchError
+from dabench.files import writable_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -45,9 +46,10 @@ def _tensor(path: Path, size: tuple[int, int], task: str, device: torch.device) 
 
 @torch.no_grad()
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: str = "auto",
-            selection: str | None = None) -> list[Path]:
+            selection: str | None = None, overwrite: bool = False) -> list[Path]:
     """Predict every image in ``images`` with the run's model (the step ``selection`` chose:
-    source-val by default, as the tables); returns the files written."""
+    source-val by default, as the tables); returns the files written. Files already in ``out``
+    are kept unless ``overwrite``."""
     from dabench.api import load
     from dabench.segmentation import colorize
 
@@ -58,6 +60,13 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: st
     run = load(run_dir, selection=selection, device=device)
     algo, config, dev = run.algorithm, run.config, run.device
     size, classes = run.input_size, config["classes"]
+    writable_folder(out, "--out")
+    names = (["predictions.csv"] if config["task"] != "segmentation" else
+             [n for f in files for n in (f"{f.stem}.png", f"{f.stem}_overlay.png")])
+    there = [n for n in names if (out / n).exists()]
+    if there and not overwrite:
+        raise DabenchError(f"--out {out} already holds {there[0]}{f' and {len(there) - 1} more' if len(there) > 1 else ''}"
+                           " from an earlier prediction. Choose another --out, or add --overwrite to replace them.")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows = []

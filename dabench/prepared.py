@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -96,6 +97,14 @@ def prepare(domain: Domain, root: Path, workers: int, progress=None, compression
                            "(gta5, cityscapes, synthia, segfolder:PATH).")
     target = folder_of(root, domain.name, domain.image_size)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):  # one prepare of a copy at a time
+        for left in target.parent.glob(f".{target.name}.*"):  # what killed prepares of this copy left
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
+        return _write_copy(domain, splits, target, root, workers, progress, compression)
+
+
+def _write_copy(domain: Domain, splits: dict, target: Path, root: Path, workers: int, progress, compression: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         manifest = {"format": FORMAT, "name": domain.name, "image_size": list(domain.image_size),

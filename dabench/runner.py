@@ -29,7 +29,7 @@ from dabench import hparams as hp
 from dabench.algorithm import Algorithm
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
-from dabench.files import RunLock
+from dabench.files import RunLock, read_config, writable_folder
 from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import SETTINGS, Splits, build_splits, data_root, load_domain, split_rules
 from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
@@ -327,6 +327,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         _positive("--eval-every", cfg.eval_every)
     if cfg.image_size is not None:
         _positive("--image-size", cfg.image_size)
+    writable_folder(Path(cfg.out).expanduser(), "--out")
     if cfg.workers is not None and cfg.workers < 0:
         raise DabenchError(f"--workers must be 0 or more, got {cfg.workers}.")
     if cfg.log not in ("jsonl", "tensorboard"):
@@ -389,7 +390,12 @@ def prepare(cfg: RunConfig) -> Prepared:
     factory = backbones.get(Spec.parse(config["backbone"]).name)
     if getattr(factory, "task", "any") not in ("any", src.task):
         raise DabenchError(f"Backbone '{config['backbone']}' is for {factory.task}, but this is a {src.task} pair.")
+    if src.task != SEGMENTATION and (sizes := {d.name: d.image_size for d in [*sources, tgt]}) and len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{n} {size_text(s)}" for n, s in sizes.items())
+        raise DabenchError(f"Classification domains share one image size, got {listed}. Resize the arrays to one size "
+                           "(data sets loaded by name are resized for you; --image-size picks the size).")
     splits = build_splits(sources, tgt, config["tgt_labeled"], cfg.seed, cfg.protocol, cfg.setting)
+    _check_split_sizes(splits, cfg.protocol, src.name, tgt.name, tgt.labeled)
     config |= {
         "task": src.task, "metric": PRIMARY_METRIC[src.task], "classes": src.classes,
         "eval_size": size_text(tgt.image_size),  # the target images' input size (W x H)
@@ -406,6 +412,27 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(config, splits, algorithm, device, run_dir)
 
 
+def _check_split_sizes(splits: Splits, protocol: str, src: str, tgt: str, tgt_has_labels: bool) -> None:
+    """Every split the run trains or scores on holds an image, before anything is built (the
+    "paper" protocol holds nothing out: it has no validation splits to fill; a target without
+    labels has nothing to score)."""
+    needed = {"src_train": src} | ({"src_val": src} if protocol == "dabench" else {})
+    if tgt_has_labels:
+        needed |= {"tgt_test": tgt} | ({"tgt_val": tgt} if protocol == "dabench" else {})
+    if splits.tgt_train is not None:
+        needed["tgt_train"] = tgt
+    if splits.tgt_labeled is not None:
+        needed["tgt_labeled"] = tgt
+    sizes = splits.sizes()
+    empty = [k for k in needed if sizes[k] == 0]
+    if empty:
+        which = ", ".join(f"{k.replace('_', '-')} ({needed[k]})" for k in empty)
+        raise DabenchError(f"Too few images to split: {which} would hold no image (sizes: "
+                           f"{', '.join(f'{k} {v}' for k, v in sizes.items())}). The protocol holds out 20% of each "
+                           "domain's train images for validation and, without an official test split, 25% of the "
+                           "target for test: give each domain at least 10 images.")
+
+
 def _differences(a: dict, b: dict) -> str:
     a, b = identity(a), identity(b)
     return "; ".join(f"{k}: {a[k]!r} in the folder vs {b[k]!r} now" for k in IDENTITY if a[k] != b[k])
@@ -414,14 +441,14 @@ def _differences(a: dict, b: dict) -> str:
 def _check_resumable(run_dir: Path, config: dict) -> None:
     if run_dir.exists():
         if (run_dir / "config.json").exists():
-            saved = json.loads((run_dir / "config.json").read_text())
+            saved = read_config(run_dir / "config.json")
             if diff := _differences(saved, config):
                 raise DabenchError(f"--resume: the run in {run_dir} was made with a different config ({diff}). Resume with the same options, or start a new run without --resume.")
         return
     siblings = [p for p in run_dir.parent.glob(f"seed{config['seed']}-*") if (p / "config.json").exists()]
     detail = ""
     if siblings:
-        saved = json.loads((siblings[0] / "config.json").read_text())
+        saved = read_config(siblings[0] / "config.json")
         detail = f" The nearest one, {siblings[0]}, differs in: {_differences(saved, config)}."
     raise DabenchError(f"--resume: there is no run of this exact config at {run_dir}.{detail} Resume with the options of the original run, or drop --resume.")
 
@@ -439,7 +466,7 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     rank, world_size = distributed.setup()  # under torchrun: join the process group; else (0, 1)
     main = rank == 0
     if cfg.resume is not True and not cfg.overwrite and (done := finished_run(cfg)) is not None:
-        return RunResult(done, json.loads((done / "config.json").read_text()),
+        return RunResult(done, read_config(done / "config.json"),
                          read_records(done / "results.jsonl", strict=True), already_done=True)
     prep = prepare(cfg)
     # One writer per run folder: rank 0 holds the lock for the run's whole life (under torchrun the

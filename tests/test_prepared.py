@@ -99,8 +99,20 @@ def test_an_interrupted_prepare_leaves_nothing_behind(root, monkeypatch):
     with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared.prepare(originals("gta5", root, 12), root, workers=1)
-    assert list((root / "prepared").iterdir()) == []
+    assert [p for p in (root / "prepared").iterdir() if p.suffix != ".lock"] == []  # the lock file stays
     assert "prepared_copy" not in load_domain("gta5", root, 12).info
+
+
+def test_what_a_killed_prepare_left_is_removed_by_the_next(root):
+    """SIGKILL skips the cleanup: its temporary folder stays, and the next prepare of that copy removes it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        target = prepared.prepare(originals("gta5", root, 12), root, workers=1)
+        left = target.parent / f".{target.name}.k1ll3d"
+        (left / "train").mkdir(parents=True)
+        (left / "train" / "000000.png").write_bytes(b"half")
+        prepared.prepare(originals("gta5", root, 12), root, workers=1)
+    assert not left.exists() and sorted(p.name for p in target.parent.iterdir() if p.is_dir()) == [target.name]
 
 
 def test_bad_input_is_refused_with_a_message(root, tmp_path_factory):

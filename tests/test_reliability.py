@@ -267,3 +267,93 @@ def test_a_relative_folder_names_the_run_by_where_it_resolves(tmp_path, monkeypa
     again = run(RunConfig(algo="erm", src="folder:two/data", tgt="folder:target", steps=2, eval_every=2,
                           out=str(out), hparams={"batch_size": 4}))
     assert again.already_done and again.run_dir == results["two"].run_dir
+
+
+# --- checks before training -------------------------------------------------------------------------
+
+def squares(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.full((3, 8, 8), np.nan), [0, 1, 0], "NaN or infinite"),
+    (squares(3), [0.5, 1, 0], "not whole numbers"),
+    (squares(3), ["a", "b", "a"], "class names"),
+    ([np.zeros((8, 8)), np.zeros((9, 9))], [0, 1], "differ in shape"),
+    (squares(3).astype(bool), [0, 1, 0], "uint8"),
+])
+def test_arrays_that_cannot_be_images_and_labels_are_refused(images, labels, message):
+    with pytest.raises(DabenchError, match=message):
+        dabench.from_arrays(images, labels)
+    assert dabench.from_arrays(squares(3), np.array([0.0, 1.0, 0.0])).classes == ["0", "1"]  # whole floats are ids
+
+
+@pytest.mark.parametrize("hparams, message", [
+    ({"lr": float("nan")}, "'lr' must be a finite number above 0"), ({"lr": -1.0}, "'lr' must be"),
+    ({"lr": 0.0}, "'lr' must be"), ({"batch_size": 0}, "'batch_size' must be 1 or more"),
+    ({"batch_size": -4}, "'batch_size' must be 1 or more")])
+def test_hyperparameters_no_run_can_train_with_are_refused_before_training(tmp_path, hparams, message):
+    with pytest.raises(DabenchError, match=message):
+        run(cfg(tmp_path, hparams=hparams))
+    assert not list(tmp_path.iterdir())
+    key, value = next(iter(hparams.items()))
+    r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "toy-src", "--tgt", "toy-tgt", "-H", f"{key}={value}",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+
+
+def test_domains_of_other_sizes_and_splits_too_small_are_refused(tmp_path):
+    labels = np.arange(20) % 2
+    src = dabench.from_arrays(squares(20), labels)
+    with pytest.raises(DabenchError, match="share one image size.*16x16.*24x24"):
+        run(RunConfig(algo="erm", src=src, tgt=dabench.from_arrays(squares(20, 24), labels), out=str(tmp_path)))
+    with pytest.raises(DabenchError, match="Too few images to split: tgt-train"):
+        run(RunConfig(algo="erm", src=src, tgt=dabench.from_arrays(squares(2), [0, 1]), out=str(tmp_path)))
+    assert not list(tmp_path.iterdir())
+
+
+def test_predict_refuses_non_square_images_as_fit_does(finished):
+    model = dabench.load(finished)
+    assert model.predict(squares(2)).shape == (2, 4)
+    with pytest.raises(DabenchError, match="must be square, got 20x16"):
+        model.predict(np.zeros((2, 16, 20, 3), np.uint8))
+
+
+def test_output_paths_that_are_files_and_earlier_predictions_are_refused(finished, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "toy-src", "--tgt", "toy-tgt", "--out", str(a_file)])
+    assert r.exit_code == 2 and "is a file" in r.output and "Traceback" not in r.output
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(squares(1)[0]).save(images / "a.png")
+    predict = ["predict", str(finished), "--images", str(images), "--out"]
+    r = CliRunner().invoke(main, [*predict, str(a_file)])
+    assert r.exit_code == 2 and "is a file" in r.output
+    r = CliRunner().invoke(main, [*predict, str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    first = (tmp_path / "p" / "predictions.csv").read_text()
+    r = CliRunner().invoke(main, [*predict, str(tmp_path / "p")])
+    assert r.exit_code == 2 and "already holds predictions.csv" in r.output and "--overwrite" in r.output
+    r = CliRunner().invoke(main, [*predict, str(tmp_path / "p"), "--overwrite"])
+    assert r.exit_code == 0 and (tmp_path / "p" / "predictions.csv").read_text() == first
+
+
+def test_a_corrupt_config_under_resume_is_a_one_line_error(finished, tmp_path):
+    copy = tmp_path / "copy" / finished.relative_to(finished.parents[2])
+    shutil.copytree(finished, copy)
+    (copy / "done").unlink()
+    (copy / "config.json").write_text('{"algo": "erm", "src')
+    r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "toy-src", "--tgt", "toy-tgt", "--steps", "20",
+                                  "--eval-every", "10", "--out", str(tmp_path / "copy"), "--resume"])
+    assert r.exit_code == 2 and "config.json cannot be read" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_directory_link_that_loops_lists_each_image_once(tmp_path):
+    from dabench_plugins.datasets.folder import folder
+
+    data = image_folder(tmp_path / "data", 10)
+    (data / "self").symlink_to(data, target_is_directory=True)  # not a class holding every image
+    (data / "a" / "self").symlink_to(data / "a", target_is_directory=True)  # nor class a's images twice
+    domain = folder(str(data), image_size=16)
+    assert domain.info["images"] == 12 and domain.classes == ["a", "b"]

@@ -128,7 +128,10 @@ def memory_limit_mb() -> float:
 
 
 def _class_dirs(path: Path) -> list[Path]:
-    return sorted((d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    """The class folders of ``path``; a link back to ``path`` or above it (``ln -s . self``) is no class."""
+    here = path.resolve()
+    return sorted((d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")
+                   and not here.is_relative_to(d.resolve())), key=lambda d: d.name)
 
 
 def scan(path: Path, what: str) -> tuple[list[str], list[Path], list[int]]:
@@ -148,7 +151,7 @@ def scan(path: Path, what: str) -> tuple[list[str], list[Path], list[int]]:
     labels: list[int] = []
     empty = []
     for label, d in enumerate(dirs):
-        found = sorted(f for f in d.rglob("*") if f.suffix.lower() in EXTENSIONS and f.is_file())
+        found = sorted(f for f in _walk(d) if f.suffix.lower() in EXTENSIONS)
         empty += [] if found else [d.name]
         files += found
         labels += [label] * len(found)
@@ -156,6 +159,20 @@ def scan(path: Path, what: str) -> tuple[list[str], list[Path], list[int]]:
         raise DabenchError(f"{what}: these class folders under {path} hold no images: {', '.join(empty)}. "
                            f"Images must end in {', '.join(EXTENSIONS)}. Add images or remove the folders.")
     return [d.name for d in dirs], files, labels
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every file under ``folder``, following directory links but entering each real directory
+    once, so a link that loops (``ln -s . self``) cannot list the same images again."""
+    files, seen = [], set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(here) / n for n in names if (Path(here) / n).is_file()]
+    return files
 
 
 def _has_split(path: Path) -> bool:
