@@ -357,3 +357,16 @@ def test_a_directory_link_that_loops_lists_each_image_once(tmp_path):
     (data / "a" / "self").symlink_to(data / "a", target_is_directory=True)  # nor class a's images twice
     domain = folder(str(data), image_size=16)
     assert domain.info["images"] == 12 and domain.classes == ["a", "b"]
+
+
+def test_an_out_folder_you_cannot_write_is_refused_before_training(tmp_path, monkeypatch):
+    """As a user without write permission sees it (the tests run as root, whom permissions do not stop,
+    so the permission check itself is what is replaced)."""
+    import dabench.files
+
+    real = os.access
+    monkeypatch.setattr(dabench.files.os, "access", lambda p, mode: False if Path(p) == tmp_path else real(p, mode))
+    r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "toy-src", "--tgt", "toy-tgt", "--out",
+                                  str(tmp_path / "runs")])
+    assert r.exit_code == 2 and "is not writable by you" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "runs").exists()
