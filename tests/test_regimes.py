@@ -23,7 +23,7 @@ def test_a_hyperparameter_takes_its_regimes_default():
 
 
 def test_the_backbone_decides_the_regime():
-    assert regime_of("digit-cnn") == "digits"
+    assert regime_of("digit-cnn") == "digits" and regime_of("domainbed-cnn") == "digits"
     assert regime_of("timm:resnet18") == "imagenet"
     assert regime_of("no-such-backbone") == "imagenet"  # refused later with its own message
 
@@ -53,3 +53,20 @@ def test_list_shows_each_regimes_defaults():
     out = CliRunner().invoke(main, ["list", "algorithms"], env={"COLUMNS": "400"}).output
     assert "digits (digit-cnn, from scratch): " in out and "imagenet (other backbones): " in out
     assert "disc_hidden=500" in out and "disc_hidden=1024" in out
+
+
+def test_domainbeds_mnist_cnn_is_its_layers_in_its_order():
+    """domainbed/networks.py MNIST_CNN: conv -> ReLU -> GroupNorm(8) four times, then the mean over the map."""
+    import torch
+    from torch import nn
+
+    from dabench.registry import backbones
+
+    net = backbones.get("domainbed-cnn")(None, image_size=28)
+    convs = [m for m in net.lower if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (3, 64, (3, 3), (1, 1)), (64, 128, (3, 3), (2, 2)), (128, 128, (3, 3), (1, 1)), (128, 128, (3, 3), (1, 1))]
+    kinds = [type(m).__name__ for m in net.lower]
+    assert kinds == ["Conv2d", "ReLU", "GroupNorm"] * 4 and all(m.num_groups == 8 for m in net.lower if isinstance(m, nn.GroupNorm))
+    x = torch.randn(2, 3, 28, 28)
+    assert net(x).shape == (2, 128) and torch.allclose(net(x), net.lower(x).mean((2, 3)))

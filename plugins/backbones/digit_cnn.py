@@ -29,3 +29,26 @@ def digit_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int =
     if pretrained:
         load_weights(net, pretrained)
     return net
+
+
+@plugin(task="classification", regime="digits",
+        description="DomainBed's MNIST CNN: 4 conv3x3 (64, 128 stride 2, 128, 128) each ReLU + GroupNorm, mean-pool to 128")
+def domainbed_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int = 28, pretrained: str | None = None,
+                  num_classes: int | None = None) -> Backbone:
+    """DomainBed's featurizer for its MNIST data sets (domainbed/networks.py, ``MNIST_CNN``): four 3x3
+    convolutions (64; 128 with stride 2; 128; 128), each followed by ReLU and GroupNorm with 8
+    groups, then the mean over the map: a 128-d feature vector. Its GroupNorm keeps the features
+    of every image spread out, where the DANN digit CNN's fc-100 ReLU can switch them all off at
+    once; about 18 times the DANN CNN's multiply-adds per 28x28 image (74M against 4M)."""
+    if arg:
+        raise DabenchError(f"domainbed-cnn takes no argument, got 'domainbed-cnn:{arg}'. Write just 'domainbed-cnn'.")
+    lower = nn.Sequential(
+        nn.Conv2d(in_channels, 64, 3, 1, padding=1), nn.ReLU(), nn.GroupNorm(8, 64),
+        nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(), nn.GroupNorm(8, 128),
+        nn.Conv2d(128, 128, 3, 1, padding=1), nn.ReLU(), nn.GroupNorm(8, 128),
+        nn.Conv2d(128, 128, 3, 1, padding=1), nn.ReLU(), nn.GroupNorm(8, 128),
+    )
+    net = Backbone(lower, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), 128)
+    if pretrained:
+        load_weights(net, pretrained)
+    return net
