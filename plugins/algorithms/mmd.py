@@ -201,7 +201,8 @@ class MMD(ERM):
     feature 0, the MMD 0, the loss ln 10). DomainBed's Adam trains with mnistm5k held out (61.9 %
     at step 600) but not with syndigits held out (chance: the MMD falls to 0 by step 100 while the
     loss stays at ln 10); DomainBed's MNIST featurizer has GroupNorm, the DANN digit CNN has no
-    normalisation before its feature ReLU (benchmarks/RESULTS.md). DomainBed proposes MMD for
+    normalisation before its feature ReLU, and on that featurizer (``--backbone domainbed-cnn``)
+    the same run trains (benchmarks/RESULTS.md). DomainBed proposes MMD for
     domain generalisation only; between a source and a target, DAN (``dan``) is the method.
     """
 
