@@ -157,8 +157,14 @@ class Run:
 
         self.config, self.records, self.step, self.selection = config, records, step, selection
         self.run_dir, self.device = run_dir, device
-        self.algorithm = build_algorithm(config, self.input_size if self.task == SEGMENTATION else self.input_size[0],
-                                         device)
+        from dabench.trainer import rng_state, set_rng_state
+
+        caller = rng_state()  # building seeds the generators as the run did; the caller's stay as they were
+        try:
+            self.algorithm = build_algorithm(config, self.input_size if self.task == SEGMENTATION else self.input_size[0],
+                                             device)
+        finally:
+            set_rng_state(caller)
         try:
             self.algorithm.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as exc:  # another algorithm's or backbone's weights

@@ -370,3 +370,18 @@ def test_an_out_folder_you_cannot_write_is_refused_before_training(tmp_path, mon
                                   str(tmp_path / "runs")])
     assert r.exit_code == 2 and "is not writable by you" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_load_leaves_the_callers_random_state_as_it_was(finished):
+    import random
+
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    dabench.load(finished)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
