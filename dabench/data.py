@@ -74,9 +74,6 @@ def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.to(torch.float32, copy=True).div_(127.5).sub_(1.0)
 
 
-_INTEGER_TYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
 def _tensor(values, what: str, expected: str) -> torch.Tensor:
     """User data (numpy, torch, nested lists) as a CPU tensor, or a DabenchError saying why not."""
     if isinstance(values, torch.Tensor):
@@ -108,8 +105,6 @@ def as_uint8_images(images, what: str = "images") -> torch.Tensor:
     """User arrays -> uint8 (N, 3, H, W): numpy or torch, (N, H, W), (N, C, H, W) or (N, H, W, C)
     with C 1 or 3, uint8 0-255 or floats in [0, 1]; one channel is replicated to three."""
     x = _tensor(images, what, "images of one size")
-    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in _INTEGER_TYPES):
-        raise DabenchError(f"{what}: expected uint8 (0-255) or float (0-1) pixels, got {x.dtype}.")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or (x.shape[1] not in (1, 3) and x.shape[-1] not in (1, 3)):

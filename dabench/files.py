@@ -100,19 +100,6 @@ class RunLock:
         self.release()
 
 
-def is_held(run_dir: Path) -> bool:
-    """Whether a live process holds ``run_dir``'s lock (a sweep skips such runs)."""
-    probe = RunLock(run_dir)
-    if not probe.path.exists():
-        return False
-    try:
-        probe._lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    probe._lock.release()
-    return False
-
-
 def writable_folder(path: Path, option: str) -> None:
     """Refuse ``path`` as an output folder when it is a file or cannot be created or written."""
     if path.exists() and not path.is_dir():

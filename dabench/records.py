@@ -21,6 +21,13 @@ def append_record(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def write_records(path: Path, records: list[dict]) -> None:
+    """Replace a record file by ``records`` atomically: a kill leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
 @dataclass
 class Scan:
     """The whole records of a file, in order, up to its first unreadable line (if any)."""

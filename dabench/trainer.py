@@ -32,7 +32,7 @@ from dabench.errors import DabenchError, RunFailed
 from dabench.files import load_pt
 from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
 from dabench.protocol import Splits
-from dabench.records import Scan, append_record, scan_records
+from dabench.records import Scan, append_record, scan_records, write_records
 from dabench.selection import select
 
 EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")
@@ -149,13 +149,6 @@ def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> tuple[
                            "was changed or comes from another run. Start again with --overwrite.") from None
 
 
-def rewrite_lines(path: Path, records: list[dict]) -> None:
-    """Replace a JSON-lines file by ``records`` atomically: a kill leaves the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
-
-
 def resumed_records(path: Path, start: int, before: int | None) -> list[dict]:
     """The evaluations a run resuming from its checkpoint at ``start`` keeps: those up to it, which
     must all be readable (``before`` of them, as the checkpoint counted). A line cut or damaged past
@@ -189,7 +182,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     records = resumed_records(results, start, before)
     main = distributed.is_main()
     if main:
-        rewrite_lines(results, records)
+        write_records(results, records)
     else:
         reporter = NullReporter()
     _check_shards(algo, splits)
@@ -298,7 +291,7 @@ class StepLog:
         if scan.bad_line is not None:
             warnings.warn(f"{scan.problem(path)}; the step log keeps the steps before it.", stacklevel=2)
         kept = [r for r in scan.records if r["step"] <= start]
-        rewrite_lines(path, kept)
+        write_records(path, kept)
         self.file = open(path, "a")
         if log == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter  # checked by the runner before training

@@ -45,6 +45,18 @@ def _small_threads():
     yield
 
 
+@pytest.fixture()
+def one_thread(_small_threads):
+    """One thread for files of tiny networks (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    they gain nothing from a second, and on a loaded machine OpenMP's second thread made their steps
+    10-15x slower (test_adaptsegnet: 0.34 s against 3.8 s a step; a CCSA parity test: 1.6 s against
+    27 s of CPU; test_parity_udas: 10 s against 150 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 from dabench.algorithm import Algorithm  # noqa: E402
 from dabench.registry import algorithms  # noqa: E402
 

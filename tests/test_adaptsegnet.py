@@ -18,14 +18,7 @@ from dabench_plugins.algorithms.erm import ERM
 K = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny convolutions gain nothing from a second thread, and on a busy machine OpenMP's
-    second thread makes each step ten times slower (measured: 0.34 s against 3.8 s a step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Encoder(nn.Module):

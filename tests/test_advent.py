@@ -10,9 +10,10 @@ import torch
 
 from dabench.hparams import defaults
 from dabench_plugins.algorithms.advent import AdvEnt, MinEnt, entropy_loss, self_information
-from test_adaptsegnet import _one_thread  # noqa: F401  (autouse)
 from test_adaptsegnet import (K, batch, first_adam_step_of_the_discriminators, first_sgd_step_of_the_adversarial_term,
                               tiny_segnet)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_self_information_and_entropy_by_hand():

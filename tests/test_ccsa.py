@@ -13,7 +13,7 @@ from dabench.hparams import defaults
 from dabench_plugins.algorithms.ccsa import (CCSA, contrastive_loss, csa_loss, keras_cross_entropy, paired_distances,
                                              sample_pairs)
 from dabench_plugins.backbones.digit_cnn import digit_cnn
-from tests.test_parity_ccsa_sagnet import _one_thread  # noqa: F401 (autouse: one thread, see there)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_loss_matches_hand_computation():

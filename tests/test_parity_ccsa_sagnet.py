@@ -37,14 +37,7 @@ SIZE = 16  # the digit CNN's smallest input: CCSA forwards every image once per 
 SAGNET_SIZE = 20  # a 2x2 lower feature map: spatial statistics (at 16 it is 1x1, where DomainBed's var is NaN)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 8-32 tiny images gain nothing from a second thread, and on a loaded machine the two
-    threads' waiting cost 15x (measured: 27 s against 1.6 s of CPU for one CCSA test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(cls, regime: str = "digits", num_classes: int = CLASSES, size: int = SIZE, **overrides):

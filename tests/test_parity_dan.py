@@ -19,14 +19,7 @@ STEPS = 20
 BATCH = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread(_small_threads):
-    """These networks are tiny: one thread is faster than two fighting other processes for the cores
-    (after conftest's fixture, which sets two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(regime: str = "digits", steps: int = STEPS, **hp):

@@ -16,12 +16,7 @@ from reference.harness import assert_losses_match, assert_params_match, run_side
 STEPS = 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread(_small_threads):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(**hp):

@@ -21,7 +21,7 @@ from reference import advent as adv
 from reference import fda as fda_ref
 from reference import minent as ment
 from reference.harness import assert_losses_match, assert_params_match, run_side_by_side, twin
-from test_adaptsegnet import _one_thread  # noqa: F401  (autouse: one thread, see there)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 K, STEPS, LR = 3, 20, 5e-3
 

@@ -33,14 +33,7 @@ D_ATOL = 1e-5
 LOSSES = {"seg": "loss_seg", "adv": "loss_adv", "kl": "loss_kl", "disc": "loss_D"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: the discriminators' 512-channel convs on two busy cores run 15x slower with two
-    (OpenMP threads spinning against each other), 10 s against 150 s of CPU for this file."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(**hp):

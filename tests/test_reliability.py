@@ -20,7 +20,7 @@ from PIL import Image
 import dabench
 from dabench.cli import main
 from dabench.errors import DabenchError
-from dabench.files import RunHeld, RunLock, is_held, load_pt
+from dabench.files import RunHeld, RunLock, load_pt
 from dabench.records import read_records
 from dabench.runner import RunConfig, run
 from dabench.sweep import run_one
@@ -29,6 +29,15 @@ from dabench.sweep import run_one
 def cfg(tmp_path, **kw) -> RunConfig:
     base = dict(algo="erm", src="toy-src", tgt="toy-tgt", steps=20, eval_every=10, out=str(tmp_path))
     return RunConfig(**(base | kw))
+
+
+def is_held(run_dir: Path) -> bool:
+    """Whether a live process holds ``run_dir``'s lock."""
+    try:
+        RunLock(run_dir).acquire().release()
+    except RunHeld:
+        return True
+    return False
 
 
 class Payload:

@@ -11,7 +11,7 @@ from dabench.data import Batch, Labeled
 from dabench.hparams import defaults
 from dabench_plugins.algorithms.sagnet import SagNet, content_randomize, style_randomize, uniform_cross_entropy
 from dabench_plugins.backbones.digit_cnn import digit_cnn
-from tests.test_parity_ccsa_sagnet import _one_thread  # noqa: F401 (autouse: one thread, see there)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

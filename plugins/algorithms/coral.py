@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dabench.algorithm import pairwise_mean
-from dabench.data import Batch, by_domain
+from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.erm import ERM
 
@@ -86,11 +86,8 @@ class CORAL(ERM):
         return {"cls": cls.item(), "coral": coral.item()}
 
     def update_dg(self, batch: Batch) -> dict[str, float]:
-        """DomainBed's ``AbstractMMD.update``: one featurizer pass per source domain, as DomainBed
-        runs it (a batch-norm network normalises each domain by its own statistics)."""
-        xs, ys = by_domain(batch.src_x, batch.src_domain), by_domain(batch.src_y, batch.src_domain)
-        feats = [self.featurizer(x) for x in xs]
-        cls = sum(F.cross_entropy(self.classifier(f), y) for f, y in zip(feats, ys)) / len(feats)
+        """DomainBed's ``AbstractMMD.update`` with its mean + covariance penalty."""
+        feats, cls = self.per_domain(batch)
         penalty = pairwise_mean(feats, mean_cov_penalty)
         self.step(cls + self.hp["mmd_gamma"] * penalty, self.optims["model"])
         return {"cls": cls.item(), "coral": penalty.item()}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dabench.algorithm import Algorithm, concat, mlp, seg_loss
-from dabench.data import Batch
+from dabench.data import Batch, by_domain
 
 
 class ERM(Algorithm):
@@ -47,6 +47,15 @@ class ERM(Algorithm):
         loss = self.supervised_loss(self.labeled_parts(batch))
         self.step(loss, self.optims["model"])
         return {"seg" if self.segmentation else "cls": loss.item()}
+
+    def per_domain(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """DomainBed's ``AbstractMMD`` forward over the source domains of ``batch``: each domain through
+        the featurizer on its own (a batch-norm network normalises each by its own statistics); the
+        features per domain and the mean of the per-domain cross-entropies."""
+        xs, ys = by_domain(batch.src_x, batch.src_domain), by_domain(batch.src_y, batch.src_domain)
+        feats = [self.featurizer(x) for x in xs]
+        cls = sum(F.cross_entropy(self.classifier(f), y) for f, y in zip(feats, ys)) / len(feats)
+        return feats, cls
 
     def predict(self, x):
         if self.segmentation:

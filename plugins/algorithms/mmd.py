@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dabench.algorithm import Algorithm, pairwise_mean
-from dabench.data import Batch, by_domain
+from dabench.data import Batch
 from dabench.hparams import HParam, int_log2, log_uniform
 from dabench_plugins.algorithms.dann import RAMP, ramped
 from dabench_plugins.algorithms.erm import ERM
@@ -228,9 +228,7 @@ class MMD(ERM):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         if self.hp["optimizer"] == "sgd":
             self.anneal(step)
-        xs, ys = by_domain(batch.src_x, batch.src_domain), by_domain(batch.src_y, batch.src_domain)
-        feats = [self.featurizer(x) for x in xs]
-        cls = sum(F.cross_entropy(self.classifier(f), y) for f, y in zip(feats, ys)) / len(feats)
+        feats, cls = self.per_domain(batch)
         mmd = pairwise_mean(feats, gaussian_mmd)
         self.step(cls + self.hp["mmd_gamma"] * mmd, self.optims["model"])
         return {"cls": cls.item(), "mmd": mmd.item()}
