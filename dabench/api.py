@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dabench import runfolder
 from dabench.data import CLASSIFICATION, SEGMENTATION, Domain, as_uint8_images, from_arrays, to_unit_range
 from dabench.errors import DabenchError
-from dabench.files import load_pt, read_config
-from dabench.records import read_records
+from dabench.files import load_pt
 from dabench.selection import PROTOCOLS, choose
 
 FORMAT = "dabench-run"  # what ``Run.save`` writes, so ``load`` can tell its files from other .pt files
@@ -97,13 +97,13 @@ def _name(data: str | Domain | list) -> str:
 def _weights(run_dir: Path, config: dict, records: list[dict], selection: str) -> tuple[dict, int]:
     """(model state, step) of ``selection`` in a run folder."""
     if selection == "last":
-        ckpt = run_dir / "checkpoint.pt"
+        ckpt = run_dir / runfolder.CHECKPOINT
         if not ckpt.is_file():
             raise DabenchError(f"{run_dir} has no checkpoint.pt: it is not a run folder, or its run never got to a step.")
         state = load_pt(ckpt, "checkpoint")
         return state["model"], int(state["step"])
     chosen = choose(selection, records, config["metric"])["step"]
-    path = run_dir / "selected.pt"
+    path = run_dir / runfolder.SELECTED
     if not path.is_file():
         raise DabenchError(f"{run_dir} keeps no selected.pt (it was made before dabench kept the weights of the "
                            "source-val step): load it with selection='last' (--selection last), or run it again.")
@@ -121,12 +121,11 @@ def load(path: str | Path, *, selection: str | None = None, device: str = "auto"
 
     path = Path(path).expanduser()
     if path.is_dir():
-        config_path = path / "config.json"
-        if not config_path.is_file():
+        if not runfolder.is_started(path):
             raise DabenchError(f"{path} is not a run folder: it has no config.json (`dabench run` prints the run folder "
                                "at its end; folders look like runs/<src>_to_<tgt>/<algo>/seed0-1a2b3c4d).")
-        config = read_config(config_path)
-        records = read_records(path / "results.jsonl", strict=True)
+        config = runfolder.read_config(path)
+        records = runfolder.run_records(path, strict=True)
         protocol = config.get("protocol", "dabench")
         selection = selection or PROTOCOLS[protocol][0]
         if selection not in KEPT or selection not in PROTOCOLS[protocol]:

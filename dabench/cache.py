@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from dabench.data import to_unit_range
 from dabench.errors import DabenchError
+from dabench.runfolder import DONE  # a finished cache folder is marked as a finished run folder is
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -47,7 +48,7 @@ class KeyedFolder:
             raise DabenchError(
                 f"The cache folder {self.path} was made by a different config (differs in: {', '.join(diff)}). "
                 "It is not reused. Delete the folder (or use another --out) and run again.")
-        return (self.path / "done").exists()
+        return (self.path / DONE).exists()
 
     @contextlib.contextmanager
     def lock(self):
@@ -65,7 +66,7 @@ class KeyedFolder:
         (self.path / "key.json").write_text(json.dumps(self.key, indent=1, sort_keys=True))
 
     def finish(self) -> None:
-        (self.path / "done").touch()
+        (self.path / DONE).touch()
 
     def file(self, i: int) -> Path:
         return self.path / f"{i:06d}.png"

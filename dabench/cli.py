@@ -445,7 +445,7 @@ def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, debug, **ru
     from collections import defaultdict
 
     from dabench.curve import build, write
-    from dabench.runner import slug
+    from dabench.runfolder import slug
 
     from dabench.selection import PROTOCOLS
 

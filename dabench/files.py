@@ -7,7 +7,6 @@ run folder; a second one is refused, naming the holder.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import socket
@@ -19,6 +18,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from dabench.errors import DabenchError
+from dabench.runfolder import lock_path
 
 # Checkpoints written before dabench 0.1's safe loading kept NumPy's RNG state as an array; these
 # globals rebuild an array and nothing else, so they are allowed for those files.
@@ -62,9 +62,8 @@ class RunLock:
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        name = "__".join(self.run_dir.parts[-3:])
-        self.path = self.run_dir.parents[2] / ".locks" / f"{name}.lock"
-        self.owner = self.path.with_name(f"{name}.owner")
+        self.path = lock_path(self.run_dir)
+        self.owner = self.path.with_suffix(".owner")
         self._lock = FileLock(self.path)
 
     def holder(self) -> str:
@@ -109,15 +108,3 @@ def writable_folder(path: Path, option: str) -> None:
         raise DabenchError(f"{option} {path}: {existing} is a file, so the folder cannot be created there.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise DabenchError(f"{option} {path}: {existing} is not writable by you. Choose a folder you can write.")
-
-
-def read_config(path: Path) -> dict:
-    """A run folder's config.json, or a ``DabenchError`` naming the file when it is not a JSON object."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DabenchError(f"{path} cannot be read ({type(exc).__name__}: {exc}): the run folder was damaged. Run "
-                           "that config again with --overwrite.") from None
-    if not isinstance(config, dict):
-        raise DabenchError(f"{path} is not a JSON object: the run folder was damaged. Run it again with --overwrite.")
-    return config

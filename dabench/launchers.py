@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dabench.errors import DabenchError
+from dabench.runfolder import run_records
 from dabench.runner import RunConfig, finished_run
 from dabench.sweep import Outcome, run_one, sweep
 
@@ -56,15 +57,13 @@ def require(name: str):
 
 def split_finished(configs: list[RunConfig]) -> tuple[list[RunConfig], list[Outcome]]:
     """(configs still to run, outcomes of the finished ones), without building anything."""
-    from dabench.records import read_records
-
     todo, done = [], []
     for cfg in configs:
         run_dir = finished_run(cfg)
         if run_dir is None:
             todo.append(cfg)
         else:
-            records = read_records(run_dir / "results.jsonl")
+            records = run_records(run_dir)
             done.append(Outcome(cfg, "skipped", run_dir=str(run_dir), final=records[-1] if records else {}))
     return todo, done
 

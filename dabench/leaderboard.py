@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dabench.errors import DabenchError
 from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, row_label, variant
+from dabench.runfolder import CONFIG
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
 from dabench.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
 
@@ -172,7 +173,7 @@ def leaderboard(path: str | Path) -> Leaderboard:
     hint = "run folders (each with a config.json) as written by `dabench run` or `dabench sweep`"
     if not root.is_dir():
         raise DabenchError(f"{root} does not exist or is not a folder. Expected a folder of {hint}, e.g. runs/.")
-    configs = sorted(root.rglob("config.json"))
+    configs = sorted(root.rglob(CONFIG))
     if not configs:
         raise DabenchError(f"{root} holds no runs: found no config.json under it. Expected {hint}.")
     runs, incomplete, skipped = read_runs(cfg.parent for cfg in configs)

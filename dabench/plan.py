@@ -16,6 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from dabench.runfolder import CONFIG, TIMINGS
+
 
 PROBE_STEPS = 10
 
@@ -66,9 +68,9 @@ class Estimate:
 
 def cost(run_dir: Path) -> Cost:
     """A finished run's cost from its ``timings.jsonl`` and ``config.json``."""
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / CONFIG).read_text())
     work, eval_s, evaluations, split = 0.0, 0.0, 0, False
-    path = run_dir / "timings.jsonl"
+    path = run_dir / TIMINGS
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
             t = json.loads(line)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from dabench.records import scan_records
+from dabench.runfolder import CONFIG, RESULTS, is_done, scan_records
 from dabench.selection import TEST, Method, select_run
 
 REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
@@ -58,7 +58,7 @@ def row_label(algo: str, tgt_labeled: int | str, variant: tuple = ()) -> str:
 
 
 def load_run(run_dir: Path) -> Run:
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / CONFIG).read_text())
     if not isinstance(config, dict):
         raise ValueError("config.json is not a JSON object")
     missing = [k for k in REQUIRED if k not in config]
@@ -66,9 +66,9 @@ def load_run(run_dir: Path) -> Run:
         raise ValueError(f"config.json lacks {', '.join(missing)}")
     if not isinstance(config["seed"], int) or not isinstance(config.get("tgt_labeled", 0), (int, str)):
         raise ValueError("config.json has a seed or tgt_labeled that is not a number (or 'all')")
-    scan = scan_records(run_dir / "results.jsonl")
-    damage = scan.problem(run_dir / "results.jsonl") if scan.bad_line is not None else ""
-    return Run(run_dir, config, scan.records, (run_dir / "done").exists(), damage)
+    scan = scan_records(run_dir / RESULTS)
+    damage = scan.problem(run_dir / RESULTS) if scan.bad_line is not None else ""
+    return Run(run_dir, config, scan.records, is_done(run_dir), damage)
 
 
 def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int | None]], list[tuple[Path, str]]]:

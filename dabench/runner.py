@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -29,19 +26,16 @@ from dabench import hparams as hp
 from dabench.algorithm import Algorithm
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
-from dabench.files import RunLock, read_config, writable_folder
+from dabench.files import RunLock, writable_folder
 from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import SETTINGS, Splits, build_splits, data_root, load_domain, split_rules
 from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
-from dabench.records import read_records
+from dabench.runfolder import (CACHE, CHECKPOINT, DEFAULTS, identity_differences, is_done, is_started, mark_done, read_config,
+                              run_dir_of, run_records, slug, write_config)
 from dabench.trainer import NullReporter, fit, seed_all
 
 DEFAULT_BACKBONE = {"classification": "digit-cnn", "segmentation": "deeplabv2"}
 PRECISIONS = ("fp32", "bf16", "fp16")
-# Fields that decide the numbers a run produces; their hash names the run folder.
-IDENTITY = ("algo", "src", "tgt", "backbone", "tgt_labeled", "steps", "eval_every", "seed", "hparams",
-            "precision", "image_size", "pretrained", "channels_last", "protocol", "setting")
-DEFAULTS = {"protocol": "dabench", "setting": "uda"}  # identity fields older configs lack, and their values
 
 
 @dataclass
@@ -96,26 +90,6 @@ class Prepared:
     algorithm: Algorithm
     device: torch.device
     run_dir: Path
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "_"
-
-
-def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The fields that decide a run's numbers (a config from before protocols or settings existed
-    has the defaults: "dabench", "uda")."""
-    return {k: config.get(k, DEFAULTS.get(k)) for k in IDENTITY}
-
-
-def run_dir_of(config: dict[str, Any], out: str | Path) -> Path:
-    fields = identity(config)
-    for k, default in DEFAULTS.items():
-        if fields[k] == default:
-            del fields[k]  # so run folders made before protocols and settings existed keep their names
-    identity_text = json.dumps(fields, sort_keys=True, default=str)
-    digest = hashlib.sha1(identity_text.encode()).hexdigest()[:8]
-    return Path(out) / f"{slug(config['src'])}_to_{slug(config['tgt'])}" / slug(config["algo"]) / f"seed{config['seed']}-{digest}"
 
 
 def size_text(size: int | tuple[int, int]) -> str:
@@ -312,12 +286,12 @@ def _candidate_dirs(cfg: RunConfig) -> list[Path]:
 def finished_run(cfg: RunConfig) -> Path | None:
     """The folder of a finished run of ``cfg`` (with ``done``), found without building anything:
     re-running a finished sweep is instant."""
-    return next((d for d in _candidate_dirs(cfg) if (d / "done").exists() and (d / "config.json").exists()), None)
+    return next((d for d in _candidate_dirs(cfg) if is_done(d) and is_started(d)), None)
 
 
 def existing_run(cfg: RunConfig) -> Path | None:
     """The folder of ``cfg``'s run if one was started (finished or not)."""
-    return next((d for d in _candidate_dirs(cfg) if (d / "config.json").exists()), None)
+    return next((d for d in _candidate_dirs(cfg) if is_started(d)), None)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -433,23 +407,18 @@ def _check_split_sizes(splits: Splits, protocol: str, src: str, tgt: str, tgt_ha
                            "target for test: give each domain at least 10 images.")
 
 
-def _differences(a: dict, b: dict) -> str:
-    a, b = identity(a), identity(b)
-    return "; ".join(f"{k}: {a[k]!r} in the folder vs {b[k]!r} now" for k in IDENTITY if a[k] != b[k])
-
-
 def _check_resumable(run_dir: Path, config: dict) -> None:
     if run_dir.exists():
-        if (run_dir / "config.json").exists():
-            saved = read_config(run_dir / "config.json")
-            if diff := _differences(saved, config):
+        if is_started(run_dir):
+            saved = read_config(run_dir)
+            if diff := identity_differences(saved, config):
                 raise DabenchError(f"--resume: the run in {run_dir} was made with a different config ({diff}). Resume with the same options, or start a new run without --resume.")
         return
-    siblings = [p for p in run_dir.parent.glob(f"seed{config['seed']}-*") if (p / "config.json").exists()]
+    siblings = [p for p in run_dir.parent.glob(f"seed{config['seed']}-*") if is_started(p)]
     detail = ""
     if siblings:
-        saved = read_config(siblings[0] / "config.json")
-        detail = f" The nearest one, {siblings[0]}, differs in: {_differences(saved, config)}."
+        saved = read_config(siblings[0])
+        detail = f" The nearest one, {siblings[0]}, differs in: {identity_differences(saved, config)}."
     raise DabenchError(f"--resume: there is no run of this exact config at {run_dir}.{detail} Resume with the options of the original run, or drop --resume.")
 
 
@@ -466,8 +435,7 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     rank, world_size = distributed.setup()  # under torchrun: join the process group; else (0, 1)
     main = rank == 0
     if cfg.resume is not True and not cfg.overwrite and (done := finished_run(cfg)) is not None:
-        return RunResult(done, read_config(done / "config.json"),
-                         read_records(done / "results.jsonl", strict=True), already_done=True)
+        return RunResult(done, read_config(done), run_records(done, strict=True), already_done=True)
     prep = prepare(cfg)
     # One writer per run folder: rank 0 holds the lock for the run's whole life (under torchrun the
     # other ranks write nothing, and torchrun ends them when rank 0 fails to take it).
@@ -485,28 +453,28 @@ def _train(cfg: RunConfig, prep: Prepared, reporter: NullReporter | None, main: 
         compile_networks(prep.algorithm)
     resume = cfg.resume
     if resume == "auto":
-        resume = run_dir.exists() and not (run_dir / "done").exists()
+        resume = run_dir.exists() and not is_done(run_dir)
     if resume:
         _check_resumable(run_dir, config)
     elif run_dir.exists() and cfg.overwrite:
         distributed.barrier()  # every rank has looked at the folder before rank 0 deletes it
         if main:
             shutil.rmtree(run_dir)
-    elif (run_dir / "done").exists():
-        return RunResult(run_dir, config, read_records(run_dir / "results.jsonl", strict=True), already_done=True)
+    elif is_done(run_dir):
+        return RunResult(run_dir, config, run_records(run_dir, strict=True), already_done=True)
     elif run_dir.exists():
         raise DabenchError(
             f"An unfinished run of this exact config is already in {run_dir}. Add --resume to continue it, "
             "or --overwrite to delete it and start again."
         )
-    if (run_dir / "done").exists():
-        return RunResult(run_dir, config, read_records(run_dir / "results.jsonl", strict=True), already_done=True)
+    if is_done(run_dir):
+        return RunResult(run_dir, config, run_records(run_dir, strict=True), already_done=True)
 
     distributed.barrier()  # every rank has decided before rank 0 writes
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume or not (run_dir / "config.json").exists():
-            (run_dir / "config.json").write_text(json.dumps(config | environment(), indent=2, default=str))
+        if not resume or not is_started(run_dir):
+            write_config(run_dir, config | environment())
     distributed.barrier()
     torch.manual_seed(cfg.seed)  # the model was built from this seed; batches come from (seed, step)
     workers = cfg.workers if cfg.workers is not None else default_workers(prep.device, processes=world_size)
@@ -515,12 +483,12 @@ def _train(cfg: RunConfig, prep: Prepared, reporter: NullReporter | None, main: 
     try:
         records = fit(prep.algorithm, prep.splits, eval_every=prep.config["eval_every"], seed=cfg.seed,
                       run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                      resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / "cache",
+                      resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / CACHE,
                       data_key=_data_key(config), log=cfg.log, dev=cfg.dev)
     except BaseException:  # refused, crashed or interrupted
-        if main and not (run_dir / "checkpoint.pt").exists():
+        if main and not (run_dir / CHECKPOINT).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: leave no half-made run behind
         raise  # after a checkpoint the folder stays, and --resume continues it
     if main:
-        (run_dir / "done").touch()
+        mark_done(run_dir)
     return RunResult(run_dir, config, records)

@@ -15,6 +15,7 @@ from typing import Callable
 from dabench.errors import DabenchError
 from dabench.files import RunHeld
 from dabench.registry import algorithms, groups, shared_images
+from dabench.runfolder import ERROR_LOG
 from dabench.runner import RunConfig, existing_run, run
 
 
@@ -117,7 +118,7 @@ def run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
         log = None
         run_dir = existing_run(cfg)
         if run_dir is not None:
-            log = run_dir / "error.log"
+            log = run_dir / ERROR_LOG
             log.write_text(detail)
         return Outcome(cfg, "failed", f"{type(exc).__name__}: {exc}", detail=detail, log=str(log) if log else None)
     status = "skipped" if result.already_done else "done"

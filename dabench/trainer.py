@@ -32,11 +32,11 @@ from dabench.errors import DabenchError, RunFailed
 from dabench.files import load_pt
 from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
 from dabench.protocol import Splits
-from dabench.records import Scan, append_record, scan_records, write_records
+from dabench.runfolder import (CACHE, CHECKPOINT, RESULTS, SELECTED, STEPS, TENSORBOARD, TIMINGS, Scan, append_record,
+                              scan_records, write_records)
 from dabench.selection import select
 
 EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")
-SELECTED = "selected.pt"  # the weights of the step source-val selection chooses (the tables' model)
 
 
 class NullReporter:
@@ -177,7 +177,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     to TensorBoard event files under ``tensorboard/`` with ``log="tensorboard"``). ``dev``: also
     score deep embedded validation at each evaluation (classification)."""
     reporter = reporter or NullReporter()
-    ckpt, results = run_dir / "checkpoint.pt", run_dir / "results.jsonl"
+    ckpt, results = run_dir / CHECKPOINT, run_dir / RESULTS
     start, before = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else (0, 0)
     records = resumed_records(results, start, before)
     main = distributed.is_main()
@@ -188,7 +188,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     _check_shards(algo, splits)
     with StepLog(run_dir, start, log if main else None) as step_log:
         ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir,
-                           cache_dir or run_dir / "cache", device, precision, seed, reporter, workers, data_key or {})
+                           cache_dir or run_dir / CACHE, device, precision, seed, reporter, workers, data_key or {})
         # Label-free selection scores unlabelled target images, and DEV weighs source-val ones; in
         # domain generalisation no target image may inform training or selection, so none are scored.
         unlabeled = labelfree.subset(splits.tgt_train, splits.task) if splits.tgt_train is not None else ()
@@ -286,7 +286,7 @@ class StepLog:
         self.file, self.writer = None, None
         if log is None:  # not rank 0: it writes nothing
             return
-        path = run_dir / "steps.jsonl"
+        path = run_dir / STEPS
         scan = scan_records(path) if start else Scan()
         if scan.bad_line is not None:
             warnings.warn(f"{scan.problem(path)}; the step log keeps the steps before it.", stacklevel=2)
@@ -296,7 +296,7 @@ class StepLog:
         if log == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter  # checked by the runner before training
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
+            self.writer = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=start + 1 if start else None)
 
     def step(self, step: int, stage: str, losses: dict[str, float]) -> None:
         if self.file is None:
@@ -350,5 +350,5 @@ def _log_time(run_dir: Path, stage: str, part: str, steps: int, seconds: float, 
     lines of its own."""
     if not distributed.is_main():
         return
-    append_record(run_dir / "timings.jsonl", {"stage": stage, "part": part, "steps": steps, "seconds": round(seconds, 3),
+    append_record(run_dir / TIMINGS, {"stage": stage, "part": part, "steps": steps, "seconds": round(seconds, 3),
                                               **extra})

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+from dabench import runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "architecture.md").read_text()
@@ -18,8 +22,25 @@ def test_every_core_module_is_named_and_every_named_module_exists():
 
 
 def test_the_results_layer_imports_no_torch():
-    for name in ("records", "results", "selection", "leaderboard", "curve"):
-        tree = ast.parse((ROOT / "dabench" / f"{name}.py").read_text())
-        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert "torch" not in imported, f"dabench/{name}.py imports torch"
+    """Imported in a fresh interpreter, the run-folder module and the results layer load no torch
+    (not even through another dabench module)."""
+    layer = ("runfolder", "results", "selection", "leaderboard", "curve")
+    code = f"import sys; import {', '.join('dabench.' + m for m in layer)}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", "the results layer imports torch"
+
+
+def test_no_module_but_runfolder_names_a_run_folder_file():
+    """The run folder's file names are spelled once, in dabench/runfolder.py: no other module has
+    a file name of it as a literal (``"results.jsonl"``), nor joins a bare one onto a path
+    (``run_dir / "done"``; "done" as a word elsewhere is fine)."""
+    names = {v for k, v in vars(runfolder).items() if k.isupper() and isinstance(v, str)}
+    for path in [*(ROOT / "dabench").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+        if path.name == "runfolder.py":
+            continue
+        tree = ast.parse(path.read_text())
+        literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        joined = {n.right.value for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div)
+                  and isinstance(n.right, ast.Constant)}
+        spelled = {n for n in names if "." in n} & literals | names & joined
+        assert not spelled, f"{path.relative_to(ROOT)} spells run-folder file names {sorted(spelled)}"

@@ -21,7 +21,7 @@ import dabench
 from dabench.cli import main
 from dabench.errors import DabenchError
 from dabench.files import RunHeld, RunLock, load_pt
-from dabench.records import read_records
+from dabench.runfolder import read_records
 from dabench.runner import RunConfig, run
 from dabench.sweep import run_one
 

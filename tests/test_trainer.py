@@ -9,7 +9,7 @@ import torch
 from dabench.errors import DabenchError
 from dabench.registry import algorithms
 from dabench.runner import RunConfig, run
-from dabench.records import read_records
+from dabench.runfolder import read_records
 from dabench.trainer import RunFailed
 from dabench_plugins.algorithms.erm import ERM
 

@@ -19,9 +19,9 @@ from dabench.data import Batch, get_batch, ordered_batches
 from dabench.errors import DabenchError
 from dabench.hparams import HParam, choice, log_uniform, uniform
 from dabench.registry import translators
+from dabench.runfolder import slug
 from dabench.segmentation import IGNORE_INDEX
 from dabench.translator import cover
-from dabench.runner import slug
 from dabench.trainer import EVAL_BATCH, autocast
 from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
 
