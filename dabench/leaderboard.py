@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dabench.errors import DabenchError
 from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, row_label, variant
-from dabench.runfolder import CONFIG
+from dabench.runfolder import CONFIG, identity
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
 from dabench.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
 
@@ -192,9 +192,10 @@ def sources(run: Run) -> list[str]:
 def _training_key(config: dict) -> str:
     """What a run trained with, apart from its domains: runs that agree on it are one
     configuration held out differently (leave-one-domain-out pairs them)."""
-    keys = ("algo", "backbone", "steps", "eval_every", "seed", "hparams", "precision", "image_size", "pretrained",
-            "channels_last", "protocol")
-    return json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
+    fields = identity(config)
+    for domains in ("src", "tgt", "tgt_labeled", "setting"):
+        del fields[domains]
+    return json.dumps(fields, sort_keys=True, default=str)
 
 
 def with_lodo(run: Run, pool: list[Run]) -> Run | None:
