@@ -76,6 +76,7 @@ class StageContext:
 class Algorithm(nn.Module):
     """Subclass this. Set ``task``, extend ``hparams`` and write ``update`` and ``predict``."""
 
+    name: ClassVar[str | None] = None  # the name it is registered under (its entry point's), said here too
     task: ClassVar[str] = CLASSIFICATION
     target_labels: ClassVar[str] = "optional"
     # True: ``update`` reads ``batch.tgt_x``, so domain generalisation (no target image in

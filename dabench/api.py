@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from dabench import runfolder
-from dabench.data import CLASSIFICATION, SEGMENTATION, Domain, as_uint8_images, from_arrays, to_unit_range
+from dabench.data import CLASSIFICATION, Domain, as_uint8_images, from_arrays, to_unit_range
 from dabench.errors import DabenchError
 from dabench.files import load_pt
 from dabench.selection import PROTOCOLS, choose
+from dabench.tasks import task_of
 
 FORMAT = "dabench-run"  # what ``Run.save`` writes, so ``load`` can tell its files from other .pt files
 KEPT = ("source-val", "last")  # the selections whose weights a run folder keeps
@@ -160,7 +161,7 @@ class Run:
 
         caller = rng_state()  # building seeds the generators as the run did; the caller's stay as they were
         try:
-            self.algorithm = build_algorithm(config, self.input_size if self.task == SEGMENTATION else self.input_size[0],
+            self.algorithm = build_algorithm(config, task_of(self.task).network_size(self.input_size),
                                              device)
         finally:
             set_rng_state(caller)
@@ -200,7 +201,7 @@ class Run:
         """User images -> (the network's input: [-1, 1] floats at the run's input size, their own (H, W))."""
         x = to_unit_range(as_uint8_images(images))
         own = tuple(x.shape[-2:])
-        if self.task == CLASSIFICATION and own[0] != own[1]:  # as fit refuses them: no silent stretching
+        if task_of(self.task).one_size and own[0] != own[1]:  # as fit refuses them: no silent stretching
             raise DabenchError(f"Classification images must be square, got {own[1]}x{own[0]}. Crop or resize them as "
                                "the training images were.")
         w, h = self.input_size
@@ -230,14 +231,14 @@ class Run:
         test split, so the number equals the table's; another data set on its official test split,
         or all its images when it has none; ``(X, y)`` arrays on all of them."""
         from dabench.protocol import load_domain, test_split
-        from dabench.trainer import EVAL_BATCH, evaluate
+        from dabench.trainer import evaluate
 
         if isinstance(data, (np.ndarray, torch.Tensor)):
             raise DabenchError("evaluate needs labels: pass (images, labels).")
         domain = _as_domain(data, classes=self.classes)
         if not isinstance(domain, Domain):
             root = Path(data_root).expanduser() if data_root else None
-            size = self.config.get("image_size") if self.task == SEGMENTATION else self.input_size[0]
+            size = task_of(self.task).load_size(self.config.get("image_size"), self.input_size)
             domain = load_domain(domain, root, size)
         if domain.classes != self.classes:
             raise DabenchError(f"{domain.name} has other classes than this run ({len(domain.classes)} vs "
@@ -248,10 +249,10 @@ class Run:
             dataset = domain.test
         else:
             dataset = domain.train
-        if self.task == CLASSIFICATION and domain.image_size != self.input_size[0]:
+        if task_of(self.task).one_size and domain.image_size != self.input_size[0]:
             dataset = _Resized(dataset, self.input_size[0])
         return evaluate(self.algorithm, dataset, self.task, len(self.classes), self.device,
-                        self.config.get("precision", "fp32"), EVAL_BATCH[self.task], self.config.get("channels_last", False))
+                        self.config.get("precision", "fp32"), task_of(self.task).eval_batch, self.config.get("channels_last", False))
 
     def save(self, path: str | Path) -> Path:
         """One file with the weights of this model, its config and records: ``dabench.load`` reads it."""

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dabench.errors import DabenchError, RunFailed
+from dabench.tasks import TASKS, task_of
 
 console = Console()
 err_console = Console(stderr=True)
@@ -204,7 +205,7 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
     if result.already_done:
         err_console.print("This exact config already finished; showing its results (use --overwrite to run it again).")
     console.print(_result_table(result))
-    if result.config["task"] == "segmentation":
+    if task_of(result.config["task"]).per_class:
         console.print(_iou_table(result))
     console.print(f"run folder: {result.run_dir}")
 
@@ -256,7 +257,7 @@ def _iou_table(result) -> Table:
     from dabench.selection import choose
 
     method = "last" if result.config.get("protocol") == "paper" else "source-val"
-    rec = choose(method, result.records, "miou")
+    rec = choose(method, result.records, result.config["metric"])
     classes, iou = result.config["classes"], rec["tgt-test"]["iou"]
     table = Table(title=f"per-class target-test IoU (%), step {rec['step']} ({method} choice)")
     for name in [*classes, "mIoU"]:
@@ -268,13 +269,13 @@ def _iou_table(result) -> Table:
 @main.command(name="list")
 @click.argument("kind", required=False, type=click.Choice(["algorithms", "datasets", "backbones", "translators", "groups"]))
 def list_(kind):
-    """Show the registered plugins (built-in and installed), with descriptions."""
+    """Show the registered plugins (built-in and installed): name, where the code lives, task, description."""
     from dabench.registry import REGISTRIES, describe
 
     for name in [kind] if kind else list(REGISTRIES):
         reg = REGISTRIES[name]
         table = Table(title=name, title_justify="left", show_lines=name == "algorithms")
-        table.add_column("name", style="bold")
+        table.add_column("name", style="bold", overflow="fold")
         table.add_column("task")
         table.add_column("description")
         if name in ("algorithms", "translators"):
@@ -285,9 +286,10 @@ def list_(kind):
             except DabenchError as exc:  # one broken plugin must not hide the others
                 table.add_row(plugin_name, "?", f"[red]cannot be loaded:[/] {escape(str(exc))}")
                 continue
+            plugin_name = f"{plugin_name}\n[dim]{escape(reg.where(plugin_name))}[/]"
             if name == "algorithms":
                 desc = obj.description()
-                tasks = ["classification", "segmentation"] if obj.task == "any" else [obj.task]
+                tasks = list(TASKS) if obj.task == "any" else [obj.task]
                 hps = "\n".join(_defaults_text(obj, t, len(tasks) > 1) for t in tasks)
                 labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
                 labels += " [DG only]" if obj.dg_only else " [runs in DG]" if obj.runs_in_dg() else ""

@@ -17,10 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dabench.errors import DabenchError
-from dabench.segmentation import IGNORE_INDEX
-
-CLASSIFICATION = "classification"
-SEGMENTATION = "segmentation"
+from dabench.tasks import CLASSIFICATION, SEGMENTATION, task_of  # noqa: F401 - the task names, importable from here
 
 
 @dataclass
@@ -145,17 +142,18 @@ def from_arrays(images, labels=None, *, classes: list[str] | None = None, name: 
                                f"of size {tuple(x.shape[2:])}, got shape {tuple(y.shape)}.")
         task = CLASSIFICATION if y.ndim == 1 else SEGMENTATION
         digest.update(y.numpy().tobytes())
-        known = y[y != IGNORE_INDEX] if task == SEGMENTATION else y
+        ignore = task_of(task).ignore_index
+        known = y[y != ignore] if ignore is not None else y
         if len(known) and (int(known.min()) < 0 or (classes is not None and int(known.max()) >= len(classes))):
             raise DabenchError(f"labels must be class ids 0..{len(classes) - 1 if classes else 'K-1'}"
-                               f"{' (255: ignore)' if task == SEGMENTATION else ''}, got {int(known.min())}..{int(known.max())}.")
+                               f"{f' ({ignore}: ignore)' if ignore is not None else ''}, got {int(known.min())}..{int(known.max())}.")
         if classes is None:
             classes = [str(c) for c in range(int(known.max()) + 1 if len(known) else 1)]
     h, w = x.shape[2:]
-    if task == CLASSIFICATION and h != w:
+    if task_of(task).one_size and h != w:
         raise DabenchError(f"Classification images must be square (all of one size), got {w}x{h}. Crop or resize them.")
     name = name or f"arrays-{digest.hexdigest()[:10]}"
-    return Domain(name, task, list(classes), TensorImages(x, y), image_size=h if task == CLASSIFICATION else (w, h),
+    return Domain(name, task, list(classes), TensorImages(x, y), image_size=h if task_of(task).one_size else (w, h),
                   info={"arrays": len(x)}, labeled=labels is not None)
 
 

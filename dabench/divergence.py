@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dabench.errors import DabenchError
+from dabench.tasks import task_of
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
@@ -78,15 +79,14 @@ def divergence(run_dir: str | Path, *, selection: str | None = None, images: int
         raise DabenchError("divergence reloads the run's data sets by name; this run was given arrays. Use "
                            "dabench.divergence.proxy_a_distance on features you compute from your arrays.")
     root = Path(data_root).expanduser() if data_root else None
-    size = config.get("image_size") if config["task"] == "segmentation" else trained.input_size[0]
-    src = load_domain(config["src"], root, size)
-    tgt = load_domain(config["tgt"], root, size if config["task"] == "segmentation" else src.image_size)
+    task = task_of(config["task"])
+    src = load_domain(config["src"], root, task.load_size(config.get("image_size"), trained.input_size))
+    tgt = load_domain(config["tgt"], root, task.load_size(config.get("image_size"), src.image_size))
     splits = build_splits(src, tgt, 0, config["seed"], config.get("protocol", "dabench"))
     src_set, src_name = (splits.src_val, "src-val") if len(splits.src_val) else (splits.src_train, "src-train")
     tgt_set, tgt_name = (splits.tgt_test, "tgt-test") if len(splits.tgt_test) else (splits.tgt_train, "tgt-train")
     n = min(images, len(src_set), len(tgt_set))
-    image_size = trained.input_size if config["task"] == "segmentation" else trained.input_size[0]
-    start = build_algorithm(config, image_size, trained.device, config.get("pretrained"))
+    start = build_algorithm(config, task.network_size(trained.input_size), trained.device, config.get("pretrained"))
     report: dict = {"images_per_domain": n, "source": src_name, "target": tgt_name}
     for name, algorithm, step in (("start", start, 0), ("selected", trained.algorithm, trained.step)):
         fs = _features(algorithm, src_set, n, trained.device, config["seed"])

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 
 from dabench.data import Subset, ordered_batches
 from dabench.selection import LABEL_FREE
+from dabench.tasks import task_of
 
 SPLIT = LABEL_FREE  # the records' key, which the selection methods read
-MAX_IMAGES = {"classification": 1000, "segmentation": 50}
 SND_POINTS = 1024
 SND_TEMPERATURE = 0.05
 DEV_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # the authors' weight-decay grid
@@ -52,7 +52,7 @@ DEV_MIN_IMAGES = 5  # per domain, for the classifier's 80/20 split to hold both 
 
 def subset(images, task: str):
     """The fixed images the scores are taken on (the same for every run of the pair)."""
-    n = min(len(images), MAX_IMAGES[task])
+    n = min(len(images), task_of(task).labelfree_images)
     idx = np.sort(np.random.default_rng(12345).permutation(len(images))[:n])
     return Subset(images, idx)
 
@@ -78,7 +78,7 @@ def scores(algo, images, task: str, device: torch.device, batch_size: int, autoc
     ``dev`` given labelled ``source_val`` and ``source_train`` subsets (classification). The
     global random state is left as it was (a DataLoader draws its base seed from it), so scoring
     changes nothing about the training that follows."""
-    with_dev = (task == "classification" and source_val is not None and source_train is not None
+    with_dev = (task_of(task).domain_classifier and source_val is not None and source_train is not None
                 and len(source_val) > 1 and len(source_train) >= DEV_MIN_IMAGES and len(images) >= DEV_MIN_IMAGES)
     with torch.random.fork_rng(devices=[]):
         out, target_features = _scores(algo, images, task, device, batch_size, autocast, workers, with_dev)

@@ -25,6 +25,7 @@ from dabench.errors import DabenchError
 from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, row_label, variant
 from dabench.runfolder import CONFIG, identity
 from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
+from dabench.tasks import task_of
 from dabench.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
 
 
@@ -43,6 +44,11 @@ class Table:
     @property
     def pair(self) -> str:
         return f"{self.src} -> {self.tgt}" + ("" if self.protocol == "dabench" else f" ({self.protocol} protocol)")
+
+    @property
+    def per_class(self) -> bool:
+        """The task's records hold a per-class score (IoU), shown in a table of its own."""
+        return task_of(self.task).per_class is not None
 
     @property
     def title(self) -> str:
@@ -268,7 +274,7 @@ def _tables(runs: list[Run]) -> list[Table]:
         for method in protocol_methods(protocol):
             if not method.applies(every):
                 continue
-            body = [aggregate(method, k, rows[k], metric, task == "segmentation", len(classes)) for k in order]
+            body = [aggregate(method, k, rows[k], metric, task_of(task).per_class is not None, len(classes)) for k in order]
             tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol))
     return tables
 
@@ -309,7 +315,7 @@ def _markdown(board: Leaderboard) -> str:
         out += [f"## {t.title}", "", f"Selection: {t.method.title}. Metric: {t.metric} ({t.task}).", ""]
         out += [_md_row(["algorithm", f"tgt-test {t.metric} (%)", "n", f"src-val {t.metric} (%)"]), "|---|---:|---:|---:|"]
         out += [_md_row([r.label, f"{_f(r.mean)} ± {_f(r.std)}", str(r.n), _f(r.src_val)]) for r in t.rows]
-        if t.task == "segmentation":
+        if t.per_class:
             out += ["", f"{t.title}. {t.iou_caption}.", "", _md_row(["algorithm", *t.classes, "mIoU", *t.subsets]),
                     "|---|" + "---:|" * (len(t.classes) + 1 + len(t.subsets))]
             out += [_md_row([r.label, *map(_f, r.iou or []), _f(r.mean), *map(_f, t.subset_means(r))]) for r in t.rows]
@@ -371,7 +377,7 @@ def _latex(board: Leaderboard) -> str:
         rows = [[tex(r.label), f"{_tex_f(r.mean)} $\\pm$ {_tex_f(r.std)}", str(r.n), _tex_f(r.src_val)] for r in t.rows]
         out += _tex_table(caption, label, ["Algorithm", f"tgt-test {tex(t.metric)} (\\%)", "$n$",
                                            f"src-val {tex(t.metric)} (\\%)"], rows)
-        if t.task == "segmentation":
+        if t.per_class:
             rows = [[tex(r.label), *map(_tex_f, r.iou or []), _tex_f(r.mean), *map(_tex_f, t.subset_means(r))]
                     for r in t.rows]
             out += _tex_table(f"{pair}, model selection: {tex(t.method.name)}{oracle}. {tex(t.iou_caption)}.",
@@ -400,7 +406,7 @@ def _latex(board: Leaderboard) -> str:
 
 def _csv(board: Leaderboard) -> str:
     """One long table, values in percent; per-class IoU columns (iou_<class>) for segmentation pairs."""
-    classes = list(dict.fromkeys(c for t in board.tables if t.task == "segmentation" for c in t.classes))
+    classes = list(dict.fromkeys(c for t in board.tables if t.per_class for c in t.classes))
     fields = ["pair", "src", "tgt", "task", "protocol", "metric", "selection", "oracle", "algorithm", "variant", "tgt_labeled", "n",
               "mean", "std", "src_val", *(f"iou_{c}" for c in classes)]
     buf = io.StringIO()

@@ -6,6 +6,7 @@ import math
 import torch
 
 from dabench.segmentation import IGNORE_INDEX  # noqa: F401 - the one ignore label, importable from here
+from dabench.tasks import task_of
 
 
 class ConfusionMatrix:
@@ -32,15 +33,7 @@ class ConfusionMatrix:
         return [float(t / d) if d > 0 else math.nan for t, d in zip(tp.tolist(), denom.tolist())]
 
     def summary(self, task: str) -> dict:
-        if task == "classification":
-            return {"acc": self.accuracy()}
-        ious = self.iou()
-        present = [v for v in ious if not math.isnan(v)]
-        return {
-            "miou": sum(present) / len(present) if present else math.nan,
-            "pixacc": self.accuracy(),
-            "iou": [None if math.isnan(v) else v for v in ious],
-        }
+        """The evaluation record's entry for ``task`` (``Task.summary``)."""
+        t = task_of(task)
+        return t.summary(self.accuracy(), self.iou() if t.per_class else [])
 
-
-PRIMARY_METRIC = {"classification": "acc", "segmentation": "miou"}

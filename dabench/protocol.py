@@ -6,7 +6,7 @@ only the evaluation reads (no model selection method is ever given it). With ``-
 N labelled target samples are drawn from target train (seeded by the run, class-balanced) for
 semi-supervised and supervised DA. Splits are cut with a fixed seed, so every run of a pair
 shares one test split. Source val and target val are 20% of train; for segmentation at most 500
-images each (every checkpoint evaluates them at full size; see ``_val_cap``).
+images each (every checkpoint evaluates them at full size; see ``tasks.TASKS``).
 
 Several sources (``--src a,b,c``): each source domain holds out its own 20% for source val, which
 evaluation reads pooled (DomainBed's training-domain validation), and training draws one
@@ -34,12 +34,12 @@ from dabench.data import CLASSIFICATION, Domain, ImagesOnly, SourceDomains, Subs
 from dabench.errors import DabenchError
 from dabench.prepared import use_prepared
 from dabench.registry import Spec, datasets
+from dabench.tasks import task_of
 
 SPLIT_SEED = 0
 SOURCE_VAL = 0.2  # fraction of source train held out for validation
 TARGET_VAL = 0.2  # fraction of target train held out (labelled) for target-oracle selection
 TARGET_TEST = 0.25  # fraction held out for test when the target has no official test split
-SEGMENTATION_VAL_CAP = 500  # segmentation: source val and target val hold at most this many images
 SETTINGS = ("uda", "dg")  # domain adaptation (target images in training) or generalisation (none)
 
 
@@ -47,7 +47,7 @@ def split_rules(task: str, protocol: str = "dabench") -> dict[str, str]:
     """The protocol's rules for this task, as ``config.json`` records them."""
     if protocol == "paper":
         return {"src_val": "none", "tgt_val": "none", "tgt_test": "the target's official test split"}
-    cap = f", at most {SEGMENTATION_VAL_CAP} images" if task != CLASSIFICATION else ""
+    cap = f", at most {task_of(task).val_cap} images" if task_of(task).val_cap else ""
     return {"src_val": f"{SOURCE_VAL:.0%} of source train{cap}",
             "tgt_val": f"{TARGET_VAL:.0%} of target train{cap}",
             "tgt_test": f"the target's official test split, or {TARGET_TEST:.0%} of target train"}
@@ -108,16 +108,9 @@ def _split(n: int, fractions: list[float], salt: str, caps: list[int | None] | N
     return parts
 
 
-def _val_cap(task: str) -> int | None:
-    """Segmentation evaluates its val splits at full size at every checkpoint: 20% of GTA5 would be
-    4,993 frames, five times the training compute of a run at --eval-every 200 (see
-    ``runner.eval_every_for``). 500 is the size of Cityscapes val, the papers' test split."""
-    return SEGMENTATION_VAL_CAP if task != CLASSIFICATION else None
-
-
 def _target_parts(n: int, task: str = CLASSIFICATION) -> list[np.ndarray]:
     """(test, val, train) indices of a target without an official test split (protocol dabench)."""
-    return _split(n, [TARGET_TEST, TARGET_VAL * (1 - TARGET_TEST)], "target", [None, _val_cap(task)])
+    return _split(n, [TARGET_TEST, TARGET_VAL * (1 - TARGET_TEST)], "target", [None, task_of(task).val_cap])
 
 
 def test_split(domain: Domain, protocol: str = "dabench") -> Dataset:
@@ -147,7 +140,7 @@ def _source_parts(sources: list[Domain], protocol: str) -> list[tuple[np.ndarray
     nothing held out under protocol "paper"."""
     if protocol == "paper":
         return [(np.zeros(0, dtype=np.int64), np.arange(len(s.train))) for s in sources]
-    return [tuple(_split(len(s.train), [SOURCE_VAL], "source", [_val_cap(s.task)])) for s in sources]
+    return [tuple(_split(len(s.train), [SOURCE_VAL], "source", [task_of(s.task).val_cap])) for s in sources]
 
 
 def _pooled(sources: list[Domain], parts: list[np.ndarray]) -> Dataset:
@@ -173,7 +166,7 @@ def check_sources(sources: list[Domain]) -> None:
         if s.classes != first.classes:
             raise DabenchError(f"Sources {first.name} and {s.name} have different classes ({_classes(first)} vs "
                                f"{_classes(s)}): several sources need one label space (arrays: pass classes=[...]).")
-    if len(sources) > 1 and first.task != CLASSIFICATION:
+    if len(sources) > 1 and not task_of(first.task).several_sources:
         raise DabenchError("Several source domains (--src a,b) are supported for classification; segmentation "
                            "domains have images of different sizes, which one minibatch cannot hold. Train on one "
                            "source, or make one folder of both (segfolder:PATH).")
@@ -203,7 +196,7 @@ def build_splits(src: Domain | Sequence[Domain], tgt: Domain, tgt_labeled: int |
         raise DabenchError(f"--protocol must be dabench or paper, got '{protocol}'.")
     if (len(sources) > 1 or setting == "dg") and tgt.name in {s.name for s in sources}:
         raise DabenchError(f"{tgt.name} is both a source and the target: hold the target out of --src.")
-    cap = _val_cap(src.task)
+    cap = task_of(src.task).val_cap
     source_parts = _source_parts(sources, "paper" if protocol == "paper" and tgt.labeled else "dabench")
     if not tgt.labeled:  # target images alone (arrays X): nothing to hold out, nothing to test on
         if tgt_labeled:
@@ -240,7 +233,7 @@ def build_splits(src: Domain | Sequence[Domain], tgt: Domain, tgt_labeled: int |
         )
     elif tgt_labeled > 0:
         pick = np.arange(len(tgt_train))
-        if src.task == CLASSIFICATION:
+        if task_of(src.task).balanced_budget:
             pick = balanced_pick(labels_of(train_labeled), tgt_labeled, seed)
         else:
             pick = np.sort(np.random.default_rng([seed, 7]).permutation(len(tgt_train))[:tgt_labeled])

@@ -1,8 +1,12 @@
-"""Name -> factory registries for algorithms, datasets, backbones and translators.
+"""Name -> plugin registries for algorithms, datasets, backbones, translators and domain groups.
 
-A plugin registers with a decorator next to its definition (``@algorithms.register("dann")``)
-or, from another package, through an entry point in the group ``dabench.<kind>``. The
-built-in plugins use the entry points too, so the third-party path is the everyday path.
+Plugins are found through entry points in the groups ``dabench.<kind>s`` (pyproject.toml for the
+built-in ones, so the third-party path is the everyday path), loaded on first use. A plugin says
+its own name where it is defined: an algorithm or translator class by ``name = "dann"``, a data
+set or backbone factory by ``@plugin("mnist5k", ...)``, a domain group by ``DomainGroup(...,
+name="digits4")``; an entry point whose plugin calls itself otherwise is refused, so a name found
+in ``dabench list`` is a name found in the code. ``dabench list`` prints where each plugin lives
+(``module:object``). ``Registry.register`` adds one in-process (tests, notebooks).
 """
 from __future__ import annotations
 
@@ -38,11 +42,16 @@ class Registry:
         self.kind = kind  # "algorithm", "dataset", ...
         self.group = f"dabench.{kind}s"
         self._items: dict[str, Any] = {}
+        self._registered: set[str] = set()  # added by ``register``, not by an entry point
         self._entry_points: dict[str, Any] | None = None
 
     def register(self, name: str) -> Callable[[Any], Any]:
+        """Add ``obj`` under ``name`` in this process (a test's toy data set, a notebook's algorithm)."""
+
         def decorate(obj: Any) -> Any:
+            obj.name = name
             self._items[name] = obj
+            self._registered.add(name)
             return obj
 
         return decorate
@@ -61,14 +70,28 @@ class Registry:
             if ep is None:
                 raise DabenchError(self._unknown(name))
             try:
-                self._items[name] = ep.load()
+                obj = ep.load()
             except Exception as exc:  # a broken third-party plugin must not look like a typo
                 raise DabenchError(
                     f"The {self.kind} plugin '{name}' is installed (entry point '{ep.value}' in group "
                     f"'{self.group}') but failed to import: {type(exc).__name__}: {exc}. "
                     "Fix or uninstall the package that provides it."
                 ) from exc
+            declared = getattr(obj, "name", None)
+            if declared is not None and declared != name:
+                raise DabenchError(
+                    f"The {self.kind} entry point '{name}' (in group '{self.group}') loads {ep.value}, which calls "
+                    f"itself '{declared}'. Make the two names agree (the entry point's name is what users type)."
+                )
+            self._items[name] = obj
         return self._items[name]
+
+    def where(self, name: str) -> str:
+        """Where the plugin ``name`` is defined, as ``module:object`` (an entry point's value)."""
+        if name not in self._registered and (ep := self._discovered().get(name)) is not None:
+            return ep.value
+        obj = self.get(name)
+        return f"{obj.__module__}:{obj.__qualname__}"
 
     def items(self) -> Iterator[tuple[str, Any]]:
         for name in self.names():
@@ -103,12 +126,14 @@ class DomainGroup:
     members: tuple[str, ...]
     description: str
     task: str = "classification"
+    name: str | None = None  # the name it is registered under
 
 
-def plugin(task: str, description: str | None = None, images_of: str | None = None,
+def plugin(name: str | None = None, *, task: str, description: str | None = None, images_of: str | None = None,
            generated: bool = False, regime: str | None = None, path_arg: bool = False) -> Callable[[Any], Any]:
-    """Tag a dataset or backbone factory with its task ("classification", "segmentation" or
-    "any") and a one-line description for ``dabench list`` (default: the docstring's first line).
+    """Tag a dataset or backbone factory with the name it is registered under, its task
+    ("classification", "segmentation" or "any") and a one-line description for ``dabench list``
+    (default: the docstring's first line).
     Two facts about a data set's images, so no run trains on the images it tests on:
     ``images_of``: the data set whose images this one transforms (``digits-m`` recolours
     ``uci-digits``); ``generated``: a generator whose argument is only how many images it draws
@@ -119,6 +144,8 @@ def plugin(task: str, description: str | None = None, images_of: str | None = No
     the same words typed in another directory name another run."""
 
     def decorate(obj: Any) -> Any:
+        if name is not None:
+            obj.name = name
         obj.task = task
         if path_arg:
             obj.path_arg = True

@@ -24,17 +24,16 @@ import dabench
 from dabench import distributed
 from dabench import hparams as hp
 from dabench.algorithm import Algorithm
-from dabench.data import SEGMENTATION, Domain
+from dabench.data import Domain
 from dabench.errors import DabenchError
 from dabench.files import RunLock, writable_folder
-from dabench.metrics import PRIMARY_METRIC
 from dabench.protocol import SETTINGS, Splits, build_splits, data_root, load_domain, split_rules
 from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
 from dabench.runfolder import (CACHE, CHECKPOINT, DEFAULTS, identity_differences, is_done, is_started, mark_done, read_config,
                               run_dir_of, run_records, slug, write_config)
+from dabench.tasks import CLASSIFICATION, TASKS, task_of
 from dabench.trainer import NullReporter, fit, seed_all
 
-DEFAULT_BACKBONE = {"classification": "digit-cnn", "segmentation": "deeplabv2"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -216,10 +215,6 @@ def source_list(value: str | Domain | list) -> list[str | Domain]:
     return names
 
 
-EVAL_EVERY = 200  # classification's default, and segmentation's least
-SEGMENTATION_EVALUATIONS = 10  # a segmentation stage evaluates about this often by default
-
-
 def eval_every_for(task: str | None, steps: int, given: int | None) -> int:
     """``--eval-every`` as given, or the task's default: every 200 steps for classification (an
     evaluation of a few thousand small images costs a few steps); for segmentation every
@@ -231,7 +226,7 @@ def eval_every_for(task: str | None, steps: int, given: int | None) -> int:
     training; at this default, 150k steps evaluate for 1.4% of it."""
     if given is not None:
         return given
-    return EVAL_EVERY if task != SEGMENTATION else max(EVAL_EVERY, steps // SEGMENTATION_EVALUATIONS)
+    return task_of(task or CLASSIFICATION).eval_every(steps)
 
 
 def regime_of(backbone: str) -> str:
@@ -247,7 +242,7 @@ def regime_of(backbone: str) -> str:
 def hparam_values(cfg: RunConfig, algo_cls, task: str) -> tuple[dict[str, Any], str]:
     """The hyperparameter values of ``cfg`` (its search sample, then its ``-H`` overrides) in the
     regime of its backbone, and that regime."""
-    regime = regime_of(cfg.backbone or DEFAULT_BACKBONE[task])
+    regime = regime_of(cfg.backbone or task_of(task).default_backbone)
     space = algo_cls.space(task, regime)
     return hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams), regime
 
@@ -259,7 +254,7 @@ def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> di
     # directory is other images, hence another run (path arguments are recorded resolved).
     config = _config_dict(cfg) | {"src": _domain_name(source_list(_resolved(cfg.src))), "tgt": _domain_name(_resolved(cfg.tgt)),
                                   "eval_every": eval_every_for(task, cfg.steps, cfg.eval_every),
-                                  "backbone": cfg.backbone or DEFAULT_BACKBONE[task], "tgt_labeled": tgt_labeled,
+                                  "backbone": cfg.backbone or task_of(task).default_backbone, "tgt_labeled": tgt_labeled,
                                   "hparams": values, "overrides": sorted(cfg.hparams)}  # the -H keys: a variant
     for transient in ("resume", "overwrite", "out", "data_root", "device", "workers", "log", "dev"):
         config.pop(transient)
@@ -273,7 +268,7 @@ def _candidate_dirs(cfg: RunConfig) -> list[Path]:
     every field, so only the true one can exist."""
     try:
         algo_cls = algorithms.get(cfg.algo)
-        tasks = ("classification", SEGMENTATION) if algo_cls.task == "any" else (algo_cls.task,)
+        tasks = tuple(TASKS) if algo_cls.task == "any" else (algo_cls.task,)
         dirs = []
         for task in tasks:
             values, _ = hparam_values(cfg, algo_cls, task)
@@ -349,9 +344,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise DabenchError(f"{where}, but the source {', '.join(same)} holds its images (the same data set, or one made "
                            f"from it): training on their labels would test on images the model was trained on. {fix}")
     src = load_domain(names[0], root, cfg.image_size)
-    # Classification domains share one resolution; segmentation domains keep their own sizes
-    # (GTA5 1280x720, Cityscapes 1024x512), scaled by the same --image-size (a height).
-    size = cfg.image_size if src.task == SEGMENTATION else src.image_size
+    size = task_of(src.task).load_size(cfg.image_size, src.image_size)  # one size, or each domain's own
     sources = [src] + [load_domain(n, root, size) for n in names[1:]]
     tgt = load_domain(cfg.tgt, root, size)
     if algo_cls.task not in ("any", src.task):
@@ -364,14 +357,14 @@ def prepare(cfg: RunConfig) -> Prepared:
     factory = backbones.get(Spec.parse(config["backbone"]).name)
     if getattr(factory, "task", "any") not in ("any", src.task):
         raise DabenchError(f"Backbone '{config['backbone']}' is for {factory.task}, but this is a {src.task} pair.")
-    if src.task != SEGMENTATION and (sizes := {d.name: d.image_size for d in [*sources, tgt]}) and len(set(sizes.values())) > 1:
+    if task_of(src.task).one_size and (sizes := {d.name: d.image_size for d in [*sources, tgt]}) and len(set(sizes.values())) > 1:
         listed = ", ".join(f"{n} {size_text(s)}" for n, s in sizes.items())
         raise DabenchError(f"Classification domains share one image size, got {listed}. Resize the arrays to one size "
                            "(data sets loaded by name are resized for you; --image-size picks the size).")
     splits = build_splits(sources, tgt, config["tgt_labeled"], cfg.seed, cfg.protocol, cfg.setting)
     _check_split_sizes(splits, cfg.protocol, src.name, tgt.name, tgt.labeled)
     config |= {
-        "task": src.task, "metric": PRIMARY_METRIC[src.task], "classes": src.classes,
+        "task": src.task, "metric": task_of(src.task).metric, "classes": src.classes,
         "eval_size": size_text(tgt.image_size),  # the target images' input size (W x H)
         "image_sizes": {"src": size_text(src.image_size), "tgt": size_text(tgt.image_size)},
         "splits": splits.sizes(), "split_rules": split_rules(src.task, cfg.protocol),

@@ -30,11 +30,12 @@ from dabench.data import LABELED_STREAM, TARGET_STREAM, Batch, Labeled, Subset, 
 from dabench import distributed, labelfree
 from dabench.errors import DabenchError, RunFailed
 from dabench.files import load_pt
-from dabench.metrics import PRIMARY_METRIC, ConfusionMatrix
+from dabench.metrics import ConfusionMatrix
 from dabench.protocol import Splits
 from dabench.runfolder import (CACHE, CHECKPOINT, RESULTS, SELECTED, STEPS, TENSORBOARD, TIMINGS, Scan, append_record,
                               scan_records, write_records)
 from dabench.selection import select
+from dabench.tasks import task_of
 
 EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")
 
@@ -55,7 +56,6 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-EVAL_BATCH = {"classification": 256, "segmentation": 2}  # full-resolution label maps are large
 
 
 @torch.no_grad()
@@ -177,6 +177,7 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     to TensorBoard event files under ``tensorboard/`` with ``log="tensorboard"``). ``dev``: also
     score deep embedded validation at each evaluation (classification)."""
     reporter = reporter or NullReporter()
+    task = task_of(splits.task)
     ckpt, results = run_dir / CHECKPOINT, run_dir / RESULTS
     start, before = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else (0, 0)
     records = resumed_records(results, start, before)
@@ -252,16 +253,16 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
                         t_eval = time.perf_counter()
                         for name, ds in evals.items():
                             record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
-                                                    EVAL_BATCH[splits.task], channels_last, workers)
+                                                    task.eval_batch, channels_last, workers)
                         if len(unlabeled):
                             record[labelfree.SPLIT] = labelfree.scores(
-                                algo, unlabeled, splits.task, device, EVAL_BATCH[splits.task],
+                                algo, unlabeled, splits.task, device, task.eval_batch,
                                 lambda: autocast(device, precision), workers, src_sample, src_train_sample)
                         eval_s, evaluations = eval_s + time.perf_counter() - t_eval, evaluations + 1
                         if main:
                             append_record(results, record)
                         records.append(record)
-                        if "src-val" in record and select("source-val", records, PRIMARY_METRIC[splits.task]) == len(records) - 1:
+                        if "src-val" in record and select("source-val", records, task.metric) == len(records) - 1:
                             save_weights(run_dir / SELECTED, algo, step + 1, "source-val")
                         reporter.evaluated(record)
                         step_log.evaluated(record)

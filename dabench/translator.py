@@ -37,6 +37,7 @@ def cover(x: torch.Tensor, size) -> torch.Tensor:
 class Translator(nn.Module):
     """Subclass this. Set ``trainable``, declare ``hparams``, write ``translate`` (and ``update``)."""
 
+    name: ClassVar[str | None] = None  # the name it is registered under (its entry point's), said here too
     trainable: ClassVar[bool] = False
     hparams: ClassVar[dict[str, HParam]] = {}
 

@@ -44,3 +44,20 @@ def test_no_module_but_runfolder_names_a_run_folder_file():
                   and isinstance(n.right, ast.Constant)}
         spelled = {n for n in names if "." in n} & literals | names & joined
         assert not spelled, f"{path.relative_to(ROOT)} spells run-folder file names {sorted(spelled)}"
+
+
+def test_the_core_reads_tasks_from_their_descriptions_not_from_branches():
+    """No core module compares a task's name (``task == "segmentation"``): what differs between
+    tasks is a field of ``dabench.tasks.Task``. Left to do (issue 22): the plugin contract's
+    segmentation helpers (algorithm.py) and predict's output formats (predict.py)."""
+    pending = {"tasks.py", "algorithm.py", "predict.py"}
+    names = {"classification", "segmentation"}
+    for path in (ROOT / "dabench").glob("*.py"):
+        if path.name in pending:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
+                sides = [node.left, *node.comparators]
+                spelled = {s.value for s in sides if isinstance(s, ast.Constant)} | {
+                    s.id.lower() for s in sides if isinstance(s, ast.Name) and s.id in ("CLASSIFICATION", "SEGMENTATION")}
+                assert not spelled & names, f"dabench/{path.name}:{node.lineno} branches on a task's name"

@@ -1,11 +1,19 @@
-"""Registry lookups with suggestions; hyperparameter spaces, overrides and seeded search."""
+"""Registry lookups with suggestions, plugins that say their own names, where each lives;
+hyperparameter spaces, overrides and seeded search."""
 from __future__ import annotations
 
+import re
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
 import pytest
+from click.testing import CliRunner
+from rich.console import Console
 
 from dabench import hparams as hp
 from dabench.errors import DabenchError
-from dabench.registry import Spec, algorithms, datasets
+from dabench import cli
+from dabench.registry import REGISTRIES, Registry, Spec, algorithms, datasets
 from dabench_plugins.algorithms.dann import DANN
 
 
@@ -13,6 +21,45 @@ def test_builtins_register_through_entry_points():
     assert {"erm", "oracle", "dann", "ccsa", "sagnet"} <= set(algorithms.names())
     assert {"syndigits", "uci-digits", "digits-m", "folder", "mnist", "usps", "svhn", "office31"} <= set(datasets.names())
     assert algorithms.get("dann") is DANN
+
+
+def test_every_builtin_plugin_says_its_name_in_its_own_file():
+    """Name -> code in two jumps: the name typed is the one written where the plugin is defined."""
+    root = Path(__file__).resolve().parents[1] / "plugins"
+    for kind, registry in REGISTRIES.items():
+        for name in registry.names():
+            where = registry.where(name)
+            if not where.startswith("dabench_plugins."):
+                continue  # an installed third-party plugin, or one a test registered
+            assert registry.get(name).name == name, f"{kind} {name} calls itself {registry.get(name).name!r}"
+            module = where.split(":")[0].removeprefix("dabench_plugins.").replace(".", "/")
+            assert f'"{name}"' in (root / f"{module}.py").read_text(), f"{name} is not written in {module}.py"
+
+
+def test_an_entry_point_whose_plugin_calls_itself_otherwise_is_refused():
+    registry = Registry("algorithm")
+    registry._entry_points = {"alias": EntryPoint("alias", "dabench_plugins.algorithms.erm:ERM", "dabench.algorithms")}
+    with pytest.raises(DabenchError, match="'alias'.*calls itself 'erm'"):
+        registry.get("alias")
+
+
+def test_list_prints_where_each_plugin_lives(monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    out = CliRunner().invoke(cli.main, ["list", "algorithms"]).stdout
+    assert re.search(r"dann\s.*\n.*dabench_plugins\.algorithms\.dann:DANN", out)
+    assert "dabench_plugins.algorithms.mmd:DAN " in out and "dabench_plugins.algorithms.mmd:MMD " in out
+    out = CliRunner().invoke(cli.main, ["list", "groups"]).stdout
+    assert "dabench_plugins.datasets.digits:DIGITS4" in out
+
+
+def test_a_plugin_registered_in_process_says_where_it_is_defined():
+    registry = Registry("algorithm")
+
+    @registry.register("mine")
+    class Mine:
+        pass
+
+    assert Mine.name == "mine" and registry.where("mine") == f"{__name__}:{Mine.__qualname__}"
 
 
 def test_unknown_name_suggests_the_closest():

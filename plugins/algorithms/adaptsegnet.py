@@ -59,6 +59,7 @@ class AdaptSegNet(Algorithm):
     parameter once, at the stated rates.
     """
 
+    name = "adaptsegnet"
     task = SEGMENTATION
     hparams = {
         **Algorithm.segmentation_hparams,
@@ -159,4 +160,5 @@ class AdaptSegNetSingle(AdaptSegNet):
     the main output, so neither is reproduced.
     """
 
+    name = "adaptsegnet-single"
     multi_level = False

@@ -43,6 +43,7 @@ class MinEnt(Algorithm):
     containing them); dabench steps each once.
     """
 
+    name = "minent"
     task = SEGMENTATION
     hparams = {
         **Algorithm.segmentation_hparams,
@@ -90,6 +91,7 @@ class AdvEnt(AdaptSegNet):
     over MAX_ITERS 250000, stopped at EARLY_STOP 120000 (``poly_span`` 25/12 of ``--steps``).
     """
 
+    name = "advent"
     hparams = {**AdaptSegNet.hparams, "poly_span": POLY_SPAN}
 
     def disc_input(self, logits: torch.Tensor) -> torch.Tensor:

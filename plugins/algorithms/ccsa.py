@@ -116,6 +116,7 @@ class CCSA(Algorithm):
     Unlabelled target images are not used.
     """
 
+    name = "ccsa"
     target_labels = "required"
     hparams = {
         **Algorithm.hparams,

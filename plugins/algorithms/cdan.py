@@ -96,6 +96,7 @@ class CDAN(Algorithm):
     LeNet or ResNet-50 with a 256-d bottleneck.
     """
 
+    name = "cdan"
     task = "classification"
     hparams = {
         **Algorithm.hparams,

@@ -61,6 +61,7 @@ class CORAL(ERM):
     DomainBed's Adam is not taken over: the bench's SGD, as for DG ERM.
     """
 
+    name = "coral"
     task = "classification"
     hparams = {
         **ERM.hparams,

@@ -80,6 +80,7 @@ class DANN(Algorithm):
     180-degree turn on digits), summed into DANN's one step.
     """
 
+    name = "dann"
     hparams = {
         **Algorithm.hparams,
         "lambda_max": HParam(1.0, log_uniform(-1, 0.5), "final weight of the reversed domain gradient"),

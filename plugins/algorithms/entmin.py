@@ -33,6 +33,7 @@ class EntMin(ERM):
     runs (``-H lambda_ent``, searched over 10^U(-2, 0)).
     """
 
+    name = "entmin"
     task = "classification"
     needs_target = True
     hparams = {**ERM.hparams, "lambda_ent": HParam(0.1, log_uniform(-2, 0), "weight of the target entropy")}

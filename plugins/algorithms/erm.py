@@ -19,6 +19,7 @@ class ERM(Algorithm):
     multi-level AdaptSegNet trains it), SGD with poly decay, heads at 10x.
     """
 
+    name = "erm"
     task = "any"
     needs_target = False  # also the domain-generalisation baseline (--setting dg)
 

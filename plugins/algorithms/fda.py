@@ -59,6 +59,7 @@ class FDASeg(Algorithm):
     self-training stage is).
     """
 
+    name = "fda"
     task = SEGMENTATION
     hparams = {
         **Algorithm.segmentation_hparams,

@@ -48,6 +48,7 @@ class MCC(ERM):
     ``-H ramp=dann`` (a variant, not the paper): mu rises as DANN's lambda does.
     """
 
+    name = "mcc"
     task = "classification"
     needs_target = True
     hparams = {

@@ -118,6 +118,7 @@ class DAN(Algorithm):
     Unsupervised DA only; domain generalisation's MMD is the ``mmd`` plugin (DomainBed's).
     """
 
+    name = "dan"
     task = "classification"
     hparams = {
         **Algorithm.hparams,
@@ -206,6 +207,7 @@ class MMD(ERM):
     domain generalisation only; between a source and a target, DAN (``dan``) is the method.
     """
 
+    name = "mmd"
     task = "classification"
     needs_target = False
     dg_only = True

@@ -13,6 +13,7 @@ class Oracle(ERM):
     trains on N labelled target images only: the supervised baseline of a data-efficiency curve.
     """
 
+    name = "oracle"
     target_labels = "all"
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:

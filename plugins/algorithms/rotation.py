@@ -64,6 +64,7 @@ class Rotation(ERM):
     task to DANN. Domain generalisation: the rotation task sees the source images alone.
     """
 
+    name = "rotation"
     task = "classification"
     needs_target = False  # in domain generalisation the pretext task sees the source images alone
     hparams = {

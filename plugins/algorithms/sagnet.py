@@ -88,6 +88,7 @@ class SagNet(Algorithm):
     dropout 0.5 before each fc; adversarial loss -log(softmax + 1e-5).
     """
 
+    name = "sagnet"
     needs_target = False  # a DG method first: in DG the styles come from the source domains alone
     hparams = {
         **Algorithm.hparams,

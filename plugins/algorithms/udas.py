@@ -21,8 +21,9 @@ from dabench.hparams import HParam, choice, log_uniform, uniform
 from dabench.registry import translators
 from dabench.runfolder import slug
 from dabench.segmentation import IGNORE_INDEX
+from dabench.tasks import SEGMENTATION, task_of
 from dabench.translator import cover
-from dabench.trainer import EVAL_BATCH, autocast
+from dabench.trainer import autocast
 from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
 
 TRANSLATE, ADAPT, SELFTRAIN = "translate", "adapt", "self-train"
@@ -87,6 +88,7 @@ class UDAS(AdaptSegNet):
     Ablations are hyperparameters: translator=none, adversarial=false, cutmix=false, selftrain_rounds=0.
     """
 
+    name = "udas"
     target_labels = "optional"
     hparams = {
         **AdaptSegNet.hparams,
@@ -197,7 +199,7 @@ class UDAS(AdaptSegNet):
         src, tgt = ctx.data.src_train, ctx.data.tgt_train
         cache.start()
         rng = np.random.default_rng([ctx.seed, 11])  # which target image each source image is paired with
-        bs = EVAL_BATCH["segmentation"]
+        bs = task_of(SEGMENTATION).eval_batch
         ctx.reporter.start(len(src), 0, "translate source")
         done = 0
         self.translator.eval()
@@ -224,7 +226,7 @@ class UDAS(AdaptSegNet):
             return folder
         folder.start()
         gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 1000 + rnd)
-        bs = EVAL_BATCH["segmentation"]
+        bs = task_of(SEGMENTATION).eval_batch
         ctx.reporter.start(len(tgt), 0, f"pseudo-label round {rnd}")
         done, kept = 0, 0
         for i in range(0, len(tgt), bs):

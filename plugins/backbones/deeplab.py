@@ -215,7 +215,7 @@ def _caffe_resnet(body: nn.Module) -> None:
     body.maxpool.ceil_mode = True
 
 
-@plugin(task="segmentation", description="DeepLabv2 (ASPP 6/12/18/24, aux head on layer3, stride 8) on a ResNet, e.g. "
+@plugin("deeplabv2", task="segmentation", description="DeepLabv2 (ASPP 6/12/18/24, aux head on layer3, stride 8) on a ResNet, e.g. "
                                          "deeplabv2:resnet50,bn=frozen (random init unless --pretrained PATH|imagenet)")
 def deeplabv2(arg: str | None = None, *, in_channels: int = 3, image_size=None, pretrained: str | None = None,
               num_classes: int | None = None) -> DeepLabV2:
@@ -370,7 +370,7 @@ def _check_smp(arg: str | None) -> tuple[str, str, str]:
     return archs[arch.lower()], encoder, bn
 
 
-@plugin(task="segmentation", description="any segmentation_models_pytorch model, e.g. smp:Unet:resnet34 or "
+@plugin("smp", task="segmentation", description="any segmentation_models_pytorch model, e.g. smp:Unet:resnet34 or "
                                          "smp:DeepLabV3Plus:resnet50,bn=frozen (random init unless --pretrained PATH)")
 def smp_model(arg: str | None = None, *, in_channels: int = 3, image_size=None, pretrained: str | None = None,
               num_classes: int | None = None) -> SmpSegNet:

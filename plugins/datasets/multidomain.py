@@ -62,7 +62,7 @@ def _class_folders(name: str, path: Path, expected: list[str] | None, layout: st
     return classes, files, labels
 
 
-@plugin(task=CLASSIFICATION, description="PACS (art_painting | cartoon | photo | sketch), 7 classes, ROOT/PACS/<domain>/<class>/*")
+@plugin("pacs", task=CLASSIFICATION, description="PACS (art_painting | cartoon | photo | sketch), 7 classes, ROOT/PACS/<domain>/<class>/*")
 def pacs(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """One PACS domain (Li et al. 2017), 7 classes, in DomainBed's layout. No official test split."""
     arg = _domain_arg("pacs", arg, PACS_DOMAINS)
@@ -74,7 +74,7 @@ def pacs(arg: str | None = None, *, root: Path | None = None, image_size: int | 
     return Domain(f"pacs:{arg}", CLASSIFICATION, classes, ImageFiles(files, labels, size), None, size, info)
 
 
-@plugin(task=CLASSIFICATION, description="Office-Home (art | clipart | product | real), 65 classes, ROOT/office_home/<Domain>/<class>/*")
+@plugin("office-home", task=CLASSIFICATION, description="Office-Home (art | clipart | product | real), 65 classes, ROOT/office_home/<Domain>/<class>/*")
 def office_home(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """One Office-Home domain (Venkateswara et al. 2017), 65 classes: ROOT/office_home/Art, Clipart,
     Product and 'Real World' (or Real_World, as some tools rename it). No official test split."""
@@ -114,7 +114,7 @@ def _list_file(name: str, path: Path, base: Path, where: str) -> tuple[list[Path
     return files, labels
 
 
-@plugin(task=CLASSIFICATION, description="DomainNet (clipart | infograph | painting | quickdraw | real | sketch), 345 classes, official train/test lists, ROOT/domainnet")
+@plugin("domainnet", task=CLASSIFICATION, description="DomainNet (clipart | infograph | painting | quickdraw | real | sketch), 345 classes, official train/test lists, ROOT/domainnet")
 def domainnet(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """One DomainNet domain (Peng et al. 2019), 345 classes; train and test are the official lists
     (<domain>_train.txt, <domain>_test.txt: 'domain/class/file.jpg label' per line)."""
@@ -143,7 +143,7 @@ def domainnet(arg: str | None = None, *, root: Path | None = None, image_size: i
                   ImageFiles(test_files, test_labels, size), size, info)
 
 
-@plugin(task=CLASSIFICATION, description="VisDA-2017 classification (synthetic = train/, real = validation/), 12 classes, ROOT/visda2017")
+@plugin("visda2017", task=CLASSIFICATION, description="VisDA-2017 classification (synthetic = train/, real = validation/), 12 classes, ROOT/visda2017")
 def visda2017(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """One VisDA-2017 domain: ``synthetic`` (train/, 152,397 renderings) or ``real`` (validation/,
     55,388 photos), each read through its image_list.txt. No official test split with labels."""
@@ -161,6 +161,7 @@ def visda2017(arg: str | None = None, *, root: Path | None = None, image_size: i
     return Domain(f"visda2017:{arg}", CLASSIFICATION, list(VISDA_CLASSES), ImageFiles(files, labels, size), None, size, info)
 
 
-PACS = DomainGroup(tuple(f"pacs:{d}" for d in PACS_DOMAINS), "PACS's four domains (DomainBed's PACS)")
-OFFICE_HOME = DomainGroup(tuple(f"office-home:{d}" for d in OFFICE_HOME_DOMAINS), "Office-Home's four domains")
-DOMAINNET = DomainGroup(tuple(f"domainnet:{d}" for d in DOMAINNET_DOMAINS), "DomainNet's six domains")
+PACS = DomainGroup(tuple(f"pacs:{d}" for d in PACS_DOMAINS), "PACS's four domains (DomainBed's PACS)", name="pacs")
+OFFICE_HOME = DomainGroup(tuple(f"office-home:{d}" for d in OFFICE_HOME_DOMAINS), "Office-Home's four domains",
+                          name="office-home")
+DOMAINNET = DomainGroup(tuple(f"domainnet:{d}" for d in DOMAINNET_DOMAINS), "DomainNet's six domains", name="domainnet")

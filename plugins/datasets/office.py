@@ -23,7 +23,7 @@ WHERE = ("Office-31 is the data set of Saenko et al., 'Adapting visual category 
          "(--data-root or DABENCH_DATA).")
 
 
-@plugin(task=CLASSIFICATION, description="Office-31 (amazon | dslr | webcam), ROOT/office31/<domain>/images/<class>/*.jpg")
+@plugin("office31", task=CLASSIFICATION, description="Office-31 (amazon | dslr | webcam), ROOT/office31/<domain>/images/<class>/*.jpg")
 def office31(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """One Office-31 domain, 31 classes, read from the user's copy. No official test split."""
     if arg not in DOMAINS:
@@ -46,4 +46,4 @@ def office31(arg: str | None = None, *, root: Path | None = None, image_size: in
     return Domain(f"office31:{arg}", CLASSIFICATION, classes, ImageFiles(files, labels, size), None, size, info)
 
 
-OFFICE31 = DomainGroup(tuple(f"office31:{d}" for d in DOMAINS), "Office-31's three domains")
+OFFICE31 = DomainGroup(tuple(f"office31:{d}" for d in DOMAINS), "Office-31's three domains", name="office31")

@@ -75,7 +75,7 @@ def _check_values(ds: SegmentationFiles, k: int, name: str, classes_file: Path) 
     return len(picks)
 
 
-@plugin(task=SEGMENTATION, description="your own segmentation data: segfolder:PATH with images/, labels/, classes.txt")
+@plugin("segfolder", task=SEGMENTATION, description="your own segmentation data: segfolder:PATH with images/, labels/, classes.txt")
 def segfolder(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """Images with label maps: PATH/images/NAME.png|jpg, PATH/labels/NAME.png (pixel value = class
     index in the order of PATH/classes.txt, 255 = ignore). PATH/test/images and PATH/test/labels,

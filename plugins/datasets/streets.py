@@ -462,7 +462,7 @@ def _domain(name: str, arg: str | None, image_size: int | None, real: bool, seed
                         **({"textures": [*PHOTOS, *GREYS]} if real else {})})
 
 
-@plugin(task=SEGMENTATION, generated=True,
+@plugin("streets-sim", task=SEGMENTATION, generated=True,
         description="procedural flat-shaded street scenes, 8 Cityscapes classes (simulation; streets-sim:N for N images, "
                     "default 600)")
 def streets_sim(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
@@ -471,7 +471,7 @@ def streets_sim(arg: str | None = None, *, root: Path | None = None, image_size:
     return _domain("streets-sim", arg, image_size, real=False, seed=SIM_SEED)
 
 
-@plugin(task=SEGMENTATION, generated=True,
+@plugin("streets-real", task=SEGMENTATION, generated=True,
         description="procedural street scenes textured with photographs, 8 Cityscapes classes (real; streets-real:N, "
                     "default 600)")
 def streets_real(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:

@@ -61,7 +61,7 @@ def _domain(name: str, splits: tuple[Split, Split], image_size: int | None, path
                   info={"train_images": len(ys), "test_images": len(yt), "files": [str(p) for p in paths]})
 
 
-@plugin(task=CLASSIFICATION, description="MNIST from ROOT/mnist/MNIST/raw (60k/10k, official test split)")
+@plugin("mnist", task=CLASSIFICATION, description="MNIST from ROOT/mnist/MNIST/raw (60k/10k, official test split)")
 def mnist(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """MNIST handwritten digits (LeCun et al., 1998), read by torchvision's MNIST class."""
     from torchvision.datasets import MNIST
@@ -75,7 +75,7 @@ def mnist(arg: str | None = None, *, root: Path | None = None, image_size: int |
     return _domain("mnist", _read("mnist", paths, load), image_size, paths)
 
 
-@plugin(task=CLASSIFICATION, description="USPS from ROOT/usps/usps.bz2, usps.t.bz2 (7,291/2,007 16x16, official test split)")
+@plugin("usps", task=CLASSIFICATION, description="USPS from ROOT/usps/usps.bz2, usps.t.bz2 (7,291/2,007 16x16, official test split)")
 def usps(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """USPS handwritten zip-code digits (Hull, 1994), LIBSVM files read by torchvision's USPS class."""
     from torchvision.datasets import USPS
@@ -89,7 +89,7 @@ def usps(arg: str | None = None, *, root: Path | None = None, image_size: int | 
     return _domain("usps", _read("usps", paths, load), image_size, paths)
 
 
-@plugin(task=CLASSIFICATION, description="SVHN from ROOT/svhn/{train,test}_32x32.mat (73,257/26,032, official test split)")
+@plugin("svhn", task=CLASSIFICATION, description="SVHN from ROOT/svhn/{train,test}_32x32.mat (73,257/26,032, official test split)")
 def svhn(arg: str | None = None, *, root: Path | None = None, image_size: int | None = None) -> Domain:
     """SVHN cropped house numbers (Netzer et al., 2011). Read with scipy as torchvision's SVHN does
     (X is (32, 32, 3, N), label 10 means digit 0), but without its MD5 check of the whole file."""

@@ -98,6 +98,7 @@ class CycleGAN(Translator):
     discriminator's depth).
     """
 
+    name = "cyclegan"
     trainable = True
     hparams = {
         "lr": HParam(2e-4, log_uniform(-4.3, -3.3), "Adam learning rate of generators and discriminators"),

@@ -49,6 +49,7 @@ class FDA(Translator):
     clamped to [-1, 1] so it stays a valid image; the authors do not clip. Not trained.
     """
 
+    name = "fda"
     hparams = {
         "beta": HParam(0.01, choice([0.01, 0.05, 0.09]),
                        "window half-size as a fraction of min(H, W); the paper's three bands 0.01, 0.05, 0.09"),

@@ -9,5 +9,7 @@ from dabench.translator import Translator
 class NoTranslation(Translator):
     """No translation: source images unchanged (the baseline a translator must beat)."""
 
+    name = "none"
+
     def translate(self, src_x: torch.Tensor, tgt_x: torch.Tensor) -> torch.Tensor:
         return src_x
