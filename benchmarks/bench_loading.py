@@ -30,7 +30,7 @@ from PIL import Image
 
 from dabench import prepared
 from dabench.protocol import load_domain
-from dabench.segmentation import PALETTE
+from dabench_plugins.datasets.cityscapes import PALETTE
 
 GTA5_STORED = (1914, 1052)
 

@@ -11,7 +11,7 @@ and a 1024x512 target (Cityscapes) image per iteration; evaluation predicts one 
 upsamples the logits to 2048x1024 before the argmax, as ``dabench.trainer.evaluate`` scores
 Cityscapes. Small size (for CPUs): resnet18 at 256x128 for both domains, labels at 512x256.
 
-An iteration is ``AdaptSegNet.update`` (or ``--algo``'s) under ``dabench.trainer.autocast``, as the
+An iteration is ``AdaptSegNet.update`` (or ``--algo``'s) under ``dabench.algorithm.autocast``, as the
 trainer runs it. FLOPs are counted with ``torch.utils.flop_counter`` on the first warm-up call of
 each configuration (forward + backward of the segmenter and discriminators; optimiser arithmetic
 is not counted); MFU = FLOPs / time / the device's dense peak for the precision (bf16, or TF32 for
@@ -40,7 +40,7 @@ from dabench.hparams import defaults
 from dabench.nets import SegNet
 from dabench.registry import algorithms, backbones
 from dabench.runner import compile_networks
-from dabench.trainer import autocast
+from dabench.algorithm import autocast
 
 NUM_CLASSES = 19
 

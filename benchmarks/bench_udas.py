@@ -27,7 +27,7 @@ from dabench.algorithm import Stage
 from dabench.data import SEGMENTATION, Batch, Labeled
 from dabench.hparams import defaults
 from dabench.registry import algorithms, backbones
-from dabench.trainer import autocast
+from dabench.algorithm import autocast
 from dabench_plugins.algorithms.udas import pseudo_labels
 
 STAGES = ["translate", "adapt", "pseudo-label", "self-train"]

@@ -7,6 +7,7 @@ schedules are functions of ``step`` so that a resumed run needs no scheduler sta
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,8 +19,8 @@ from torch.utils.data import Dataset
 
 from dabench.data import CLASSIFICATION, SEGMENTATION, Batch, by_domain
 from dabench.hparams import HParam, choice, int_log2, log_uniform
-from dabench.segmentation import IGNORE_INDEX
 from dabench.nets import SegNet
+from dabench.tasks import IGNORE_INDEX
 
 # Who may see target labels, and how many. The protocol enforces these before training starts.
 TARGET_LABELS = {
@@ -58,9 +59,18 @@ class TrainData:
     tgt_labeled: Dataset | None = None  # the --tgt-labeled budget; None in unsupervised DA
 
 
+def autocast(device: torch.device, precision: str):
+    """The forward-pass precision of a run: nothing for fp32, torch.autocast for bf16 / fp16."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @dataclass
 class StageContext:
-    """What ``begin_stage`` may use: the training data, the run's folders, and where to show progress."""
+    """What ``begin_stage`` may use: the training data, the run's folders, where to show progress,
+    and what the engine knows about running a network here (device, precision, evaluation batch)."""
 
     data: TrainData
     run_dir: Path
@@ -71,6 +81,11 @@ class StageContext:
     reporter: Any
     workers: int = 0
     data_key: dict[str, Any] = field(default_factory=dict)  # the data's identity (pair, sizes, splits, seed)
+    eval_batch: int = 1  # images per forward pass when a stage predicts over a data set (the task's)
+
+    def autocast(self):
+        """The run's forward-pass precision, for a stage's own forward passes."""
+        return autocast(self.device, self.precision)
 
 
 class Algorithm(nn.Module):

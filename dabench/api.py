@@ -214,7 +214,7 @@ class Run:
         """Logits for images (arrays as ``dabench.from_arrays`` reads them): (N, K) for
         classification, (N, K, H, W) at the images' own size for segmentation."""
         from dabench.algorithm import upsample
-        from dabench.trainer import autocast
+        from dabench.algorithm import autocast
 
         x, size = self._tensor(images)
         out = []

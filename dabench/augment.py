@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from dabench.segmentation import IGNORE_INDEX
+from dabench.tasks import IGNORE_INDEX
 
 # Domain CutMix ---------------------------------------------------------------------------------
 

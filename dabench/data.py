@@ -33,6 +33,11 @@ class Domain:
     image_size: int | tuple[int, int] = 28
     info: dict[str, Any] = field(default_factory=dict)  # anything worth recording in config.json
     labeled: bool = True  # False: images without labels (a target given as arrays X alone)
+    # Facts about the label space that a run records (config.json) for the tables and predictions:
+    # named class subsets whose mean the tables show beside the full one (SYNTHIA -> Cityscapes:
+    # {"mIoU13": [13 class names]}), and each class's colour in predicted masks (name -> RGB).
+    class_subsets: dict[str, list[str]] = field(default_factory=dict)
+    colours: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

@@ -24,7 +24,6 @@ from pathlib import Path
 from dabench.errors import DabenchError
 from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, row_label, variant
 from dabench.runfolder import CONFIG, identity
-from dabench.segmentation import SYNTHIA_13, SYNTHIA_16
 from dabench.tasks import task_of
 from dabench.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
 
@@ -40,6 +39,7 @@ class Table:
     eval_sizes: list[str]  # more than one: runs of this pair were evaluated at different sizes
     rows: list[Row]
     protocol: str = "dabench"  # tables never pool runs of two protocols
+    class_subsets: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # as the data set records them
 
     @property
     def pair(self) -> str:
@@ -63,11 +63,10 @@ class Table:
 
     @property
     def subsets(self) -> dict[str, list[int]]:
-        """Standard class subsets a paper reports beside the full mIoU: mIoU13 on the SYNTHIA 16-class tables
-        only (a 19-class GTA5 table also holds the 13 classes, but no paper reports mIoU13 there)."""
-        if self.classes == SYNTHIA_16:
-            return {"mIoU13": [self.classes.index(c) for c in SYNTHIA_13]}
-        return {}
+        """The class subsets a paper reports beside the full mIoU, as the target data set recorded them
+        (``Domain.class_subsets``: mIoU13 on the SYNTHIA 16-class tables), by class index."""
+        return {name: [self.classes.index(c) for c in names] for name, names in self.class_subsets.items()
+                if all(c in self.classes for c in names)}
 
     def subset_means(self, row: "Row") -> list[float]:
         return [mean([row.iou[i] for i in idx if not math.isnan(row.iou[i])]) for idx in self.subsets.values()]
@@ -275,7 +274,8 @@ def _tables(runs: list[Run]) -> list[Table]:
             if not method.applies(every):
                 continue
             body = [aggregate(method, k, rows[k], metric, task_of(task).per_class is not None, len(classes)) for k in order]
-            tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol))
+            subsets = group[0].config.get("class_subsets") or {}
+            tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol, subsets))
     return tables
 
 

@@ -5,8 +5,7 @@ import math
 
 import torch
 
-from dabench.segmentation import IGNORE_INDEX  # noqa: F401 - the one ignore label, importable from here
-from dabench.tasks import task_of
+from dabench.tasks import IGNORE_INDEX, task_of
 
 
 class ConfusionMatrix:

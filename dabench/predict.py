@@ -33,6 +33,16 @@ def _read(path: Path) -> Image.Image:
         raise DabenchError(f"{path} is not a readable image ({exc}).") from None
 
 
+def colorize(label: np.ndarray, classes: list[str], colours: dict | None = None) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours: each class's colour as its data set recorded it
+    (``Domain.colours``: Cityscapes' for the street scenes), a fixed spread of colours otherwise;
+    ignored pixels black."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    for i, name in enumerate(classes):
+        table[i] = (colours or {}).get(name, ((i * 67) % 256, (i * 149) % 256, (i * 211) % 256))
+    return table[label]
+
+
 def _tensor(path: Path, size: tuple[int, int], task: str, device: torch.device) -> torch.Tensor:
     """An image file as the run's loaders read one: the same decoding and resizing functions."""
     if task == "segmentation":
@@ -51,7 +61,6 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: st
     source-val by default, as the tables); returns the files written. Files already in ``out``
     are kept unless ``overwrite``."""
     from dabench.api import load
-    from dabench.segmentation import colorize
 
     images, out = Path(images).expanduser(), Path(out).expanduser()
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images.is_dir() else []
@@ -75,7 +84,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: st
         logits = algo.predict(_tensor(path, size, config["task"], dev)).float()
         if config["task"] == "segmentation":
             logits = upsample(logits, (img.height, img.width))
-            colour = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), classes)
+            colour = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), classes, config.get("colours"))
             overlay = (0.5 * np.asarray(img, dtype=np.float32) + 0.5 * colour).round().astype(np.uint8)
             for name, arr in ((f"{path.stem}.png", colour), (f"{path.stem}_overlay.png", overlay)):
                 Image.fromarray(arr).save(out / name)

@@ -365,6 +365,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     _check_split_sizes(splits, cfg.protocol, src.name, tgt.name, tgt.labeled)
     config |= {
         "task": src.task, "metric": task_of(src.task).metric, "classes": src.classes,
+        **({"class_subsets": tgt.class_subsets} if tgt.class_subsets else {}),
+        **({"colours": tgt.colours} if tgt.colours else {}),
         "eval_size": size_text(tgt.image_size),  # the target images' input size (W x H)
         "image_sizes": {"src": size_text(src.image_size), "tgt": size_text(tgt.image_size)},
         "splits": splits.sizes(), "split_rules": split_rules(src.task, cfg.protocol),

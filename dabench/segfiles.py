@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 
 from dabench.data import to_unit_range
 from dabench.errors import DabenchError
-from dabench.segmentation import IGNORE_INDEX
+from dabench.tasks import IGNORE_INDEX
 
 Size = tuple[int, int]  # (W, H), as PIL and Domain.image_size
 Pair = tuple[str, str]  # image file, label file; plain strings: 25k pathlib.Paths cost seconds to build
@@ -78,6 +78,14 @@ def read_first_channel(path: str | Path) -> np.ndarray:
     except (RuntimeError, OSError, ValueError) as exc:
         raise DabenchError(f"Cannot read the label {path} as a PNG ({type(exc).__name__}: {exc}). "
                            "Replace or delete the file (and its image) and run again.") from None
+
+
+def lookup_table(id_to_train: dict[int, int], size: int = 256) -> np.ndarray:
+    """A uint8 table ``lut[label_id] = train_id`` (255 for ids not in the map), for ``lut[label]``."""
+    lut = np.full(size, IGNORE_INDEX, dtype=np.uint8)
+    for src, dst in id_to_train.items():
+        lut[src] = dst
+    return lut
 
 
 def resize_step(size: Size) -> v2.Resize:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dabench.errors import DabenchError
-from dabench.segmentation import IGNORE_INDEX
 
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
+IGNORE_INDEX = 255  # the label of pixels no class covers (Cityscapes' void), ignored by losses and metrics
 
 
 @dataclass(frozen=True)

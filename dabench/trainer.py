@@ -12,7 +12,6 @@ each ends with a checkpoint, so a run resumes inside any stage.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dabench.algorithm import Algorithm, StageContext, TrainData, upsample
+from dabench.algorithm import Algorithm, StageContext, TrainData, autocast, upsample
 from dabench.data import LABELED_STREAM, TARGET_STREAM, Batch, Labeled, Subset, ordered_batches, source_stream, stream
 from dabench import distributed, labelfree
 from dabench.errors import DabenchError, RunFailed
@@ -47,15 +46,6 @@ class NullReporter:
     def advance(self, step: int, losses: dict[str, float]) -> None: ...
     def evaluated(self, record: dict) -> None: ...
     def stop(self) -> None: ...
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 
 
 @torch.no_grad()
@@ -189,7 +179,8 @@ def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir:
     _check_shards(algo, splits)
     with StepLog(run_dir, start, log if main else None) as step_log:
         ctx = StageContext(TrainData(splits.src_train, splits.tgt_train, splits.tgt_labeled), run_dir,
-                           cache_dir or run_dir / CACHE, device, precision, seed, reporter, workers, data_key or {})
+                           cache_dir or run_dir / CACHE, device, precision, seed, reporter, workers, data_key or {},
+                           task.eval_batch)
         # Label-free selection scores unlabelled target images, and DEV weighs source-val ones; in
         # domain generalisation no target image may inform training or selection, so none are scored.
         unlabeled = labelfree.subset(splits.tgt_train, splits.task) if splits.tgt_train is not None else ()

@@ -11,6 +11,7 @@ import torch
 
 from dabench.data import Domain, TensorImages
 from dabench.registry import datasets, plugin
+from dabench_plugins.datasets.cityscapes import PALETTE
 
 TOY_CLASSES = ["tl", "tr", "bl", "br"]
 
@@ -100,7 +101,8 @@ def toyseg_src(arg=None, *, root=None, image_size=None) -> Domain:
 @datasets.register("toyseg-tgt")
 @plugin(task="segmentation", description="test-only toy segmentation target")
 def toyseg_tgt(arg=None, *, root=None, image_size=None) -> Domain:
-    return Domain("toyseg-tgt", "segmentation", TOY_SEG_CLASSES, toy_scenes(24, 32, 64, 0.15, 4), image_size=(64, 32))
+    return Domain("toyseg-tgt", "segmentation", TOY_SEG_CLASSES, toy_scenes(24, 32, 64, 0.15, 4), image_size=(64, 32),
+                  colours={c: PALETTE[c] for c in TOY_SEG_CLASSES})  # Cityscapes' colours, as a street data set gives
 
 
 class _ToyEncoder(nn.Module):

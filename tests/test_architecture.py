@@ -12,13 +12,16 @@ from dabench import runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "architecture.md").read_text()
+README = (ROOT / "README.md").read_text()
 
 
 def test_every_core_module_is_named_and_every_named_module_exists():
     core = {p.name for p in (ROOT / "dabench").glob("*.py")}
-    named = {n for n in re.findall(r"\b([a-z_]+\.py)\b", DOC) if not n.startswith("test_")}
+    named = {n for n in re.findall(r"(?<![/\w])([a-z_]+\.py)\b", DOC) if not n.startswith("test_")}
     assert core - named == set(), "core modules missing from docs/architecture.md"
     assert named - core - {"pyproject.toml"} == set(), "docs/architecture.md names modules that do not exist"
+    paths = set(re.findall(r"\b((?:plugins|dabench|tests|benchmarks|docs)/[\w/]+\.(?:py|md))\b", DOC))
+    assert {p for p in paths if not (ROOT / p).exists()} == set(), "docs/architecture.md names files that do not exist"
 
 
 def test_the_results_layer_imports_no_torch():
@@ -61,3 +64,34 @@ def test_the_core_reads_tasks_from_their_descriptions_not_from_branches():
                 spelled = {s.value for s in sides if isinstance(s, ast.Constant)} | {
                     s.id.lower() for s in sides if isinstance(s, ast.Name) and s.id in ("CLASSIFICATION", "SEGMENTATION")}
                 assert not spelled & names, f"dabench/{path.name}:{node.lineno} branches on a task's name"
+
+
+def test_plugins_import_nothing_from_the_spine():
+    """A plugin gets what it needs from the engine through its arguments (``StageContext`` for a
+    stage), never from the runner or the trainer; the core never imports a plugin."""
+    for path in (ROOT / "plugins").rglob("*.py"):
+        modules = {(n.module or "") for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)}
+        assert not modules & {"dabench.runner", "dabench.trainer", "dabench.cli", "dabench.api"}, path.name
+    for path in (ROOT / "dabench").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in modules if m.startswith("dabench_plugins")}, path.name
+
+
+def test_the_readme_names_the_one_thing_that_downloads():
+    """dabench reaches the network in one place, timm's ImageNet weights behind ``--pretrained
+    imagenet``, and the README's promise names exactly that."""
+    fetches = []
+    for path in [*(ROOT / "dabench").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg in ("pretrained", "download") and \
+                    isinstance(node.value, ast.Constant) and node.value.value is True:
+                fetches.append(path.name)
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] in ("urllib", "requests", "http") or n == "torch.hub" for n in names), \
+                    f"{path.name} imports a network client"
+    assert fetches == ["nets.py"], fetches  # timm.create_model(name, pretrained=True) in timm_model, for "imagenet"
+    promise = next(b for b in README.split("\n- **") if b.startswith("Nothing downloads"))
+    assert "`--pretrained imagenet`" in promise and "`--pretrained PATH`" in promise

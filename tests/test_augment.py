@@ -31,7 +31,7 @@ from dabench_plugins.algorithms.udas import (  # UDAS's own multi-view pseudo-la
     max_confidence_labels,
     pseudo_labels,
 )
-from dabench.segmentation import IGNORE_INDEX
+from dabench.tasks import IGNORE_INDEX
 
 
 def gen(seed: int = 0) -> torch.Generator:

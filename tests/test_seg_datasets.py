@@ -18,7 +18,7 @@ from dabench.cli import main
 from dabench.data import ImagesOnly, in_memory, ordered_batches
 from dabench.errors import DabenchError
 from dabench.protocol import build_splits, load_domain
-from dabench.segmentation import CITYSCAPES_CLASSES, PALETTE, SYNTHIA_13, SYNTHIA_16
+from dabench_plugins.datasets.cityscapes import CITYSCAPES_CLASSES, PALETTE, SYNTHIA_13, SYNTHIA_16
 from dabench_plugins.datasets.cityscapes import cityscapes, gta5, synthia
 from dabench.segfiles import SegmentationFiles, header, read_first_channel, read_ids, scaled
 from dabench_plugins.datasets.segfolder import segfolder
@@ -216,6 +216,14 @@ def test_cityscapes_synthia_subsets_renumber_the_ids(root, arg, classes, expecte
     assert d.classes == classes and d.name == f"cityscapes:{arg}"
     y = d.test[0][1]
     assert y[0, ::16].tolist() == expected
+    # the data set, not the core, says which class-subset means its tables add: mIoU13 on the 16 classes only
+    assert d.class_subsets == ({"mIoU13": SYNTHIA_13} if arg == "16" else {})
+    assert d.colours["car"] == PALETTE["car"] and set(d.colours) == set(classes)
+
+
+def test_the_19_class_domains_add_no_subset_mean(root):
+    assert load_gta5(root, image_size=24).class_subsets == {} and cityscapes(root=root, image_size=16).class_subsets == {}
+    assert synthia(root=root, image_size=19).class_subsets == {"mIoU13": SYNTHIA_13}
 
 
 def test_cityscapes_errors_name_the_expected_paths(tmp_path, root):

@@ -9,7 +9,7 @@ from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.protocol import build_splits, load_domain
 from dabench.registry import datasets
-from dabench.segmentation import CITYSCAPES_CLASSES
+from dabench_plugins.datasets.cityscapes import CITYSCAPES_CLASSES
 from dabench_plugins.datasets.streets import CLASSES, DEFAULT_COUNT, streets_real, streets_sim
 
 FACTORIES = {"streets-sim": streets_sim, "streets-real": streets_real}

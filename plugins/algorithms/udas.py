@@ -20,10 +20,8 @@ from dabench.errors import DabenchError
 from dabench.hparams import HParam, choice, log_uniform, uniform
 from dabench.registry import translators
 from dabench.runfolder import slug
-from dabench.segmentation import IGNORE_INDEX
-from dabench.tasks import SEGMENTATION, task_of
+from dabench.tasks import IGNORE_INDEX
 from dabench.translator import cover
-from dabench.trainer import autocast
 from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
 
 TRANSLATE, ADAPT, SELFTRAIN = "translate", "adapt", "self-train"
@@ -199,14 +197,14 @@ class UDAS(AdaptSegNet):
         src, tgt = ctx.data.src_train, ctx.data.tgt_train
         cache.start()
         rng = np.random.default_rng([ctx.seed, 11])  # which target image each source image is paired with
-        bs = task_of(SEGMENTATION).eval_batch
+        bs = ctx.eval_batch
         ctx.reporter.start(len(src), 0, "translate source")
         done = 0
         self.translator.eval()
         for x, _ in ordered_batches(src, bs, ctx.workers):
             t = get_batch(tgt, rng.integers(len(tgt), size=len(x)).tolist())
             x = x.to(ctx.device)
-            with torch.no_grad(), autocast(ctx.device, ctx.precision):
+            with torch.no_grad(), ctx.autocast():
                 y = self.translator.translate(x, cover(t.to(ctx.device), x.shape[-2:]))
             cache.write(done, to_uint8(y))
             done += len(x)
@@ -226,12 +224,12 @@ class UDAS(AdaptSegNet):
             return folder
         folder.start()
         gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 1000 + rnd)
-        bs = task_of(SEGMENTATION).eval_batch
+        bs = ctx.eval_batch
         ctx.reporter.start(len(tgt), 0, f"pseudo-label round {rnd}")
         done, kept = 0, 0
         for i in range(0, len(tgt), bs):
             x = get_batch(tgt, list(range(i, min(i + bs, len(tgt))))).to(ctx.device)
-            with autocast(ctx.device, ctx.precision):
+            with ctx.autocast():
                 labels, _ = pseudo_labels(lambda v: self.teacher(v)[0], x, self.hp["views"], self.hp["threshold"], gen)
             kept += int((labels != IGNORE_INDEX).sum())
             folder.write(done, labels.to(torch.uint8).cpu().numpy())

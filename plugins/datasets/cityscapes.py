@@ -13,11 +13,44 @@ from pathlib import Path
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.registry import plugin
-from dabench.segmentation import (CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN, SYNTHIA_13, SYNTHIA_16,
-                                  lookup_table, remap)
+from dabench.segfiles import (Pair, SegmentationFiles, Survey, header, listing, lookup_table, pair_up, read_first_channel,
+                              scaled, survey, warn_mismatch)
 
-from dabench.segfiles import (Pair, SegmentationFiles, Survey, header, listing, pair_up, read_first_channel, scaled, survey,
-                       warn_mismatch)
+# The Cityscapes label space every street-scene domain maps into (labels.py of the Cityscapes scripts).
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]
+# Cityscapes label id -> train id; every other id is ignored.
+CITYSCAPES_ID_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                          25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+# The class sets ADVENT and later papers report for SYNTHIA -> Cityscapes.
+SYNTHIA_16 = [c for c in CITYSCAPES_CLASSES if c not in ("terrain", "truck", "train")]
+SYNTHIA_13 = [c for c in SYNTHIA_16 if c not in ("wall", "fence", "pole")]
+# The Cityscapes colour of each class (labels.py), keyed by name so subsets keep their colours.
+PALETTE = {
+    "road": (128, 64, 128), "sidewalk": (244, 35, 232), "building": (70, 70, 70), "wall": (102, 102, 156),
+    "fence": (190, 153, 153), "pole": (153, 153, 153), "traffic light": (250, 170, 30),
+    "traffic sign": (220, 220, 0), "vegetation": (107, 142, 35), "terrain": (152, 251, 152),
+    "sky": (70, 130, 180), "person": (220, 20, 60), "rider": (255, 0, 0), "car": (0, 0, 142),
+    "truck": (0, 0, 70), "bus": (0, 60, 100), "train": (0, 80, 100), "motorcycle": (0, 0, 230),
+    "bicycle": (119, 11, 32),
+}
+
+
+def remap(id_to_train: dict[int, int], names: list[str]) -> dict[int, int]:
+    """Restrict a Cityscapes-train-id map to a class subset, renumbering into the subset's order:
+    e.g. Cityscapes ids -> the 16 SYNTHIA classes."""
+    keep = {CITYSCAPES_CLASSES.index(n): i for i, n in enumerate(names)}
+    return {src: keep[dst] for src, dst in id_to_train.items() if dst in keep}
+
+
+def label_space(classes: list[str]) -> dict:
+    """The Domain fields of a Cityscapes-label-space domain with ``classes``: each class's Cityscapes
+    colour, and on the 16 SYNTHIA classes the 13-class mean the SYNTHIA -> Cityscapes tables report
+    beside the 16-class one (no paper reports it on a 19-class GTA5 table)."""
+    subsets = {"mIoU13": list(SYNTHIA_13)} if list(classes) == SYNTHIA_16 else {}
+    return {"class_subsets": subsets, "colours": {c: PALETTE[c] for c in classes}}
 
 GTA5_SIZE, CITYSCAPES_SIZE, SYNTHIA_SIZE = (1280, 720), (1024, 512), (1280, 760)
 ROOT_HINT = "dabench never downloads: put it under your data root (--data-root or DABENCH_DATA)."
@@ -90,7 +123,7 @@ def gta5(arg: str | None = None, *, root: Path | None = None, image_size: int | 
     train = SegmentationFiles(pairs, size, size, lookup_table(CITYSCAPES_ID_TO_TRAIN), name="gta5")
     info = {"path": str(base), "images": len(pairs), "published_images": 24_966, **s.info(),
             "source": "Richter et al., ECCV 2016: download.visinf.tu-darmstadt.de/data/from_games/"}
-    return Domain("gta5", SEGMENTATION, list(CITYSCAPES_CLASSES), train, None, size, info)
+    return Domain("gta5", SEGMENTATION, list(CITYSCAPES_CLASSES), train, None, size, info, **label_space(CITYSCAPES_CLASSES))
 
 
 def _cityscapes_pairs(base: Path, split: str, name: str, layout: str) -> list[Pair]:
@@ -136,7 +169,7 @@ def cityscapes(arg: str | None = None, *, root: Path | None = None, image_size: 
             "test_label_size": f"{full[0]}x{full[1]} (stored resolution; predictions are upsampled to it)",
             "source": "Cordts et al., CVPR 2016: cityscapes-dataset.com (leftImg8bit_trainvaltest.zip, "
                       "gtFine_trainvaltest.zip)"}
-    return Domain(name, SEGMENTATION, classes, train, test, size, info)
+    return Domain(name, SEGMENTATION, classes, train, test, size, info, **label_space(classes))
 
 
 @plugin("synthia", task=SEGMENTATION, description="SYNTHIA-RAND-CITYSCAPES (Ros et al. 2016), 16 classes (or :13), ROOT/synthia")
@@ -169,4 +202,4 @@ def synthia(arg: str | None = None, *, root: Path | None = None, image_size: int
     train = SegmentationFiles(pairs, size, size, lut, read_first_channel, name=name)
     info = {"path": str(base), "images": len(pairs), "published_images": 9_400, **s.info(),
             "source": "Ros et al., CVPR 2016: synthia-dataset.net (SYNTHIA-RAND-CITYSCAPES)"}
-    return Domain(name, SEGMENTATION, list(classes), train, None, size, info)
+    return Domain(name, SEGMENTATION, list(classes), train, None, size, info, **label_space(classes))

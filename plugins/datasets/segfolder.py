@@ -9,9 +9,9 @@ import numpy as np
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.registry import plugin
-from dabench.segmentation import IGNORE_INDEX
 from dabench.segfiles import (IMAGE_EXTENSIONS, Pair, SegmentationFiles, header, listing, most_common, pair_up, scaled,
                               survey, warn_mismatch)
+from dabench.tasks import IGNORE_INDEX
 
 LABEL_SAMPLE = 8  # labels decoded at load to check their values; the rest are checked as they are read
 

@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 from dabench.data import SEGMENTATION, Domain, TensorImages, image_count
 from dabench.errors import DabenchError
 from dabench.registry import plugin
-
 from dabench.segfiles import scaled
+from dabench_plugins.datasets.cityscapes import PALETTE
 
 CLASSES = ["road", "sidewalk", "building", "pole", "vegetation", "sky", "person", "car"]
 DEFAULT_SIZE = (128, 64)  # (W, H): Cityscapes' 2:1 at a size one CPU core trains on
@@ -459,7 +459,7 @@ def _domain(name: str, arg: str | None, image_size: int | None, real: bool, seed
     images, labels = render(n, size, real, seed)
     return Domain(name, SEGMENTATION, list(CLASSES), TensorImages(images, labels), None, size,
                   info={"images": n, "seed": seed, "generator": "procedural streets",
-                        **({"textures": [*PHOTOS, *GREYS]} if real else {})})
+                        **({"textures": [*PHOTOS, *GREYS]} if real else {})}, colours={c: PALETTE[c] for c in CLASSES})
 
 
 @plugin("streets-sim", task=SEGMENTATION, generated=True,
