@@ -107,7 +107,7 @@ _import_dabench()
 try:
     from dabench.data import get_batch, ordered_batches
     from dabench.protocol import Splits, load_domain
-    from dabench.runner import RunConfig, prepare, run
+    from dabench.runner import RunConfig, build, run
 except ImportError as exc:
     sys.exit(f"bench_dann_peers.py: cannot import dabench ({exc}). This interpreter ({sys.executable}) must see "
              f"the project venv's packages.\n{SETUP}")
@@ -319,7 +319,7 @@ def same_images(a: Splits, b: Splits) -> bool:
 # The benchmark -----------------------------------------------------------------------------------
 
 def bench_pair(src: str, tgt: str, seeds: int, steps: int, work: Path) -> tuple[dict[str, list[Result]], dict]:
-    named = prepare(config(src, tgt, steps, 0, work / "runs"))
+    named = build(config(src, tgt, steps, 0, work / "runs"))
     splits = named.splits
     size = splits.image_size
     same_init = check_same_network(named, splits)
@@ -327,7 +327,7 @@ def bench_pair(src: str, tgt: str, seeds: int, steps: int, work: Path) -> tuple[
     folder_src = write_image_folder(src, None, work / "folders" / "src")
     folder_tgt = write_image_folder(tgt, size, work / "folders" / "tgt")
     written = time.perf_counter() - t
-    folder = prepare(config(f"folder:{folder_src}", f"folder:{folder_tgt}", steps, 0, work / "runs", size))
+    folder = build(config(f"folder:{folder_src}", f"folder:{folder_tgt}", steps, 0, work / "runs", size))
     t = time.perf_counter()
     for ds in (folder.splits.src_train, folder.splits.tgt_train):
         get_batch(ds, [0])  # the folder loader decodes every file once, on first use (inside a run's loop)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from dabench.data import get_batch, ordered_batches  # noqa: E402
-from dabench.runner import RunConfig, prepare  # noqa: E402
+from dabench.runner import RunConfig, build  # noqa: E402
 from reference.harness import twin  # noqa: E402
 
 PLUGIN = {"cdan": ("cdan", {}), "cdan-e": ("cdan", {"entropy_conditioning": "true"}), "mcc": ("mcc", {}),
@@ -85,9 +85,9 @@ def train(method: str, src: str, tgt: str, steps: int, seed: int, work: Path) ->
     algo_name, hp = PLUGIN[method]
     cfg = RunConfig(algo=algo_name, src=src, tgt=tgt, steps=steps, eval_every=steps, seed=seed, out=str(work),
                     device="cpu", hparams=hp)
-    prepared = prepare(cfg)  # the splits and dabench's initial weights for this seed
-    splits, algo = prepared.splits, prepared.algorithm
-    batch = prepared.config["hparams"]["batch_size"]
+    built = build(cfg)  # the splits and dabench's initial weights for this seed
+    splits, algo = built.splits, built.algorithm
+    batch = built.config["hparams"]["batch_size"]
     step, predict, modules = trainer(method, algo, steps)
     torch.manual_seed(seed)
     n_src, n_tgt = len(splits.src_train), len(splits.tgt_train)

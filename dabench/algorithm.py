@@ -8,6 +8,7 @@ schedules are functions of ``step`` so that a resumed run needs no scheduler sta
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -221,14 +222,22 @@ class Algorithm(nn.Module):
                 group.setdefault("initial_lr", group["lr"])
                 group["lr"] = group["initial_lr"] * factor
 
-    def step(self, loss: torch.Tensor, *optims: torch.optim.Optimizer) -> None:
-        """zero_grad, backward, step: with loss scaling when the trainer runs in fp16."""
+    def optimise(self, loss: torch.Tensor, *optims: torch.optim.Optimizer) -> None:
+        """One optimiser step of ``optims`` on ``loss`` (zero_grad, backward, step), with loss
+        scaling when the trainer runs in fp16. (Not ``update``'s ``step``, the iteration number.)"""
         for o in optims:
             o.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         for o in optims:
             self.scaler.step(o)
         self.scaler.update()
+
+    def step(self, loss: torch.Tensor, *optims: torch.optim.Optimizer) -> None:
+        """Deprecated name of ``optimise`` (it read like ``update``'s iteration ``step``); kept so
+        plugins written for dabench 0.1 still run."""
+        warnings.warn("Algorithm.step(loss, *optims) is now Algorithm.optimise(loss, *optims).", DeprecationWarning,
+                      stacklevel=2)
+        self.optimise(loss, *optims)
 
     # Segmentation helpers ---------------------------------------------------------------------
 

@@ -413,7 +413,7 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
 
 
 def _dry_run(configs: list) -> None:
-    from dabench.plan import estimate
+    from dabench.cost import estimate
 
     report = estimate(configs)
     table = Table(title=f"plan: {len(configs)} runs, {report.done} already done, {len(configs) - report.done} to run")

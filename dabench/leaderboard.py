@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dabench.errors import DabenchError
-from dabench.results import FOOTNOTE, Row, Run, aggregate, mean, read_runs, row_label, variant
+from dabench.results import FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, variant
 from dabench.runfolder import CONFIG, identity
 from dabench.tasks import task_of
 from dabench.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
@@ -130,7 +130,7 @@ class Leaderboard:
     dg: list[DGTable] = field(default_factory=list)  # domain generalisation: per held-out domain
 
 
-def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
+def agreement(runs: list[RunRecords], min_runs: int = 3) -> list[Agreement]:
     """For each pair and algorithm with at least ``min_runs`` finished runs (seeds, hyperparameter
     samples): each selection method's pick in every run, its score there and the oracle's at the
     oracle's own pick, their Spearman correlation over the runs, and the target-test value of the
@@ -141,7 +141,7 @@ def agreement(runs: list[Run], min_runs: int = 3) -> list[Agreement]:
 
     from dabench.selection import TEST, get, select, value
 
-    groups: dict[tuple, list[Run]] = defaultdict(list)
+    groups: dict[tuple, list[RunRecords]] = defaultdict(list)
     for run in runs:
         c = run.config
         if c.get("protocol", "dabench") == "dabench" and run.records and not is_dg(run):
@@ -186,11 +186,11 @@ def leaderboard(path: str | Path) -> Leaderboard:
     return Leaderboard(root, _tables(da), incomplete, skipped, agreement(da), dg_tables([r for r in runs if is_dg(r)]))
 
 
-def is_dg(run: Run) -> bool:
+def is_dg(run: RunRecords) -> bool:
     return run.config.get("setting") == "dg"
 
 
-def sources(run: Run) -> list[str]:
+def sources(run: RunRecords) -> list[str]:
     return list(run.config.get("sources") or [run.config["src"]])
 
 
@@ -203,7 +203,7 @@ def _training_key(config: dict) -> str:
     return json.dumps(fields, sort_keys=True, default=str)
 
 
-def with_lodo(run: Run, pool: list[Run]) -> Run | None:
+def with_lodo(run: RunRecords, pool: list[RunRecords]) -> RunRecords | None:
     """``run`` (held out t, trained on S) with each record's ``lodo-val``: the mean target-val
     metric, at that step, of the runs of the same configuration that held out each v in S and
     trained on the rest of S (DomainBed's leave-one-domain-out); None when one is missing."""
@@ -223,11 +223,11 @@ def with_lodo(run: Run, pool: list[Run]) -> Run | None:
     return dataclasses.replace(run, records=records)
 
 
-def dg_tables(runs: list[Run]) -> list[DGTable]:
+def dg_tables(runs: list[RunRecords]) -> list[DGTable]:
     """One table per domain group and selection method. A group is the set of domains of a run
     (its sources and its held-out target) not contained in another run's set: runs trained on
     fewer domains of a group are the validation runs of leave-one-domain-out selection."""
-    sets: dict[tuple, list[Run]] = defaultdict(list)
+    sets: dict[tuple, list[RunRecords]] = defaultdict(list)
     for run in runs:
         sets[(frozenset(sources(run) + [run.config["tgt"]]), str(run.config.get("protocol", "dabench")))].append(run)
     tables = []
@@ -237,7 +237,7 @@ def dg_tables(runs: list[Run]) -> list[DGTable]:
         columns = sorted({r.config["tgt"] for r in group})
         metric, task = group[0].config["metric"], str(group[0].config["task"])
         pool = [r for r in runs if str(r.config.get("protocol", "dabench")) == protocol]
-        cells: dict[tuple, list[Run]] = defaultdict(list)  # (algorithm, variant, held out) -> its runs (seeds)
+        cells: dict[tuple, list[RunRecords]] = defaultdict(list)  # (algorithm, variant, held out) -> its runs (seeds)
         for r in group:
             cells[(str(r.config["algo"]), variant(r, group), r.config["tgt"])].append(r)
         lodo = {k: [v for r in rs if (v := with_lodo(r, pool))] for k, rs in cells.items()}  # with lodo-val records
@@ -256,14 +256,14 @@ def _budget_order(n: int | str) -> tuple:
     return (0, n, "") if isinstance(n, int) else (1, 0, str(n))
 
 
-def _tables(runs: list[Run]) -> list[Table]:
-    pairs: dict[tuple, list[Run]] = defaultdict(list)
+def _tables(runs: list[RunRecords]) -> list[Table]:
+    pairs: dict[tuple, list[RunRecords]] = defaultdict(list)
     for run in runs:
         c = run.config
         pairs[(str(c["src"]), str(c["tgt"]), str(c["task"]), str(c.get("protocol", "dabench")))].append(run)
     tables = []
     for (src, tgt, task, protocol), group in sorted(pairs.items()):
-        rows: dict[tuple, list[Run]] = defaultdict(list)
+        rows: dict[tuple, list[RunRecords]] = defaultdict(list)
         for run in group:
             rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0), variant(run, group))].append(run)
         order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), str(k[2])))

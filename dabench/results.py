@@ -23,7 +23,10 @@ FOOTNOTE = "mean ± sample std (ddof=1) over n seeds, in percent; std is 0 when 
 
 
 @dataclass
-class Run:
+class RunRecords:
+    """A run folder as the tables read it: its config and evaluation records (``dabench.api.Run`` is
+    a trained model; this is what it left on disk)."""
+
     path: Path
     config: dict
     records: list[dict]
@@ -57,7 +60,7 @@ def row_label(algo: str, tgt_labeled: int | str, variant: tuple = ()) -> str:
     return f"{algo} ({', '.join(parts)})" if parts else algo
 
 
-def load_run(run_dir: Path) -> Run:
+def load_run(run_dir: Path) -> RunRecords:
     config = json.loads((run_dir / CONFIG).read_text())
     if not isinstance(config, dict):
         raise ValueError("config.json is not a JSON object")
@@ -68,10 +71,10 @@ def load_run(run_dir: Path) -> Run:
         raise ValueError("config.json has a seed or tgt_labeled that is not a number (or 'all')")
     scan = scan_records(run_dir / RESULTS)
     damage = scan.problem(run_dir / RESULTS) if scan.bad_line is not None else ""
-    return Run(run_dir, config, scan.records, is_done(run_dir), damage)
+    return RunRecords(run_dir, config, scan.records, is_done(run_dir), damage)
 
 
-def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int | None]], list[tuple[Path, str]]]:
+def read_runs(run_dirs: Iterable[Path]) -> tuple[list[RunRecords], list[tuple[Path, int | None]], list[tuple[Path, str]]]:
     """(finished runs with records, unfinished ones with their last step, unreadable ones with why)."""
     runs, incomplete, skipped = [], [], []
     for run_dir in run_dirs:
@@ -94,7 +97,7 @@ def read_runs(run_dirs: Iterable[Path]) -> tuple[list[Run], list[tuple[Path, int
     return runs, incomplete, skipped
 
 
-def variant(run: Run, group: list[Run]) -> tuple:
+def variant(run: RunRecords, group: list[RunRecords]) -> tuple:
     """The hyperparameters set with -H whose values differ between runs of this algorithm in the
     table (an ablation: ``udas`` with ``translator=none``), as ((name, value), ...). Runs that
     differ only in random-search samples share a row and model selection picks among them."""
@@ -105,7 +108,7 @@ def variant(run: Run, group: list[Run]) -> tuple:
     return tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying)
 
 
-def aggregate(method: Method, key: tuple, runs: list[Run], metric: str, seg: bool, n_classes: int) -> Row:
+def aggregate(method: Method, key: tuple, runs: list[RunRecords], metric: str, seg: bool, n_classes: int) -> Row:
     """One row for key (algo, tgt_labeled): each seed's selected target-test value, mean ± std over seeds."""
     seeds: dict = defaultdict(list)
     for run in sorted(runs, key=lambda r: (r.config.get("hparam_index", 0), str(r.path))):

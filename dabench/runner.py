@@ -32,7 +32,7 @@ from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_
 from dabench.runfolder import (CACHE, CHECKPOINT, DEFAULTS, identity_differences, is_done, is_started, mark_done, read_config,
                               run_dir_of, run_records, slug, write_config)
 from dabench.tasks import CLASSIFICATION, TASKS, task_of
-from dabench.trainer import NullReporter, fit, seed_all
+from dabench.trainer import NullReporter, seed_all, train_and_evaluate
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -81,7 +81,7 @@ class RunResult:
 
 
 @dataclass
-class Prepared:
+class Built:
     """A checked config with everything built: what ``run`` trains."""
 
     config: dict[str, Any]
@@ -275,7 +275,7 @@ def _candidate_dirs(cfg: RunConfig) -> list[Path]:
             dirs.append(run_dir_of(_recorded(cfg, task, algo_cls, values), cfg.out))
         return dirs
     except DabenchError:
-        return []  # ``prepare`` explains what is wrong
+        return []  # ``build`` explains what is wrong
 
 
 def finished_run(cfg: RunConfig) -> Path | None:
@@ -289,7 +289,7 @@ def existing_run(cfg: RunConfig) -> Path | None:
     return next((d for d in _candidate_dirs(cfg) if is_started(d)), None)
 
 
-def prepare(cfg: RunConfig) -> Prepared:
+def build(cfg: RunConfig) -> Built:
     """Check the config, build data, backbone and algorithm; create nothing on disk."""
     _positive("--steps", cfg.steps)
     if cfg.eval_every is not None:
@@ -378,7 +378,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     config["run_id"] = run_dir.name
 
     algorithm = build_algorithm(config, src.image_size, device, cfg.pretrained)
-    return Prepared(config, splits, algorithm, device, run_dir)
+    return Built(config, splits, algorithm, device, run_dir)
 
 
 def _check_split_sizes(splits: Splits, protocol: str, src: str, tgt: str, tgt_has_labels: bool) -> None:
@@ -431,14 +431,14 @@ def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     main = rank == 0
     if cfg.resume is not True and not cfg.overwrite and (done := finished_run(cfg)) is not None:
         return RunResult(done, read_config(done), run_records(done, strict=True), already_done=True)
-    prep = prepare(cfg)
+    prep = build(cfg)
     # One writer per run folder: rank 0 holds the lock for the run's whole life (under torchrun the
     # other ranks write nothing, and torchrun ends them when rank 0 fails to take it).
     with RunLock(prep.run_dir) if main else contextlib.nullcontext():
         return _train(cfg, prep, reporter, main, world_size)
 
 
-def _train(cfg: RunConfig, prep: Prepared, reporter: NullReporter | None, main: bool, world_size: int) -> RunResult:
+def _train(cfg: RunConfig, prep: Built, reporter: NullReporter | None, main: bool, world_size: int) -> RunResult:
     run_dir, config = prep.run_dir, prep.config
     if world_size > 1:
         if cfg.sync_bn:
@@ -476,7 +476,7 @@ def _train(cfg: RunConfig, prep: Prepared, reporter: NullReporter | None, main: 
     if prep.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     try:
-        records = fit(prep.algorithm, prep.splits, eval_every=prep.config["eval_every"], seed=cfg.seed,
+        records = train_and_evaluate(prep.algorithm, prep.splits, eval_every=prep.config["eval_every"], seed=cfg.seed,
                       run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
                       resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / CACHE,
                       data_key=_data_key(config), log=cfg.log, dev=cfg.dev)

@@ -34,7 +34,7 @@ class Method:
     title: str  # what it chooses, for captions
     oracle: bool  # True: uses target labels, so tables must flag it
     split: str  # the validation split that ranks hyperparameter samples
-    choose: Callable[[Sequence[Mapping], str], int]  # (records without tgt-test, metric) -> index
+    index_of: Callable[[Sequence[Mapping], str], int]  # (records without tgt-test, metric) -> the chosen one's index
     key: str | None = None  # the score it reads in ``split`` (None: the run's metric)
     lower_is_better: bool = False
 
@@ -68,10 +68,10 @@ def signed(v: float, lower_is_better: bool) -> float:
 
 def _best(split: str, key: str | None = None, lower_is_better: bool = False) -> Callable[[Sequence[Mapping], str], int]:
     """The record best on ``split``'s ``key`` (the run's metric when None); ties: the later step."""
-    def choose(records: Sequence[Mapping], metric: str) -> int:
+    def index_of(records: Sequence[Mapping], metric: str) -> int:
         return max(range(len(records)), key=lambda i: (signed(value(records[i], split, key or metric), lower_is_better), i))
 
-    return choose
+    return index_of
 
 
 def _last(records: Sequence[Mapping], metric: str) -> int:
@@ -148,7 +148,7 @@ def without_test(records: Sequence[Mapping]) -> tuple[Mapping, ...]:
 def _pick(method: Method, visible: tuple[Mapping, ...], metric: str) -> int:
     if not visible:
         raise DabenchError("Model selection needs at least one evaluation record; this run has none.")
-    index = method.choose(visible, metric)
+    index = method.index_of(visible, metric)
     if not isinstance(index, int) or not 0 <= index < len(visible):
         raise ValueError(f"selection method '{method.name}' returned {index!r}, not an index below {len(visible)}")
     return index

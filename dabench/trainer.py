@@ -158,7 +158,7 @@ def resumed_records(path: Path, start: int, before: int | None) -> list[dict]:
     return kept
 
 
-def fit(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
+def train_and_evaluate(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
         device: torch.device, precision: str = "fp32", channels_last: bool = False, resume: bool = False,
         reporter: NullReporter | None = None, workers: int = 0, cache_dir: Path | None = None,
         data_key: dict | None = None, log: str = "jsonl", dev: bool = False) -> list[dict]:

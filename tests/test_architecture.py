@@ -95,3 +95,21 @@ def test_the_readme_names_the_one_thing_that_downloads():
     assert fetches == ["nets.py"], fetches  # timm.create_model(name, pretrained=True) in timm_model, for "imagenet"
     promise = next(b for b in README.split("\n- **") if b.startswith("Nothing downloads"))
     assert "`--pretrained imagenet`" in promise and "`--pretrained PATH`" in promise
+
+
+def test_every_name_means_one_thing():
+    """The names issue 22 found used twice: a lazily exported function is never also a submodule
+    (``dabench.plan`` was both, and importing the module rebound the name); one class is called
+    Run (a trained model), one function fit (the notebook API's), one choose (a whole record)."""
+    import importlib.util
+
+    import dabench
+    from dabench import results, selection, trainer
+
+    for name in dabench._LAZY:
+        assert importlib.util.find_spec(f"dabench.{name}") is None, f"dabench.{name} is a module and an export"
+    from dabench import cost  # noqa: F401 - the module that was plan.py
+    assert callable(dabench.plan) and dabench.plan.__module__ == "dabench.sweep"
+    assert not hasattr(results, "Run") and hasattr(results, "RunRecords")
+    assert not hasattr(trainer, "fit") and hasattr(trainer, "train_and_evaluate")
+    assert not any(hasattr(m, "choose") for m in selection.METHODS.values())

@@ -130,10 +130,10 @@ def test_budgets_per_algorithm_kind():
 
 
 def test_oracle_with_a_budget_trains_on_that_many_target_labels(tmp_path):
-    from dabench.runner import RunConfig, prepare
+    from dabench.runner import RunConfig, build
 
-    some = prepare(RunConfig(algo="oracle", src="toy-src", tgt="toy-tgt", tgt_labeled=5, out=str(tmp_path)))
-    every = prepare(RunConfig(algo="oracle", src="toy-src", tgt="toy-tgt", out=str(tmp_path)))
+    some = build(RunConfig(algo="oracle", src="toy-src", tgt="toy-tgt", tgt_labeled=5, out=str(tmp_path)))
+    every = build(RunConfig(algo="oracle", src="toy-src", tgt="toy-tgt", out=str(tmp_path)))
     assert len(some.splits.tgt_labeled) == 5 and some.config["tgt_labeled"] == 5
     assert every.config["tgt_labeled"] == "all" and len(every.splits.tgt_labeled) == len(every.splits.tgt_train)
     r = invoke("run", "--algo", "erm", *TOY, "--tgt-labeled", "all", "--out", str(tmp_path))

@@ -49,7 +49,7 @@ class Probe(Algorithm):
     def update(self, batch, step):
         SEEN.append(batch)
         loss = torch.nn.functional.cross_entropy(self.net(batch.src_x), batch.src_y)
-        self.step(loss, self.optims["model"])
+        self.optimise(loss, self.optims["model"])
         return {"cls": loss.item()}
 
     def predict(self, x):

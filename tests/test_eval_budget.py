@@ -8,9 +8,9 @@ import pytest
 from torch.utils.data import Dataset
 
 from dabench.data import CLASSIFICATION, SEGMENTATION, Domain
-from dabench.plan import Cost, cost
+from dabench.cost import Cost, cost
 from dabench.protocol import build_splits, split_rules
-from dabench.runner import RunConfig, eval_every_for, prepare
+from dabench.runner import RunConfig, build, eval_every_for
 
 
 class Sized(Dataset):
@@ -50,7 +50,7 @@ def test_classification_val_splits_keep_their_fraction():
 
 
 def test_the_rules_are_recorded_in_the_config(tmp_path):
-    config = prepare(RunConfig(algo="erm", src="streets-sim", tgt="streets-real", steps=3000,
+    config = build(RunConfig(algo="erm", src="streets-sim", tgt="streets-real", steps=3000,
                                backbone="deeplabv2:resnet18", out=str(tmp_path))).config
     assert config["split_rules"]["src_val"] == "20% of source train, at most 500 images"
     assert config["eval_every"] == 300  # 3000 // 10

@@ -131,11 +131,11 @@ def test_bad_input_is_refused_with_a_message(root, tmp_path_factory):
 
 def test_a_run_records_that_it_read_the_prepared_copy(root, tmp_path):
     from dabench.runner import RunConfig
-    from dabench.runner import prepare as prepare_run
+    from dabench.runner import build
 
     assert prepare(root, "gta5", "--image-size", "12").exit_code == 0
     cfg = RunConfig(algo="erm", src="gta5", tgt="cityscapes", data_root=str(root), image_size=12, steps=2,
                     out=str(tmp_path / "runs"), backbone="deeplabv2:resnet18")
-    config = prepare_run(cfg).config
+    config = build(cfg).config
     assert config["data"]["src"]["prepared_copy"].endswith("gta5@21x12")
     assert "prepared_copy" not in config["data"]["tgt"]

@@ -71,7 +71,7 @@ class MinEnt(Algorithm):
         seg = sum(seg_weight[k] * seg_loss(v, y) for x, y in self.labeled_parts(batch) for k, v in self.outputs(x).items())
         tgt = self.outputs(batch.tgt_x)
         ent = sum(ent_weight[k] * entropy_loss(v) for k, v in tgt.items())
-        self.step(seg + ent, self.optims["seg"])
+        self.optimise(seg + ent, self.optims["seg"])
         return {"seg": seg.item(), "ent": entropy_loss(tgt["main"]).item()}
 
     def predict(self, x):

@@ -172,7 +172,7 @@ class CCSA(Algorithm):
         csa = contrastive_loss(paired_distances(emb_a, emb_b), same, self.hp["margin"])
         alpha = self.hp["alpha"]
         total = (1 - alpha) * cls + alpha * csa
-        self.step(total, self.optims["model"])
+        self.optimise(total, self.optims["model"])
         return cls.item(), csa.item(), total.item()
 
     def _update_expected(self, batch: Batch) -> dict[str, float]:
@@ -183,7 +183,7 @@ class CCSA(Algorithm):
         csa = csa_loss(emb[:n_src], y[:n_src], emb[n_src:], y[n_src:], self.hp["margin"])
         alpha = self.hp["alpha"]
         total = (1 - alpha) * cls + alpha * csa
-        self.step(total, self.optims["model"])
+        self.optimise(total, self.optims["model"])
         return {"cls": cls.item(), "csa": csa.item(), "total": total.item()}
 
     def predict(self, x):

@@ -162,7 +162,7 @@ class CDAN(Algorithm):
         logs = {"cls": cls.item()}
         k = step - self.adversarial_start()  # adversarial iterations before this one
         if k < 0:  # warm-up: the classifier alone; the discriminator is not stepped
-            self.step(cls, self.optims["model"])
+            self.optimise(cls, self.optims["model"])
             return logs | {"lambda": 0.0}
         n_src = len(batch.src_x)
         keep = torch.cat([torch.arange(n_src), torch.arange(len(x), len(feats))]).to(feats.device)  # not labelled target
@@ -177,7 +177,7 @@ class CDAN(Algorithm):
             w = 1 + torch.exp(-reverse_grad(entropy(probs.float()), self.coefficient(step)))
             weights = (w[:n_src], w[n_src:])
         dom = conditional_domain_loss(out[:n_src], out[n_src:], *weights)
-        self.step(cls + self.hp["trade_off"] * dom, self.optims["model"], self.optims["discriminator"])
+        self.optimise(cls + self.hp["trade_off"] * dom, self.optims["model"], self.optims["discriminator"])
         return logs | {"dom": dom.item(), "lambda": coeff}
 
     def predict(self, x):

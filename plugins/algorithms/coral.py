@@ -83,12 +83,12 @@ class CORAL(ERM):
         cls = F.cross_entropy(logits[: len(x)], y)
         seen = logits if self.hp["coral_layer"] == "logits" else feats
         coral = pairwise_mean(self.aligned_groups(batch, seen), coral_loss)
-        self.step(cls + self.hp["lambda_coral"] * coral, self.optims["model"])
+        self.optimise(cls + self.hp["lambda_coral"] * coral, self.optims["model"])
         return {"cls": cls.item(), "coral": coral.item()}
 
     def update_dg(self, batch: Batch) -> dict[str, float]:
         """DomainBed's ``AbstractMMD.update`` with its mean + covariance penalty."""
         feats, cls = self.per_domain(batch)
         penalty = pairwise_mean(feats, mean_cov_penalty)
-        self.step(cls + self.hp["mmd_gamma"] * penalty, self.optims["model"])
+        self.optimise(cls + self.hp["mmd_gamma"] * penalty, self.optims["model"])
         return {"cls": cls.item(), "coral": penalty.item()}

@@ -128,7 +128,7 @@ class DANN(Algorithm):
             rot = rotation_loss(self.featurizer, self.rotation_head, torch.cat([batch.src_x, batch.tgt_x]),
                                 self.hp["turns"])
             loss, logs["rot"] = loss + self.hp["lambda_rot"] * rot, rot.item()
-        self.step(loss, self.optims["model"])
+        self.optimise(loss, self.optims["model"])
         return logs
 
     def predict(self, x):

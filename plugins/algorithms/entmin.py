@@ -44,5 +44,5 @@ class EntMin(ERM):
         logits = self.predict(torch.cat([x, batch.tgt_x]))
         cls = F.cross_entropy(logits[: len(x)], y)
         ent = entropy(logits[len(x):]).mean()
-        self.step(cls + self.hp["lambda_ent"] * ent, self.optims["model"])
+        self.optimise(cls + self.hp["lambda_ent"] * ent, self.optims["model"])
         return {"cls": cls.item(), "ent": ent.item()}

@@ -46,7 +46,7 @@ class ERM(Algorithm):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step) if self.segmentation else self.anneal(step)
         loss = self.supervised_loss(self.labeled_parts(batch))
-        self.step(loss, self.optims["model"])
+        self.optimise(loss, self.optims["model"])
         return {"seg" if self.segmentation else "cls": loss.item()}
 
     def per_domain(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor]:

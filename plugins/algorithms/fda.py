@@ -111,7 +111,7 @@ class FDASeg(Algorithm):
         seg = sum(seg_loss(self.segmenter(x)[0], y) for x, y in parts)  # seg_loss upsamples to the labels
         ent = robust_entropy(self.segmenter(batch.tgt_x)[0], self.hp["eta"])
         on = float(self.entropy_on(step))
-        self.step(seg + on * self.hp["lambda_ent"] * ent, self.optims["seg"])
+        self.optimise(seg + on * self.hp["lambda_ent"] * ent, self.optims["seg"])
         return {"seg": seg.item(), "ent": ent.item(), "ent_on": on}
 
     def predict(self, x):

@@ -85,5 +85,5 @@ class MCC(ERM):
         cls = F.cross_entropy(src_logits, y)
         mcc = mcc_loss(tgt_logits, self.hp["temperature"])
         weight = ramped(self.hp["lambda_mcc"], self.hp["ramp"], self.progress(step))
-        self.step(cls + weight * mcc, self.optims["model"])
+        self.optimise(cls + weight * mcc, self.optims["model"])
         return {"cls": cls.item(), "mcc": mcc.item()}

@@ -170,7 +170,7 @@ class DAN(Algorithm):
         n = len(batch.src_x)  # labelled target rows are classified, not aligned
         mmd = mk_mmd(f_s[:n], f_t, self.hp["estimator"])
         weight = ramped(self.hp["lambda_mmd"], self.hp["ramp"], self.progress(step))
-        self.step(cls + mmd * weight, self.optims["model"])
+        self.optimise(cls + mmd * weight, self.optims["model"])
         return {"cls": cls.item(), "mmd": mmd.item()}
 
     def predict(self, x):
@@ -232,5 +232,5 @@ class MMD(ERM):
             self.anneal(step)
         feats, cls = self.per_domain(batch)
         mmd = pairwise_mean(feats, gaussian_mmd)
-        self.step(cls + self.hp["mmd_gamma"] * mmd, self.optims["model"])
+        self.optimise(cls + self.hp["mmd_gamma"] * mmd, self.optims["model"])
         return {"cls": cls.item(), "mmd": mmd.item()}

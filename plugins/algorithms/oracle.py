@@ -19,5 +19,5 @@ class Oracle(ERM):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step) if self.segmentation else self.anneal(step)
         loss = self.supervised_loss([(batch.tgt_labeled.x, batch.tgt_labeled.y)])
-        self.step(loss, self.optims["model"])
+        self.optimise(loss, self.optims["model"])
         return {"seg" if self.segmentation else "cls": loss.item()}

@@ -92,11 +92,11 @@ class Rotation(ERM):
         x, y = self.labeled_sources(batch)
         if self.hp["rot_update"] == "alternating":
             rot = rotation_loss(self.featurizer, self.rotation_head, images, self.hp["turns"])
-            self.step(rot, self.optims["rotation"])
+            self.optimise(rot, self.optims["rotation"])
             cls = F.cross_entropy(self.predict(x), y)
-            self.step(cls, self.optims["model"])
+            self.optimise(cls, self.optims["model"])
         else:
             cls = F.cross_entropy(self.predict(x), y)
             rot = rotation_loss(self.featurizer, self.rotation_head, images, self.hp["turns"])
-            self.step(cls + self.hp["lambda_rot"] * rot, self.optims["model"])
+            self.optimise(cls + self.hp["lambda_rot"] * rot, self.optims["model"])
         return {"cls": cls.item(), "rot": rot.item()}

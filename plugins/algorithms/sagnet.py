@@ -140,18 +140,18 @@ class SagNet(Algorithm):
         if self.hp["sag_p"] < 1:
             alpha = torch.where(torch.rand(m, device=feats.device) < self.hp["sag_p"], alpha, torch.ones_like(alpha))
         cls = F.cross_entropy(self.content(style_randomize(feats, perm, alpha)[:n]), y)
-        self.step(cls, f_opt, c_opt)
+        self.optimise(cls, f_opt, c_opt)
 
         with torch.no_grad():  # f's gradient from step 2 is discarded by step 3's zero_grad in DomainBed
             feats = self.features(images)
         _, perm = self._draw(m, feats.device)
         style = F.cross_entropy(self.style(content_randomize(feats, perm)[:n]), y)
-        self.step(style, s_opt)
+        self.optimise(style, s_opt)
 
         feats = self.features(images)
         _, perm = self._draw(m, feats.device)
         adv = uniform_cross_entropy(self.style(content_randomize(feats, perm)))
-        self.step(self.hp["w_adv"] * adv, f_opt)
+        self.optimise(self.hp["w_adv"] * adv, f_opt)
         return {"cls": cls.item(), "style": style.item(), "adv": adv.item()}
 
     def predict(self, x):

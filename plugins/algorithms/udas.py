@@ -267,7 +267,7 @@ class UDAS(AdaptSegNet):
         parts = self.labelled(batch, direct=self.hp["tgt_direct"])  # the paper: labelled target only through CutMix
         if not self.hp["adversarial"]:
             loss, _ = self.supervised(parts)
-            self.step(loss, self.optims["seg"])
+            self.optimise(loss, self.optims["seg"])
             return {"seg": loss.item()}
 
         form = symmetric_ce if self.hp["consistency"] == "ce" else symmetric_kl
@@ -287,7 +287,7 @@ class UDAS(AdaptSegNet):
             kl = kl + teacher_kl(upsample(self.teacher(x)[0], x.shape[-2:]), out["main"], y)
         pseudo, _ = self.supervised([(batch.tgt_x, batch.tgt_pseudo)])
         loss = seg + pseudo + self.hp["lambda_teacher"] * kl
-        self.step(loss, self.optims["seg"])
+        self.optimise(loss, self.optims["seg"])
         return {"seg": seg.item(), "pseudo": pseudo.item(), "teacher_kl": float(kl.detach())}
 
 
