@@ -71,7 +71,8 @@ def trainer(method: str, algo, steps: int):
         from reference import dan as ref
 
         tr = ref.TLlibDAN(twin(algo.featurizer), twin(algo.bottleneck), twin(algo.head), lr=0.01, scratch=True)
-        return lambda i, xs, ys, xt: tr.step(xs, ys, xt), lambda x: tr.model(x)[0], [tr.model]
+        # TLlib's classifier returns (predictions, features) in training and the predictions alone in eval
+        return lambda i, xs, ys, xt: tr.step(xs, ys, xt), lambda x: tr.model(x), [tr.model]
     if method == "dann":
         from reference import dann as ref
 
