@@ -17,7 +17,6 @@ the last step is the only one).
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 from typing import Any

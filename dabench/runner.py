@@ -29,8 +29,8 @@ from dabench.errors import DabenchError
 from dabench.files import RunLock, writable_folder
 from dabench.protocol import SETTINGS, Splits, build_splits, data_root, load_domain, split_rules
 from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
-from dabench.runfolder import (CACHE, CHECKPOINT, DEFAULTS, identity_differences, is_done, is_started, mark_done, read_config,
-                              run_dir_of, run_records, slug, write_config)
+from dabench.runfolder import (CACHE, CHECKPOINT, identity_differences, is_done, is_started, mark_done, read_config,
+                              run_dir_of, run_records, write_config)
 from dabench.tasks import CLASSIFICATION, TASKS, task_of
 from dabench.trainer import NullReporter, seed_all, train_and_evaluate
 
