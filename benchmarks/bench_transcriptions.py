@@ -101,7 +101,7 @@ def train(method: str, src: str, tgt: str, steps: int, seed: int, work: Path) ->
     return accuracy(predict, splits.tgt_test)
 
 
-def dabench_last(runs: Path, method: str, steps: int, seeds: int) -> list[float]:
+def dabench_last(runs: Path, method: str, steps: int, first: int, seeds: int) -> list[float]:
     """dabench's last-step target-test accuracy of ``method``'s runs under ``runs``."""
     algo_name, hp = PLUGIN[method]
     out = {}
@@ -115,7 +115,7 @@ def dabench_last(runs: Path, method: str, steps: int, seeds: int) -> list[float]
             continue
         records = [json.loads(line) for line in (cfg_file.parent / "results.jsonl").read_text().splitlines()]
         out[config["seed"]] = records[-1]["tgt-test"]["acc"]
-    return [out[s] for s in sorted(out) if s < seeds]
+    return [out[s] for s in sorted(out) if first <= s < first + seeds]
 
 
 def mean_std(values: list[float]) -> str:
@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--src", default="mnist5k")
     ap.add_argument("--tgt", default="mnistm5k")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="start at this seed (to add seeds to a measurement)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--runs", type=Path, default=None, help="a folder of dabench run folders to compare with")
@@ -139,16 +140,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines = [f"{args.src} -> {args.tgt}, {args.steps} steps, {args.seeds} seeds, {torch.get_num_threads()} threads; "
+    lines = [f"{args.src} -> {args.tgt}, {args.steps} steps, seeds {args.first_seed}-{args.first_seed + args.seeds - 1}, {torch.get_num_threads()} threads; "
              "target-test accuracy (%) at the last step", "",
              "| method | transcription of the authors' setting | per seed | dabench | per seed |", "|---|---:|---|---:|---|"]
     for method in args.methods.split(","):
         t = time.perf_counter()
         ours = []
-        for s in range(args.seeds):
+        for s in range(args.first_seed, args.first_seed + args.seeds):
             ours.append(train(method, args.src, args.tgt, args.steps, s, args.work))
             print(f"{method} seed {s}: {100 * ours[-1]:.1f} ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
-        theirs = dabench_last(args.runs, method, args.steps, args.seeds) if args.runs else []
+        theirs = dabench_last(args.runs, method, args.steps, args.first_seed, args.seeds) if args.runs else []
         lines.append(f"| {method} | {mean_std(ours)} | {', '.join(f'{100 * v:.1f}' for v in ours)} | {mean_std(theirs)} | "
                      f"{', '.join(f'{100 * v:.1f}' for v in theirs)} |")
         print(lines[-1], f"({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
