@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from dabench.data import CLASSIFICATION, SEGMENTATION, Batch, by_domain
+from dabench.data import CLASSIFICATION, SEGMENTATION, Batch, concat  # noqa: F401 - concat: the 0.1 path
 from dabench.hparams import HParam, choice, int_log2, log_uniform
 from dabench.nets import SegNet
-from dabench.tasks import IGNORE_INDEX
+from dabench.layers import level_outputs, mlp, pairwise_mean, seg_loss, upsample  # noqa: F401 - the 0.1 path
 
 # Who may see target labels, and how many. The protocol enforces these before training starts.
 TARGET_LABELS = {
@@ -89,39 +89,65 @@ class StageContext:
         return autocast(self.device, self.precision)
 
 
-class Algorithm(nn.Module):
-    """Subclass this. Set ``task``, extend ``hparams`` and write ``update`` and ``predict``."""
+# What an algorithm says about itself, and the value where its own class says nothing. A flag is
+# not inherited from another algorithm (CORAL subclassing ERM does not become a DG method or a
+# segmentation one by accident): a class states each flag that is true of it, or takes the value of
+# the helper base it extends (ClassificationAlgorithm, SegmentationAlgorithm), else this default.
+#   name:          the name it is registered under (its entry point's), said here too
+#   task:          CLASSIFICATION, SEGMENTATION, or "any" (erm, oracle)
+#   target_labels: a key of TARGET_LABELS
+#   needs_target:  True: ``update`` reads ``batch.tgt_x``, so domain generalisation (no target
+#                  image in training, ``tgt_x`` None) refuses it; False where it trains without them
+#   dg_only:       True: a domain-generalisation method only (DomainBed's MMD between source
+#                  domains); unsupervised DA (--setting uda) refuses it
+FLAGS: dict[str, Any] = {"name": None, "task": CLASSIFICATION, "target_labels": "optional", "needs_target": True,
+                         "dg_only": False}
 
-    name: ClassVar[str | None] = None  # the name it is registered under (its entry point's), said here too
+CLASSIFICATION_HPARAMS: dict[str, HParam] = {
+    "lr": HParam(0.01, log_uniform(-3, -1.5), "initial SGD learning rate, annealed as in DANN"),
+    "batch_size": HParam(64, int_log2(5, 7), "images per domain per step"),
+    "weight_decay": HParam(0.0, lambda rng: float(10 ** rng.uniform(-6, -2)), "L2 penalty"),
+    "freeze_backbone": HParam(False, None, FREEZE_HELP),
+}
+
+# The segmentation defaults of DeepLab and AdaptSegNet (Tsai et al. 2018): SGD 2.5e-4 with
+# momentum 0.9 and weight decay 5e-4, heads at 10x, poly decay with power 0.9, batch 1.
+SEGMENTATION_HPARAMS: dict[str, HParam] = {
+    "lr": HParam(2.5e-4, log_uniform(-4.5, -3), "initial SGD learning rate of the segmenter, poly decay"),
+    "batch_size": HParam(1, choice([1, 2]), "images per domain per step"),
+    "weight_decay": HParam(5e-4, log_uniform(-5, -3), "L2 penalty of the segmenter"),
+    "power": HParam(0.9, None, "poly decay: lr * (1 - p) ** power"),
+    "poly_horizon": HParam(0, None, "steps the poly decay spans (0: the stage's own length, or the method's "
+                           "poly_span x --steps); the AdaptSegNet code decays over 250000 and stops at 150000, "
+                           "ADVENT's at 120000"),
+    "head_lr_mult": HParam(10.0, None, "learning-rate multiplier of the freshly initialised heads"),
+    "aux_weight": HParam(0.1, None, "weight of the auxiliary head's loss (lambda_seg), when the network has one"),
+    "freeze_backbone": HParam(False, None, FREEZE_HELP),
+}
+
+
+class Algorithm(nn.Module):
+    """What the trainer calls. Subclass ``ClassificationAlgorithm`` or ``SegmentationAlgorithm``
+    (this class plus their optimisers and schedules), declare the flags that are true of the
+    method (``FLAGS``), extend ``hparams`` and write ``update`` and ``predict``."""
+
+    name: ClassVar[str | None] = None
     task: ClassVar[str] = CLASSIFICATION
     target_labels: ClassVar[str] = "optional"
-    # True: ``update`` reads ``batch.tgt_x``, so domain generalisation (no target image in
-    # training, ``tgt_x`` None) refuses the algorithm. Set False where it trains without them.
     needs_target: ClassVar[bool] = True
-    # True: a domain-generalisation method only (e.g. DomainBed's MMD between source domains);
-    # unsupervised DA (--setting uda) refuses it.
     dg_only: ClassVar[bool] = False
-    hparams: ClassVar[dict[str, HParam]] = {
-        "lr": HParam(0.01, log_uniform(-3, -1.5), "initial SGD learning rate, annealed as in DANN"),
-        "batch_size": HParam(64, int_log2(5, 7), "images per domain per step"),
-        "weight_decay": HParam(0.0, lambda rng: float(10 ** rng.uniform(-6, -2)), "L2 penalty"),
-        "freeze_backbone": HParam(False, None, FREEZE_HELP),
-    }
+    # the space every plugin's ``update`` may read (the trainer reads batch_size and freeze_backbone)
+    hparams: ClassVar[dict[str, HParam]] = CLASSIFICATION_HPARAMS
+    # an algorithm for both tasks (task "any") reads this space on segmentation pairs (``space``)
+    segmentation_hparams: ClassVar[dict[str, HParam]] = SEGMENTATION_HPARAMS
+    _helper_base: ClassVar[bool] = True  # its flags pass to subclasses (an algorithm's do not)
 
-    # The segmentation defaults of DeepLab and AdaptSegNet (Tsai et al. 2018): SGD 2.5e-4 with
-    # momentum 0.9 and weight decay 5e-4, heads at 10x, poly decay with power 0.9, batch 1.
-    segmentation_hparams: ClassVar[dict[str, HParam]] = {
-        "lr": HParam(2.5e-4, log_uniform(-4.5, -3), "initial SGD learning rate of the segmenter, poly decay"),
-        "batch_size": HParam(1, choice([1, 2]), "images per domain per step"),
-        "weight_decay": HParam(5e-4, log_uniform(-5, -3), "L2 penalty of the segmenter"),
-        "power": HParam(0.9, None, "poly decay: lr * (1 - p) ** power"),
-        "poly_horizon": HParam(0, None, "steps the poly decay spans (0: the stage's own length, or the method's "
-                               "poly_span x --steps); the AdaptSegNet code decays over 250000 and stops at 150000, "
-                               "ADVENT's at 120000"),
-        "head_lr_mult": HParam(10.0, None, "learning-rate multiplier of the freshly initialised heads"),
-        "aux_weight": HParam(0.1, None, "weight of the auxiliary head's loss (lambda_seg), when the network has one"),
-        "freeze_backbone": HParam(False, None, FREEZE_HELP),
-    }
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for flag, default in FLAGS.items():
+            if flag not in cls.__dict__:
+                bases = [k for k in cls.__mro__[1:] if k.__dict__.get("_helper_base") and flag in k.__dict__]
+                setattr(cls, flag, bases[0].__dict__[flag] if bases else default)
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict[str, Any], steps: int):
         super().__init__()
@@ -191,11 +217,45 @@ class Algorithm(nn.Module):
         the stage's steps (its work is cached)."""
         return ctx.data
 
-    # Helpers shared by the plugins -----------------------------------------------------------
-
     def progress(self, step: int) -> float:
         """Training progress p in [0, 1], as schedules in the papers write it."""
         return step / max(1, self.steps - 1)
+
+    def optimise(self, loss: torch.Tensor, *optims: torch.optim.Optimizer) -> None:
+        """One optimiser step of ``optims`` on ``loss`` (zero_grad, backward, step), with loss
+        scaling when the trainer runs in fp16. (Not ``update``'s ``step``, the iteration number.)"""
+        for o in optims:
+            o.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for o in optims:
+            self.scaler.step(o)
+        self.scaler.update()
+
+    def step(self, loss: torch.Tensor, *optims: torch.optim.Optimizer) -> None:
+        """Deprecated name of ``optimise`` (it read like ``update``'s iteration ``step``); kept so
+        plugins written for dabench 0.1 still run."""
+        warnings.warn("Algorithm.step(loss, *optims) is now Algorithm.optimise(loss, *optims).", DeprecationWarning,
+                      stacklevel=2)
+        self.optimise(loss, *optims)
+
+    def __getattr__(self, name: str):
+        # Plugins written for dabench 0.1 subclass Algorithm and call the helpers that now live on
+        # the task bases (self.sgd, self.poly) and on Batch (self.labeled_sources(batch)).
+        moved = _MOVED.get(name)
+        if moved is None:
+            return super().__getattr__(name)
+        where, call = moved
+        warnings.warn(f"Algorithm.{name} is now {where}.", DeprecationWarning, stacklevel=2)
+        return lambda *args, **kwargs: call(self, *args, **kwargs)
+
+
+class ClassificationAlgorithm(Algorithm):
+    """An algorithm for classification, with the optimiser and schedules the classification
+    methods share: SGD with momentum 0.9, the DANN paper's annealing and the thuml code's "inv"."""
+
+    task = CLASSIFICATION
+    hparams = CLASSIFICATION_HPARAMS
+    _helper_base = True
 
     def sgd(self, params) -> torch.optim.Optimizer:
         """The shared optimiser of the classification plugins: SGD, momentum 0.9 (DANN paper)."""
@@ -222,24 +282,15 @@ class Algorithm(nn.Module):
                 group.setdefault("initial_lr", group["lr"])
                 group["lr"] = group["initial_lr"] * factor
 
-    def optimise(self, loss: torch.Tensor, *optims: torch.optim.Optimizer) -> None:
-        """One optimiser step of ``optims`` on ``loss`` (zero_grad, backward, step), with loss
-        scaling when the trainer runs in fp16. (Not ``update``'s ``step``, the iteration number.)"""
-        for o in optims:
-            o.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        for o in optims:
-            self.scaler.step(o)
-        self.scaler.update()
 
-    def step(self, loss: torch.Tensor, *optims: torch.optim.Optimizer) -> None:
-        """Deprecated name of ``optimise`` (it read like ``update``'s iteration ``step``); kept so
-        plugins written for dabench 0.1 still run."""
-        warnings.warn("Algorithm.step(loss, *optims) is now Algorithm.optimise(loss, *optims).", DeprecationWarning,
-                      stacklevel=2)
-        self.optimise(loss, *optims)
+class SegmentationAlgorithm(Algorithm):
+    """An algorithm for semantic segmentation on a ``dabench.nets.SegNet``, with DeepLab's and
+    AdaptSegNet's defaults (``SEGMENTATION_HPARAMS``), their SGD over the network's parameter
+    groups and the poly decay."""
 
-    # Segmentation helpers ---------------------------------------------------------------------
+    task = SEGMENTATION
+    hparams = SEGMENTATION_HPARAMS
+    _helper_base = True
 
     def seg_sgd(self, net: SegNet) -> torch.optim.Optimizer:
         """SGD over a SegNet's parameter groups (heads at ``head_lr_mult`` x lr); frozen ones left out."""
@@ -262,83 +313,17 @@ class Algorithm(nn.Module):
                 group.setdefault("initial_lr", group["lr"])
                 group["lr"] = group["initial_lr"] * factor
 
-    def labeled_parts(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Labelled (images, labels) groups, source first. Segmentation domains differ in image
-        size, so labelled target images are a second group rather than concatenated."""
-        parts = [(batch.src_x, batch.src_y)]
-        if batch.tgt_labeled is not None:
-            parts.append((batch.tgt_labeled.x, batch.tgt_labeled.y))
-        return parts
 
-    def labeled_sources(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source images and labels, plus the labelled target samples when there are any, as one
-        batch (classification images share one size)."""
-        return concat(self.labeled_parts(batch))
-
-    @staticmethod
-    def with_target(x: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """``x`` followed by the batch's unlabelled target images (none in domain generalisation)."""
-        return x if batch.tgt_x is None else torch.cat([x, batch.tgt_x])
-
-    def aligned_groups(self, batch: Batch, activations: torch.Tensor) -> list[torch.Tensor]:
-        """The groups a discrepancy term (CORAL, MMD) aligns, cut from ``activations`` of
-        ``labeled_sources(batch)`` followed by ``batch.tgt_x``: [source, target] in DA (labelled
-        target rows left out); each source domain's rows in domain generalisation (no target),
-        where the term is averaged over every pair of domains, as DomainBed's CORAL and MMD do."""
-        n_src = len(batch.src_x)
-        if batch.tgt_x is not None:
-            return [activations[:n_src], activations[len(activations) - len(batch.tgt_x):]]
-        return by_domain(activations[:n_src], batch.src_domain)
-
-
-def pairwise_mean(groups: list[torch.Tensor], term) -> torch.Tensor:
-    """``term(a, b)`` averaged over every pair of groups (0 with fewer than two groups)."""
-    pairs = [(a, b) for i, a in enumerate(groups) for b in groups[i + 1:]]
-    if not pairs:
-        return groups[0].new_zeros(())
-    return sum(term(a, b) for a, b in pairs) / len(pairs)
-
-
-def concat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labelled (images, labels) groups as one batch (a single group as it is, uncopied)."""
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
-
-
-def upsample(logits: torch.Tensor, size, align_corners: bool = True) -> torch.Tensor:
-    """Bilinear resize of (N, K, h, w) logits to ``size`` (H, W); identity when already there.
-    Corner-aligned (``align_corners=True``), as the AdaptSegNet, ADVENT and FDA code upsample their
-    logits for the loss, the discriminators and evaluation; images are resized with False."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
-
-
-def level_outputs(segmenter, x: torch.Tensor, aux: bool = True) -> dict[str, torch.Tensor]:
-    """A segmenter's main (and, with ``aux`` and an auxiliary head, auxiliary) logits, upsampled to
-    the input size: the levels the output-space methods (AdaptSegNet, ADVENT) adapt."""
-    main, low = segmenter(x)
-    out = {"main": upsample(main, x.shape[-2:])}
-    if aux and low is not None:
-        out["aux"] = upsample(low, x.shape[-2:])
-    return out
-
-
-def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-pixel cross-entropy at label resolution (logits upsampled first, as AdaptSegNet does),
-    mean over the pixels that are not ignored (255); 0 when every pixel is ignored (a pseudo-label
-    map with no confident pixel), where PyTorch's mean would be 0/0."""
-    total = F.cross_entropy(upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=IGNORE_INDEX,
-                            reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
-    """Linear layers with ReLU (and optional dropout) between them, none after the last."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers += [nn.ReLU(inplace=True)] + ([nn.Dropout(dropout)] if dropout else [])
-    return nn.Sequential(*layers)
+# Helpers of dabench 0.1's Algorithm and where they live now (``Algorithm.__getattr__``).
+_MOVED = {
+    "sgd": ("ClassificationAlgorithm.sgd", ClassificationAlgorithm.sgd),
+    "anneal": ("ClassificationAlgorithm.anneal", ClassificationAlgorithm.anneal),
+    "inv": ("ClassificationAlgorithm.inv", ClassificationAlgorithm.inv),
+    "seg_sgd": ("SegmentationAlgorithm.seg_sgd", SegmentationAlgorithm.seg_sgd),
+    "poly": ("SegmentationAlgorithm.poly", SegmentationAlgorithm.poly),
+    "labeled_parts": ("batch.labeled_parts()", lambda self, batch: batch.labeled_parts()),
+    "labeled_sources": ("batch.labeled_sources()", lambda self, batch: batch.labeled_sources()),
+    "with_target": ("batch.with_target(x)", lambda self, x, batch: batch.with_target(x)),
+    "aligned_groups": ("batch.aligned_groups(activations)",
+                       lambda self, batch, activations: batch.aligned_groups(activations)),
+}

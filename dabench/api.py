@@ -212,7 +212,7 @@ class Run:
     def predict(self, images, batch_size: int = 256) -> torch.Tensor:
         """Logits for images (arrays as ``dabench.from_arrays`` reads them): (N, K) for
         classification, (N, K, H, W) at the images' own size for segmentation."""
-        from dabench.algorithm import upsample
+        from dabench.layers import upsample
         from dabench.algorithm import autocast
 
         x, size = self._tensor(images)

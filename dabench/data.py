@@ -375,6 +375,40 @@ class Batch:
         """(images, labels) of each source domain: one group with a single source."""
         return list(zip(by_domain(self.src_x, self.src_domain), by_domain(self.src_y, self.src_domain)))
 
+    def labeled_parts(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Labelled (images, labels) groups, source first. Segmentation domains differ in image
+        size, so labelled target images are a second group rather than concatenated."""
+        parts = [(self.src_x, self.src_y)]
+        if self.tgt_labeled is not None:
+            parts.append((self.tgt_labeled.x, self.tgt_labeled.y))
+        return parts
+
+    def labeled_sources(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source images and labels, plus the labelled target samples when there are any, as one
+        batch (classification images share one size)."""
+        return concat(self.labeled_parts())
+
+    def with_target(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` followed by the unlabelled target images (none in domain generalisation)."""
+        return x if self.tgt_x is None else torch.cat([x, self.tgt_x])
+
+    def aligned_groups(self, activations: torch.Tensor) -> list[torch.Tensor]:
+        """The groups a discrepancy term (CORAL, MMD) aligns, cut from ``activations`` of
+        ``labeled_sources()`` followed by ``tgt_x``: [source, target] in DA (labelled target rows
+        left out); each source domain's rows in domain generalisation (no target), where the term
+        is averaged over every pair of domains, as DomainBed's CORAL and MMD do."""
+        n_src = len(self.src_x)
+        if self.tgt_x is not None:
+            return [activations[:n_src], activations[len(activations) - len(self.tgt_x):]]
+        return by_domain(activations[:n_src], self.src_domain)
+
+
+def concat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labelled (images, labels) groups as one batch (a single group as it is, uncopied)."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
 
 def by_domain(rows: torch.Tensor, domain: torch.Tensor | None) -> list[torch.Tensor]:
     """``rows`` cut by source-domain index (``Batch.src_domain``), in index order; one group when

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from dabench.algorithm import upsample
+from dabench.layers import upsample
 from dabench.data import decode_image, to_unit_range
 from dabench.errors import DabenchError
 from dabench.files import writable_folder

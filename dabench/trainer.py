@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dabench.algorithm import Algorithm, StageContext, TrainData, autocast, upsample
+from dabench.algorithm import Algorithm, StageContext, TrainData, autocast
+from dabench.layers import upsample
 from dabench.data import LABELED_STREAM, TARGET_STREAM, Batch, Labeled, Subset, ordered_batches, source_stream, stream
 from dabench import distributed, labelfree
 from dabench.errors import DabenchError, RunFailed

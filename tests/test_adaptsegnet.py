@@ -200,7 +200,7 @@ def test_logits_are_upsampled_corner_aligned_for_the_loss():
     """2 -> 4 pixels wide, corner-aligned: samples at 0, 1/3, 2/3, 1 of the way, so a logit row
     (0, 3) becomes (0, 1, 2, 3) (not (0, 0.75, 2.25, 3) as with align_corners=False). With class-1
     logits 0 everywhere, pixel j labelled 0 costs log(1 + exp(-z_j)), z = (0, 1, 2, 3)."""
-    from dabench.algorithm import seg_loss, upsample
+    from dabench.layers import seg_loss, upsample
 
     logits = torch.zeros(1, 2, 2, 2)
     logits[0, 0] = torch.tensor([[0.0, 3.0], [0.0, 3.0]])

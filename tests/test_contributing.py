@@ -1,6 +1,6 @@
 """Every section of CONTRIBUTING.md is held to the code: the first section's plugin is installed,
 listed and run by tests/test_plugins.py; here, every name the other sections tell a contributor to
-use (``dabench.cache.KeyedFolder``, ``batch.source_domains()``, ``self.aligned_groups``,
+use (``dabench.cache.KeyedFolder``, ``batch.source_domains()``, ``batch.aligned_groups``,
 ``ctx.autocast()``, ``@plugin(..., images_of=...)``, files and extras) must exist, so the page
 cannot drift from the code it describes."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dabench.algorithm import Algorithm, StageContext
+from dabench.algorithm import Algorithm, ClassificationAlgorithm, SegmentationAlgorithm, StageContext
 from dabench.data import Batch
 from dabench.registry import REGISTRIES, plugin
 
@@ -64,7 +64,7 @@ def exists(name: str) -> bool:
     if kind == "batch":
         return attr in members(Batch)
     if kind == "self":
-        return attr in members(Algorithm)
+        return any(attr in members(c) for c in (Algorithm, ClassificationAlgorithm, SegmentationAlgorithm))
     if kind == "ctx":
         return attr in members(StageContext)
     if name.startswith("plugin:"):

@@ -12,11 +12,12 @@ import torch
 from click.testing import CliRunner
 
 from conftest import TOY_CLASSES, toy_images
-from dabench.algorithm import Algorithm, pairwise_mean
+from dabench.algorithm import ClassificationAlgorithm
 from dabench.cli import main
 from dabench.data import Batch, Domain, SourceDomains, TensorImages, source_stream, stream
 from dabench.errors import DabenchError
 from dabench.hparams import defaults
+from dabench.layers import pairwise_mean
 from dabench.leaderboard import leaderboard, render
 from dabench.protocol import build_splits, load_domain
 from dabench.registry import algorithms, backbones, datasets, plugin, shared_images
@@ -36,7 +37,7 @@ SEEN: list[Batch] = []
 
 
 @algorithms.register("probe-dg")
-class Probe(Algorithm):
+class Probe(ClassificationAlgorithm):
     """Test-only: keeps every batch it is given, trains a linear layer on the source labels."""
 
     needs_target = False

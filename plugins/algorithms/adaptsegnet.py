@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, level_outputs, seg_loss
+from dabench.algorithm import SegmentationAlgorithm
+from dabench.layers import level_outputs, seg_loss
 from dabench.data import SEGMENTATION, Batch
 from dabench.errors import DabenchError
 from dabench.hparams import HParam, choice, log_uniform
@@ -33,7 +34,7 @@ def gan_loss(logits: torch.Tensor, label: float, kind: str) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-class AdaptSegNet(Algorithm):
+class AdaptSegNet(SegmentationAlgorithm):
     """AdaptSegNet: output-space adversarial adaptation, multi-level (Tsai et al., CVPR 2018).
 
     A discriminator per output level learns to tell source from target softmax maps (source 0,
@@ -62,7 +63,7 @@ class AdaptSegNet(Algorithm):
     name = "adaptsegnet"
     task = SEGMENTATION
     hparams = {
-        **Algorithm.segmentation_hparams,
+        **SegmentationAlgorithm.hparams,
         "lr_d": HParam(1e-4, log_uniform(-5, -3.5), "Adam learning rate of the discriminators, poly decay"),
         "lambda_adv": HParam(0.001, log_uniform(-4, -2), "weight of the adversarial loss on the main output"),
         "lambda_adv_aux": HParam(0.0002, log_uniform(-4.7, -2.7), "weight of the adversarial loss on the auxiliary output"),
@@ -93,7 +94,7 @@ class AdaptSegNet(Algorithm):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.set_rates(step)
-        return self.adapt_step(self.labeled_parts(batch), batch.tgt_x)
+        return self.adapt_step(batch.labeled_parts(), batch.tgt_x)
 
     def disc_input(self, logits: torch.Tensor) -> torch.Tensor:
         """What the discriminators read from an output: its softmax map (fp32)."""

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, level_outputs, seg_loss
+from dabench.algorithm import SegmentationAlgorithm
+from dabench.layers import level_outputs, seg_loss
 from dabench.data import SEGMENTATION, Batch
 from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.adaptsegnet import AdaptSegNet
@@ -29,7 +30,7 @@ def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
     return self_information(logits).sum(1).mean()
 
 
-class MinEnt(Algorithm):
+class MinEnt(SegmentationAlgorithm):
     """ADVENT's MinEnt (Vu et al., CVPR 2019): source segmentation plus the mean normalised entropy
     of the target predictions, minimised directly.
 
@@ -46,7 +47,7 @@ class MinEnt(Algorithm):
     name = "minent"
     task = SEGMENTATION
     hparams = {
-        **Algorithm.segmentation_hparams,
+        **SegmentationAlgorithm.hparams,
         "lambda_ent": HParam(0.001, log_uniform(-4, -2), "weight of the main output's target entropy"),
         "lambda_ent_aux": HParam(0.0002, log_uniform(-4.7, -2.7), "weight of the auxiliary output's target entropy"),
         "poly_span": POLY_SPAN,
@@ -68,7 +69,7 @@ class MinEnt(Algorithm):
         self.set_rates(step)
         seg_weight = {"main": 1.0, "aux": self.hp["aux_weight"]}
         ent_weight = {"main": self.hp["lambda_ent"], "aux": self.hp["lambda_ent_aux"]}
-        seg = sum(seg_weight[k] * seg_loss(v, y) for x, y in self.labeled_parts(batch) for k, v in self.outputs(x).items())
+        seg = sum(seg_weight[k] * seg_loss(v, y) for x, y in batch.labeled_parts() for k, v in self.outputs(x).items())
         tgt = self.outputs(batch.tgt_x)
         ent = sum(ent_weight[k] * entropy_loss(v) for k, v in tgt.items())
         self.optimise(seg + ent, self.optims["seg"])

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, mlp
+from dabench.algorithm import ClassificationAlgorithm
+from dabench.layers import mlp
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform, uniform
 
@@ -82,7 +83,7 @@ def sample_pairs(src_y: torch.Tensor, tgt_y: torch.Tensor, limit: int = 0) -> tu
     return pairs[:, 0], pairs[:, 1]
 
 
-class CCSA(Algorithm):
+class CCSA(ClassificationAlgorithm):
     """Classification and contrastive semantic alignment of source and a few labelled target samples.
 
     Motiian et al., "Unified Deep Supervised Domain Adaptation and Generalization", ICCV 2017,
@@ -119,7 +120,7 @@ class CCSA(Algorithm):
     name = "ccsa"
     target_labels = "required"
     hparams = {
-        **Algorithm.hparams,
+        **ClassificationAlgorithm.hparams,
         "lr": HParam(1.0, log_uniform(-3, -1.5), "initial learning rate (Adadelta: constant; SGD: annealed as in DANN)",
                      regimes={"digits": 1.0, "imagenet": 0.01}),
         "optimizer": HParam("adadelta", None, "adadelta: Keras 2.0's defaults, as the authors' digit code; sgd: "
@@ -176,7 +177,7 @@ class CCSA(Algorithm):
         return cls.item(), csa.item(), total.item()
 
     def _update_expected(self, batch: Batch) -> dict[str, float]:
-        x, y = self.labeled_sources(batch)
+        x, y = batch.labeled_sources()
         n_src = len(batch.src_x)
         emb = self.featurizer(x)
         cls = F.cross_entropy(self.classifier(emb), y)

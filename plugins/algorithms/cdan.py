@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, mlp
+from dabench.algorithm import ClassificationAlgorithm
+from dabench.layers import mlp
 from dabench.data import Batch
 from dabench.hparams import HParam, int_log2, log_uniform
 from dabench_plugins.algorithms.dann import grl_lambda, reverse_grad
@@ -67,7 +68,7 @@ def discriminator(width: int, hidden: int) -> nn.Sequential:
     return net
 
 
-class CDAN(Algorithm):
+class CDAN(ClassificationAlgorithm):
     """Conditional adversarial DA (Long et al., NeurIPS 2018): DANN's adversarial game, with the
     domain discriminator reading the multilinear map of features f and predictions g = softmax.
 
@@ -99,7 +100,7 @@ class CDAN(Algorithm):
     name = "cdan"
     task = "classification"
     hparams = {
-        **Algorithm.hparams,
+        **ClassificationAlgorithm.hparams,
         "lr": HParam(0.01, log_uniform(-3.5, -1.5), "initial SGD learning rate", regimes={"imagenet": 0.001}),
         "batch_size": HParam(64, int_log2(5, 7), "images per domain per step", regimes={"imagenet": 36}),
         "weight_decay": HParam(5e-4, None, "L2 penalty of every optimiser", regimes={"imagenet": 1e-3}),
@@ -151,7 +152,7 @@ class CDAN(Algorithm):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.set_rates(step)
-        x, y = self.labeled_sources(batch)
+        x, y = batch.labeled_sources()
         if self.joint_forward:
             feats = self.featurizer(torch.cat([x, batch.tgt_x]))
         else:

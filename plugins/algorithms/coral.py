@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dabench.algorithm import pairwise_mean
+from dabench.layers import pairwise_mean
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.erm import ERM
@@ -63,6 +63,7 @@ class CORAL(ERM):
 
     name = "coral"
     task = "classification"
+    needs_target = False  # runs in domain generalisation: it aligns the source domains there
     hparams = {
         **ERM.hparams,
         "lambda_coral": HParam(1.0, log_uniform(-1, 1), "weight of the CORAL loss (unsupervised DA)",
@@ -77,12 +78,12 @@ class CORAL(ERM):
         self.anneal(step)
         if batch.tgt_x is None:
             return self.update_dg(batch)
-        x, y = self.labeled_sources(batch)
-        feats = self.featurizer(self.with_target(x, batch))
+        x, y = batch.labeled_sources()
+        feats = self.featurizer(batch.with_target(x))
         logits = self.classifier(feats)
         cls = F.cross_entropy(logits[: len(x)], y)
         seen = logits if self.hp["coral_layer"] == "logits" else feats
-        coral = pairwise_mean(self.aligned_groups(batch, seen), coral_loss)
+        coral = pairwise_mean(batch.aligned_groups(seen), coral_loss)
         self.optimise(cls + self.hp["lambda_coral"] * coral, self.optims["model"])
         return {"cls": cls.item(), "coral": coral.item()}
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, mlp
+from dabench.algorithm import ClassificationAlgorithm
+from dabench.layers import mlp
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform, uniform
 from dabench_plugins.algorithms.rotation import ROTATIONS, Rotation, rotation_loss
@@ -50,7 +51,7 @@ def domain_loss(src_logits: torch.Tensor, tgt_logits: torch.Tensor) -> torch.Ten
     return bce(src_logits, torch.ones_like(src_logits)) + bce(tgt_logits, torch.zeros_like(tgt_logits))
 
 
-class DANN(Algorithm):
+class DANN(ClassificationAlgorithm):
     """Domain-adversarial training: features that fool a domain classifier, through a reversed gradient.
 
     Ganin & Lempitsky, ICML 2015; Ganin et al., JMLR 2016. A domain classifier learns to tell source
@@ -82,7 +83,7 @@ class DANN(Algorithm):
 
     name = "dann"
     hparams = {
-        **Algorithm.hparams,
+        **ClassificationAlgorithm.hparams,
         "lambda_max": HParam(1.0, log_uniform(-1, 0.5), "final weight of the reversed domain gradient"),
         "gamma": HParam(10.0, uniform(5, 15), "steepness of the lambda schedule"),
         "disc_hidden": HParam(100, None, "width of the domain classifier's hidden layer"),
@@ -112,7 +113,7 @@ class DANN(Algorithm):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.anneal(step)
-        x, y = self.labeled_sources(batch)
+        x, y = batch.labeled_sources()
         n_src = len(batch.src_x)
         low = self.featurizer.lower(torch.cat([x, batch.tgt_x]))
         feats = self.featurizer.upper(low)

@@ -35,12 +35,11 @@ class EntMin(ERM):
 
     name = "entmin"
     task = "classification"
-    needs_target = True
     hparams = {**ERM.hparams, "lambda_ent": HParam(0.1, log_uniform(-2, 0), "weight of the target entropy")}
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.anneal(step)
-        x, y = self.labeled_sources(batch)
+        x, y = batch.labeled_sources()
         logits = self.predict(torch.cat([x, batch.tgt_x]))
         cls = F.cross_entropy(logits[: len(x)], y)
         ent = entropy(logits[len(x):]).mean()

@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, concat, mlp, seg_loss
-from dabench.data import Batch, by_domain
+from dabench.algorithm import ClassificationAlgorithm, SegmentationAlgorithm
+from dabench.data import Batch, by_domain, concat
+from dabench.layers import mlp, seg_loss
 
 
-class ERM(Algorithm):
+class ERM(ClassificationAlgorithm, SegmentationAlgorithm):
     """Source-only training (ERM, Vapnik 1998): the baseline every DA method must beat.
 
     Trains on source labels (plus labelled target samples when --tgt-labeled N is given). No
@@ -45,7 +46,7 @@ class ERM(Algorithm):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step) if self.segmentation else self.anneal(step)
-        loss = self.supervised_loss(self.labeled_parts(batch))
+        loss = self.supervised_loss(batch.labeled_parts())
         self.optimise(loss, self.optims["model"])
         return {"seg" if self.segmentation else "cls": loss.item()}
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, seg_loss
+from dabench.algorithm import SegmentationAlgorithm
+from dabench.layers import seg_loss
 from dabench.data import SEGMENTATION, Batch
 from dabench.hparams import HParam, choice, log_uniform
 from dabench_plugins.translators.fda import low_frequency_window
@@ -36,7 +37,7 @@ def source_to_target(src: torch.Tensor, tgt: torch.Tensor, b: int) -> torch.Tens
     return torch.fft.irfft2(torch.polar(amplitude, fs.angle())[..., : w // 2 + 1], s=(h, w))
 
 
-class FDASeg(Algorithm):
+class FDASeg(SegmentationAlgorithm):
     """FDA (Yang & Soatto, CVPR 2020) as a training method: each step's source images take the low-
     frequency amplitude spectrum of the step's target images, the segmenter learns from them, and,
     after the first half of training, a robust entropy of the target predictions is minimised.
@@ -62,7 +63,7 @@ class FDASeg(Algorithm):
     name = "fda"
     task = SEGMENTATION
     hparams = {
-        **Algorithm.segmentation_hparams,
+        **SegmentationAlgorithm.hparams,
         "beta": HParam(0.01, choice([0.01, 0.05, 0.09]), "FDA window half-size as a fraction of min(H, W)"),
         "lambda_ent": HParam(0.005, log_uniform(-3, -1.5), "weight of the robust target entropy (entW)"),
         "eta": HParam(2.0, None, "Charbonnier exponent of the entropy (ita)"),
@@ -106,7 +107,7 @@ class FDASeg(Algorithm):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.set_rates(step)
-        parts = self.labeled_parts(batch)
+        parts = batch.labeled_parts()
         parts[0] = (self.translate(batch.src_x, batch.tgt_x), batch.src_y)
         seg = sum(seg_loss(self.segmenter(x)[0], y) for x, y in parts)  # seg_loss upsamples to the labels
         ent = robust_entropy(self.segmenter(batch.tgt_x)[0], self.hp["eta"])

@@ -50,7 +50,6 @@ class MCC(ERM):
 
     name = "mcc"
     task = "classification"
-    needs_target = True
     hparams = {
         **ERM.hparams,
         "lr": HParam(0.01, log_uniform(-3.5, -1.5), "initial SGD learning rate, lr (1 + 0.001 i) ** -0.75",
@@ -76,7 +75,7 @@ class MCC(ERM):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.inv(step)
-        x, y = self.labeled_sources(batch)
+        x, y = batch.labeled_sources()
         if self.hp["forward"] == "joint":
             logits = self.predict(torch.cat([x, batch.tgt_x]))
             src_logits, tgt_logits = logits[: len(x)], logits[len(x):]

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, pairwise_mean
+from dabench.algorithm import ClassificationAlgorithm
+from dabench.layers import pairwise_mean
 from dabench.data import Batch
 from dabench.hparams import HParam, int_log2, log_uniform
 from dabench_plugins.algorithms.dann import RAMP, ramped
@@ -89,7 +90,7 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return k(x, x) + k(y, y) - 2 * k(x, y)
 
 
-class DAN(Algorithm):
+class DAN(ClassificationAlgorithm):
     """Deep Adaptation Network (Long et al., ICML 2015): source classification plus lambda times the
     multi-kernel MMD between source and target features. Registered as ``dan``.
 
@@ -121,7 +122,7 @@ class DAN(Algorithm):
     name = "dan"
     task = "classification"
     hparams = {
-        **Algorithm.hparams,
+        **ClassificationAlgorithm.hparams,
         "lr": HParam(0.01, log_uniform(-3, -1.5), "initial SGD learning rate (TLlib: 0.01 digits, 0.003 ImageNet)",
                      regimes={"imagenet": 0.003}),
         "batch_size": HParam(128, None, "images per domain per step", regimes={"imagenet": 32}),
@@ -151,7 +152,7 @@ class DAN(Algorithm):
             lr=lr, momentum=0.9, weight_decay=self.hp["weight_decay"], nesterov=True)
 
     def schedule(self, step: int) -> float:
-        """TLlib's rate at iteration ``step``: lr (1 + lr_gamma step)^-lr_decay (``Algorithm.inv``),
+        """TLlib's rate at iteration ``step``: lr (1 + lr_gamma step)^-lr_decay (``ClassificationAlgorithm.inv``),
         times each group's multiple; returns the base rate."""
         self.inv(step, gamma=self.hp["lr_gamma"], power=self.hp["lr_decay"])
         return self.hp["lr"] * (1.0 + self.hp["lr_gamma"] * step) ** -self.hp["lr_decay"]
@@ -163,7 +164,7 @@ class DAN(Algorithm):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.schedule(step)
-        x, y = self.labeled_sources(batch)
+        x, y = batch.labeled_sources()
         logits_s, f_s = self.classify(x)
         _, f_t = self.classify(batch.tgt_x)
         cls = F.cross_entropy(logits_s, y)

@@ -14,7 +14,9 @@ class Oracle(ERM):
     """
 
     name = "oracle"
+    task = "any"
     target_labels = "all"
+    needs_target = False  # it trains on the labelled target set, not on batch.tgt_x
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.poly(step) if self.segmentation else self.anneal(step)

@@ -88,8 +88,8 @@ class Rotation(ERM):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.anneal(step)
-        images = self.with_target(batch.src_x, batch)
-        x, y = self.labeled_sources(batch)
+        images = batch.with_target(batch.src_x)
+        x, y = batch.labeled_sources()
         if self.hp["rot_update"] == "alternating":
             rot = rotation_loss(self.featurizer, self.rotation_head, images, self.hp["turns"])
             self.optimise(rot, self.optims["rotation"])

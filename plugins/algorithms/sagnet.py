@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Algorithm, mlp
+from dabench.algorithm import ClassificationAlgorithm
+from dabench.layers import mlp
 from dabench.data import Batch
 from dabench.hparams import HParam, int_log2, log_uniform
 
@@ -50,7 +51,7 @@ def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -F.log_softmax(logits.float(), dim=1).mean(1).mean()
 
 
-class SagNet(Algorithm):
+class SagNet(ClassificationAlgorithm):
     """Style-agnostic networks: a content network trained on randomised styles, and a style network it must fool.
 
     Nam et al., "Reducing Domain Gap by Reducing Style Bias", CVPR 2021, sec. 3; the update is
@@ -91,7 +92,7 @@ class SagNet(Algorithm):
     name = "sagnet"
     needs_target = False  # a DG method first: in DG the styles come from the source domains alone
     hparams = {
-        **Algorithm.hparams,
+        **ClassificationAlgorithm.hparams,
         "lr": HParam(1e-3, log_uniform(-5, -2.5), "learning rate of the three optimisers",
                      regimes={"digits": 1e-3, "imagenet": 5e-5}),
         "batch_size": HParam(64, int_log2(3, 6), "images per domain per step", regimes={"digits": 64, "imagenet": 32}),
@@ -130,8 +131,8 @@ class SagNet(Algorithm):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         if self.hp["optimizer"] == "sgd":
             self.anneal(step)
-        x, y = self.labeled_sources(batch)
-        images, n = (self.with_target(x, batch) if self.hp["target_styles"] else x), len(x)
+        x, y = batch.labeled_sources()
+        images, n = (batch.with_target(x) if self.hp["target_styles"] else x), len(x)
         f_opt, c_opt, s_opt = self.optims["features"], self.optims["content"], self.optims["style"]
 
         feats = self.features(images)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dabench.algorithm import Stage, StageContext, upsample
+from dabench.algorithm import Stage, StageContext
+from dabench.layers import upsample
 from dabench.augment import GEOMETRIC_OPS, auto_augment, domain_cutmix, draw_policy, photometric, sample_lambda
 from dabench.cache import CachedImages, CachedLabels, KeyedFolder, key_hash, to_uint8
 from dabench.data import Batch, get_batch, ordered_batches
