@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -138,8 +137,8 @@ class Algorithm(nn.Module):
     dg_only: ClassVar[bool] = False
     # the space every plugin's ``update`` may read (the trainer reads batch_size and freeze_backbone)
     hparams: ClassVar[dict[str, HParam]] = CLASSIFICATION_HPARAMS
-    # an algorithm for both tasks (task "any") reads this space on segmentation pairs (``space``)
-    segmentation_hparams: ClassVar[dict[str, HParam]] = SEGMENTATION_HPARAMS
+    # an algorithm for every task (task "any": erm, oracle) names its space on each: {task: space}
+    spaces: ClassVar[dict[str, dict[str, HParam]]] = {}
     _helper_base: ClassVar[bool] = True  # its flags pass to subclasses (an algorithm's do not)
 
     def __init_subclass__(cls, **kwargs):
@@ -184,10 +183,9 @@ class Algorithm(nn.Module):
     def space(cls, task: str, regime: str | None = None) -> dict[str, HParam]:
         """The hyperparameter space on a pair of ``task``, with the defaults the authors published
         for ``regime`` (``dabench.hparams.REGIMES``: the digit setting or the ImageNet one; the
-        backbone decides, ``dabench.runner.regime_of``). An algorithm for both tasks (``task =
-        "any"``, e.g. erm) keeps its classification space in ``hparams`` and its segmentation one in
-        ``segmentation_hparams``; a one-task algorithm declares ``hparams`` only."""
-        space = cls.segmentation_hparams if cls.task == "any" and task == SEGMENTATION else cls.hparams
+        backbone decides, ``dabench.runner.regime_of``). A one-task algorithm declares ``hparams``;
+        one for every task (``task = "any"``, e.g. erm) declares ``spaces``, a space per task."""
+        space = cls.spaces[task] if cls.task == "any" else cls.hparams
         return {k: p.in_regime(regime) for k, p in space.items()}
 
     @classmethod

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dabench import runfolder
-from dabench.data import CLASSIFICATION, Domain, as_uint8_images, from_arrays, to_unit_range
+from dabench.data import CLASSIFICATION, Domain, as_uint8_images, from_arrays, resize_images, to_unit_range
 from dabench.errors import DabenchError
 from dabench.files import load_pt
 from dabench.selection import PROTOCOLS, choose
@@ -198,15 +197,12 @@ class Run:
 
     def _tensor(self, images) -> tuple[torch.Tensor, tuple[int, int]]:
         """User images -> (the network's input: [-1, 1] floats at the run's input size, their own (H, W))."""
-        x = to_unit_range(as_uint8_images(images))
+        x = as_uint8_images(images)
         own = tuple(x.shape[-2:])
         if task_of(self.task).one_size and own[0] != own[1]:  # as fit refuses them: no silent stretching
             raise DabenchError(f"Classification images must be square, got {own[1]}x{own[0]}. Crop or resize them as "
                                "the training images were.")
-        w, h = self.input_size
-        if own != (h, w):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        return x, own
+        return to_unit_range(resize_images(x, self.input_size, task_of(self.task).resample)), own
 
     @torch.no_grad()
     def predict(self, images, batch_size: int = 256) -> torch.Tensor:
@@ -229,14 +225,14 @@ class Run:
         """Metrics of this model on ``data``: the run's target (by name) is scored on the run's own
         test split, so the number equals the table's; another data set on its official test split,
         or all its images when it has none; ``(X, y)`` arrays on all of them."""
-        from dabench.protocol import load_domain, test_split
+        from dabench.protocol import resolve_data_root, load_domain, test_split
         from dabench.trainer import evaluate
 
         if isinstance(data, (np.ndarray, torch.Tensor)):
             raise DabenchError("evaluate needs labels: pass (images, labels).")
         domain = _as_domain(data, classes=self.classes)
         if not isinstance(domain, Domain):
-            root = Path(data_root).expanduser() if data_root else None
+            root = resolve_data_root(data_root)
             size = task_of(self.task).load_size(self.config.get("image_size"), self.input_size)
             domain = load_domain(domain, root, size)
         if domain.classes != self.classes:
@@ -276,5 +272,4 @@ class _Resized(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         x, y = self.base[i]
-        return F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
-                             antialias=True)[0], y
+        return resize_images(x, (self.size, self.size), task_of(CLASSIFICATION).resample), y

@@ -519,12 +519,9 @@ def predict(run_dir, images, out, device, selection, overwrite):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def divergence(run_dir, selection, images, data_root, device):
     """Proxy A-distance between source and target features, at the start and the selected step."""
-    import os
-
     from dabench.divergence import divergence as measure
 
-    report = measure(run_dir, selection=selection, images=images, data_root=data_root or os.environ.get("DABENCH_DATA"),
-                     device=device)
+    report = measure(run_dir, selection=selection, images=images, data_root=data_root, device=device)
     table = Table(title=f"proxy A-distance, {report['images_per_domain']} images per domain "
                         f"({report['source']} vs {report['target']}; 0 = indistinguishable, 2 = separable)")
     for col in ("model", "step", "PAD", "domain classifier error"):
@@ -533,12 +530,6 @@ def divergence(run_dir, selection, images, data_root, device):
     sel = report["selected"]
     table.add_row(f"selected ({sel['selection']})", str(sel["step"]), f"{sel['pad']:.3f}", f"{sel['error']:.3f}")
     console.print(table)
-
-
-def _data_root(given: str | None) -> Path | None:
-    from dabench.protocol import data_root
-
-    return data_root(given)
 
 
 @main.group()
@@ -551,9 +542,9 @@ def datasets():
 @click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)")
 def check(name, data_root):
     """Check that a data set's files are where dabench expects them, and count them."""
-    from dabench.protocol import load_domain
+    from dabench.protocol import resolve_data_root, load_domain
 
-    domain = load_domain(name, _data_root(data_root))
+    domain = load_domain(name, resolve_data_root(data_root))
     table = Table(title=f"{domain.name} ({domain.task})", title_justify="left")
     table.add_column("what")
     table.add_column("value")
@@ -582,9 +573,9 @@ def prepare_(name, data_root, image_size, workers, compression):
     from rich.progress import Progress
 
     from dabench import prepared
-    from dabench.protocol import load_domain
+    from dabench.protocol import resolve_data_root, load_domain
 
-    root = _data_root(data_root)
+    root = resolve_data_root(data_root)
     if root is None:
         raise DabenchError("dabench datasets prepare writes the copy under the data root: pass --data-root DIR (or set "
                            "DABENCH_DATA) to the folder that holds your data sets.")

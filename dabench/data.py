@@ -57,17 +57,42 @@ def image_count(name: str, arg: str | None, default: int, minimum: int = 10) -> 
     return n
 
 
-def decode_image(path, size: int) -> np.ndarray:
-    """An image file as classification data reads it: uint8 (size, size, 3), RGB, PIL bilinear
-    to (size, size). The folder loaders and ``dabench predict`` both read files with it."""
+def read_image(path) -> torch.Tensor:
+    """An image file as uint8 (3, H, W), RGB, or a DabenchError naming the file."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            return np.array(img.convert("RGB").resize((size, size), Image.BILINEAR))
+            pixels = np.array(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files in all three
         raise DabenchError(f"Cannot read the image {path} ({type(exc).__name__}: {exc}). "
                            "Replace or delete the file and run again.") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def resize_images(pixels: torch.Tensor, size, resample: str) -> torch.Tensor:
+    """(..., 3, H, W) images (uint8 or float) at ``size`` (W, H), antialiased ``resample``
+    (``Task.resample``: bilinear for classification, bicubic for segmentation); as they are when
+    already that size. The one resize of images on their way into a network: the file loaders
+    (``decode_image``, ``segfiles``), ``dabench predict`` and the notebook API all call it."""
+    from torchvision.transforms import v2
+
+    if tuple(pixels.shape[-2:]) == (size[1], size[0]):
+        return pixels
+    return v2.functional.resize(pixels, [size[1], size[0]], interpolation=v2.InterpolationMode(resample),
+                                antialias=True)
+
+
+def image_tensor(path, size, task: str) -> torch.Tensor:
+    """An image file as a network reads it: float32 (3, H, W) in [-1, 1] at ``size`` (W, H), read
+    and resized as the ``task``'s loaders read their files."""
+    return to_unit_range(resize_images(read_image(path), size, task_of(task).resample))
+
+
+def decode_image(path, size: int) -> np.ndarray:
+    """An image file as classification data reads it: uint8 (size, size, 3), RGB, resized with
+    ``resize_images``. The folder loaders and ``dabench predict`` both read files with it."""
+    return resize_images(read_image(path), (size, size), task_of(CLASSIFICATION).resample).permute(1, 2, 0).numpy()
 
 
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ def divergence(run_dir: str | Path, *, selection: str | None = None, images: int
                data_root: str | Path | None = None, device: str = "auto") -> dict:
     """PAD at the start of a run and at its selected step; also written to ``divergence.json``."""
     from dabench.api import load
-    from dabench.protocol import build_splits, load_domain
+    from dabench.protocol import build_splits, resolve_data_root, load_domain
     from dabench.runner import build_algorithm
 
     if images < 6:
@@ -78,7 +78,7 @@ def divergence(run_dir: str | Path, *, selection: str | None = None, images: int
     if config["src"].startswith("arrays-") or config["tgt"].startswith("arrays-"):
         raise DabenchError("divergence reloads the run's data sets by name; this run was given arrays. Use "
                            "dabench.divergence.proxy_a_distance on features you compute from your arrays.")
-    root = Path(data_root).expanduser() if data_root else None
+    root = resolve_data_root(data_root)
     task = task_of(config["task"])
     src = load_domain(config["src"], root, task.load_size(config.get("image_size"), trained.input_size))
     tgt = load_domain(config["tgt"], root, task.load_size(config.get("image_size"), src.image_size))

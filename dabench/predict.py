@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import tv_tensors
 
-from dabench.layers import upsample
-from dabench.data import decode_image, to_unit_range
+from dabench.data import image_tensor
 from dabench.errors import DabenchError
 from dabench.files import writable_folder
+from dabench.layers import upsample
+from dabench.tasks import task_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -43,17 +43,6 @@ def colorize(label: np.ndarray, classes: list[str], colours: dict | None = None)
     return table[label]
 
 
-def _tensor(path: Path, size: tuple[int, int], task: str, device: torch.device) -> torch.Tensor:
-    """An image file as the run's loaders read one: the same decoding and resizing functions."""
-    if task == "segmentation":
-        from dabench.segfiles import read_rgb, resize_step
-
-        x = resize_step(size)(tv_tensors.Image(read_rgb(path))).as_subclass(torch.Tensor)
-    else:
-        x = torch.from_numpy(decode_image(path, size[0])).permute(2, 0, 1)
-    return to_unit_range(x).unsqueeze(0).to(device)
-
-
 @torch.no_grad()
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: str = "auto",
             selection: str | None = None, overwrite: bool = False) -> list[Path]:
@@ -70,8 +59,9 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: st
     algo, config, dev = run.algorithm, run.config, run.device
     size, classes = run.input_size, config["classes"]
     writable_folder(out, "--out")
-    names = (["predictions.csv"] if config["task"] != "segmentation" else
-             [n for f in files for n in (f"{f.stem}.png", f"{f.stem}_overlay.png")])
+    per_pixel = task_of(config["task"]).per_pixel
+    names = ([n for f in files for n in (f"{f.stem}.png", f"{f.stem}_overlay.png")] if per_pixel else
+             ["predictions.csv"])
     there = [n for n in names if (out / n).exists()]
     if there and not overwrite:
         raise DabenchError(f"--out {out} already holds {there[0]}{f' and {len(there) - 1} more' if len(there) > 1 else ''}"
@@ -81,8 +71,8 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: st
     rows = []
     for path in files:
         img = _read(path)
-        logits = algo.predict(_tensor(path, size, config["task"], dev)).float()
-        if config["task"] == "segmentation":
+        logits = algo.predict(image_tensor(path, size, config["task"])[None].to(dev)).float()
+        if per_pixel:
             logits = upsample(logits, (img.height, img.width))
             colour = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), classes, config.get("colours"))
             overlay = (0.5 * np.asarray(img, dtype=np.float32) + 0.5 * colour).round().astype(np.uint8)

@@ -37,7 +37,8 @@ from torchvision.transforms import v2
 
 from dabench.data import Domain
 from dabench.errors import DabenchError
-from dabench.segfiles import SegmentationFiles, read_ids, read_rgb, resize_step
+from dabench.data import read_image
+from dabench.segfiles import SegmentationFiles, read_ids, resize_step
 
 FORMAT = 1  # bump when the layout changes: older copies are then prepared again
 SPLITS = ("train", "test")
@@ -76,7 +77,7 @@ def _write_one(job: tuple) -> None:
     """One pair: the image at the training size, the label's ids at the split's label size."""
     image_path, label_path, read_label, image_size, label_size, out_image, out_label, level = job
     torch.set_num_threads(1)
-    img = resize_step(image_size)(tv_tensors.Image(read_rgb(image_path)))
+    img = resize_step(image_size)(tv_tensors.Image(read_image(image_path)))
     Image.fromarray(img.permute(1, 2, 0).numpy()).save(out_image, compress_level=level)
     ids = np.asarray(read_label(label_path))
     if label_size is not None and (ids.shape[1], ids.shape[0]) != tuple(label_size):

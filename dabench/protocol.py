@@ -71,7 +71,7 @@ class Splits:
         return {n: len(getattr(self, n)) if getattr(self, n) is not None else 0 for n in names}
 
 
-def data_root(given: str | Path | None) -> Path | None:
+def resolve_data_root(given: str | Path | None) -> Path | None:
     """The folder of the user's data sets: ``given``, else $DABENCH_DATA, else None; one that is
     not a folder is refused."""
     text = given or os.environ.get("DABENCH_DATA")

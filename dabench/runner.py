@@ -27,7 +27,7 @@ from dabench.algorithm import Algorithm
 from dabench.data import Domain
 from dabench.errors import DabenchError
 from dabench.files import RunLock, writable_folder
-from dabench.protocol import SETTINGS, Splits, build_splits, data_root, load_domain, split_rules
+from dabench.protocol import SETTINGS, Splits, build_splits, load_domain, resolve_data_root, split_rules
 from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
 from dabench.runfolder import (CACHE, CHECKPOINT, identity_differences, is_done, is_started, mark_done, read_config,
                               run_dir_of, run_records, write_config)
@@ -322,7 +322,7 @@ def build(cfg: RunConfig) -> Built:
             f"Add --tgt-labeled N (for example --tgt-labeled 100 for 10 per class on digits)."
         )
 
-    root = data_root(cfg.data_root)
+    root = resolve_data_root(cfg.data_root)
     if cfg.setting not in SETTINGS:
         raise DabenchError(f"--setting must be one of {', '.join(SETTINGS)}, got '{cfg.setting}'.")
     if cfg.setting == "dg" and not algo_cls.runs_in_dg():

@@ -24,9 +24,9 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import v2
 
-from dabench.data import to_unit_range
+from dabench.data import read_image, to_unit_range
 from dabench.errors import DabenchError
-from dabench.tasks import IGNORE_INDEX
+from dabench.tasks import IGNORE_INDEX, SEGMENTATION, task_of
 
 Size = tuple[int, int]  # (W, H), as PIL and Domain.image_size
 Pair = tuple[str, str]  # image file, label file; plain strings: 25k pathlib.Paths cost seconds to build
@@ -35,17 +35,6 @@ LABEL_MODES = ("P", "L", "I;16", "I")  # single-channel PNGs whose values are id
 
 
 # --- reading one file ---------------------------------------------------------------------------
-
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 (3, H, W), RGB."""
-    try:
-        with Image.open(path) as img:
-            pixels = np.array(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files in all three
-        raise DabenchError(f"Cannot read the image {path} ({type(exc).__name__}: {exc}). "
-                           "Replace or delete the file (and its label) and run again.") from None
-    return torch.from_numpy(pixels).permute(2, 0, 1)
-
 
 def read_ids(path: str | Path) -> np.ndarray:
     """The stored values of a single-channel label PNG (8-bit grey, palette or 16-bit grey).
@@ -89,9 +78,11 @@ def lookup_table(id_to_train: dict[int, int], size: int = 256) -> np.ndarray:
 
 
 def resize_step(size: Size) -> v2.Resize:
-    """How segmentation images are resized to (W, H): bicubic with antialiasing. The datasets'
-    transforms and ``dabench predict`` both use it."""
-    return v2.Resize((size[1], size[0]), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    """``dabench.data.resize_images`` at (W, H) for segmentation (the same resize, the task's
+    ``resample``), as a transform that composes with crop and flip and resizes a label mask along
+    with its image (masks: nearest)."""
+    return v2.Resize((size[1], size[0]), interpolation=v2.InterpolationMode(task_of(SEGMENTATION).resample),
+                     antialias=True)
 
 
 def _unit(img: torch.Tensor) -> torch.Tensor:
@@ -135,7 +126,7 @@ class SegmentationFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, label_path = self.pairs[i]
-        img = tv_tensors.Image(read_rgb(image_path))
+        img = tv_tensors.Image(read_image(image_path))
         mask = tv_tensors.Mask(torch.from_numpy(self.train_ids(label_path))[None])
         if self.label_size == self.image_size:
             img, mask = self.transform(img, mask)
@@ -147,7 +138,7 @@ class SegmentationFiles(Dataset):
 
     def image(self, i: int) -> torch.Tensor:
         """Item ``i``'s image alone; the label file is not opened."""
-        return _unit(self.transform(tv_tensors.Image(read_rgb(self.pairs[i][0]))))
+        return _unit(self.transform(tv_tensors.Image(read_image(self.pairs[i][0]))))
 
     def images_only(self) -> "SegmentationFiles":
         """The same images with no label files: what an unlabelled target view holds (``image(i)``

@@ -36,6 +36,8 @@ class Task:
     balanced_budget: bool  # a labelled target budget (--tgt-labeled N) is drawn class-balanced
     domain_classifier: bool  # DEV's domain classifier on feature vectors applies
     ignore_index: int | None  # a label value that marks "no class" (pixels), or None
+    resample: str  # how images are resized on their way into the network ("bilinear", "bicubic"; antialiased)
+    per_pixel: bool  # predictions are maps (``dabench predict`` writes a colour map per image), else a class
 
     def eval_every(self, steps: int) -> int:
         """The default evaluation interval of a stage of ``steps`` steps."""
@@ -68,7 +70,7 @@ TASKS = {
     CLASSIFICATION: Task(CLASSIFICATION, metric="acc", per_class=None, default_backbone="digit-cnn", eval_batch=256,
                          val_cap=None, labelfree_images=1000, eval_every_least=200, evaluations_per_stage=None,
                          one_size=True, several_sources=True, balanced_budget=True, domain_classifier=True,
-                         ignore_index=None),
+                         ignore_index=None, resample="bilinear", per_pixel=False),
     # Segmentation evaluates its val splits at full size at every evaluation: 20% of GTA5 would be
     # 4,993 frames, five times the training compute of a run at --eval-every 200; 500 is the size
     # of Cityscapes val, the papers' test split (runner.eval_every_for has the FLOP count).
@@ -76,7 +78,7 @@ TASKS = {
     SEGMENTATION: Task(SEGMENTATION, metric="miou", per_class="iou", default_backbone="deeplabv2", eval_batch=2,
                        val_cap=500, labelfree_images=50, eval_every_least=200, evaluations_per_stage=10,
                        one_size=False, several_sources=False, balanced_budget=False, domain_classifier=False,
-                       ignore_index=IGNORE_INDEX),
+                       ignore_index=IGNORE_INDEX, resample="bicubic", per_pixel=True),
 }
 
 

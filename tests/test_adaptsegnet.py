@@ -86,7 +86,7 @@ def test_discriminator_loss_does_not_move_the_segmenter():
     """With lambda_adv = 0 AdaptSegNet's segmenter step equals ERM's: the discriminator loss is
     computed on detached maps."""
     hp = defaults(AdaptSegNet.hparams) | {"lambda_adv": 0.0, "lambda_adv_aux": 0.0}
-    ada, erm = AdaptSegNet(tiny_segnet(), K, hp, 10), ERM(tiny_segnet(), K, defaults(ERM.segmentation_hparams), 10)
+    ada, erm = AdaptSegNet(tiny_segnet(), K, hp, 10), ERM(tiny_segnet(), K, defaults(ERM.space("segmentation")), 10)
     ada.update(batch(), 0)
     erm.update(batch(), 0)
     for p, q in zip(ada.segmenter.parameters(), erm.featurizer.parameters()):
@@ -174,7 +174,7 @@ def test_discriminators_learn_source_0_and_target_1_on_detached_maps(cls):
 
 
 def test_erm_segmentation_never_forwards_target_images():
-    erm = ERM(tiny_segnet(), K, defaults(ERM.segmentation_hparams), 10)
+    erm = ERM(tiny_segnet(), K, defaults(ERM.space("segmentation")), 10)
     seen = []
     erm.featurizer.encoder.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-2:]))
     erm.update(batch(), 0)

@@ -157,14 +157,29 @@ def test_import_dabench_and_the_leaderboard_do_not_import_torch(tmp_path):
     assert callable(dabench.fit) and "fit" in dir(dabench)
 
 
-def test_predict_reads_an_image_file_exactly_as_training_does(tmp_path):
-    from dabench.predict import _tensor
+def test_predict_the_notebook_api_and_the_loaders_read_an_image_the_same_way(tmp_path):
+    """One image-to-tensor path: ``dabench predict`` on a file, ``Run.predict`` on its pixels as an
+    array, and the training loaders give the network the same tensor (bilinear for
+    classification, bicubic for segmentation, both antialiased: ``Task.resample``)."""
+    from types import SimpleNamespace
+
+    from dabench.api import Run
+    from dabench.data import image_tensor
     from dabench.segfiles import SegmentationFiles
     from dabench_plugins.datasets.folder import ImageFiles
 
     path = tmp_path / "a.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(path)
-    cpu = torch.device("cpu")
-    assert torch.equal(_tensor(path, (16, 16), "classification", cpu)[0], ImageFiles([path], [0], 16)[0][0])
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    square = tmp_path / "b.png"
+    Image.fromarray(pixels[:37, :37]).save(square)
+    loader = ImageFiles([square], [0], 16)[0][0]
+    assert torch.equal(image_tensor(square, (16, 16), "classification"), loader)
+    api, own = Run._tensor(SimpleNamespace(task="classification", input_size=(16, 16)), pixels[None, :37, :37])
+    assert torch.equal(api[0], loader) and own == (37, 37)
     seg = SegmentationFiles([(path, path)], (40, 24), None, np.arange(256, dtype=np.uint8))
-    assert torch.equal(_tensor(path, (40, 24), "segmentation", cpu)[0], seg.image(0))
+    assert torch.equal(image_tensor(path, (40, 24), "segmentation"), seg.image(0))
+    api, own = Run._tensor(SimpleNamespace(task="segmentation", input_size=(40, 24)), pixels[None])
+    assert torch.equal(api[0], seg.image(0)) and own == (37, 53)
+    # the two tasks do resize differently, so the test above compares something
+    assert not torch.equal(image_tensor(path, (40, 24), "classification"), seg.image(0))

@@ -51,9 +51,8 @@ def test_no_module_but_runfolder_names_a_run_folder_file():
 
 def test_the_core_reads_tasks_from_their_descriptions_not_from_branches():
     """No core module compares a task's name (``task == "segmentation"``): what differs between
-    tasks is a field of ``dabench.tasks.Task``. Left to do (issue 22): the plugin contract's
-    segmentation helpers (algorithm.py) and predict's output formats (predict.py)."""
-    pending = {"tasks.py", "algorithm.py", "predict.py"}
+    tasks is a field of ``dabench.tasks.Task``."""
+    pending = {"tasks.py"}
     names = {"classification", "segmentation"}
     for path in (ROOT / "dabench").glob("*.py"):
         if path.name in pending:
@@ -113,3 +112,19 @@ def test_every_name_means_one_thing():
     assert not hasattr(results, "Run") and hasattr(results, "RunRecords")
     assert not hasattr(trainer, "fit") and hasattr(trainer, "train_and_evaluate")
     assert not any(hasattr(m, "choose") for m in selection.METHODS.values())
+
+
+def test_one_data_root_resolution_and_one_image_resize():
+    """The data root ($DABENCH_DATA when no --data-root) is resolved in one function
+    (``protocol.resolve_data_root``), and images are resized for a network in one
+    (``data.resize_images``): no other module reads that variable or calls an interpolation on
+    images (``layers.upsample`` resizes logits; augmentations and translators work on batches)."""
+    for path in [*(ROOT / "dabench").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        reads = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and n.func.attr == "get" and ast.unparse(n.func.value) == "os.environ"
+                 and any(isinstance(a, ast.Constant) and a.value == "DABENCH_DATA" for a in n.args)]
+        assert not reads or path.name == "protocol.py", f"dabench/{path.name} resolves the data root itself"
+    for name in ("api.py", "predict.py", "segfiles.py", "prepared.py", "divergence.py"):
+        text = (ROOT / "dabench" / name).read_text()
+        assert "interpolate(" not in text and "Image.BILINEAR" not in text and "BICUBIC" not in text, name

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dabench.algorithm import ClassificationAlgorithm, SegmentationAlgorithm
-from dabench.data import Batch, by_domain, concat
+from dabench.data import CLASSIFICATION, SEGMENTATION, Batch, by_domain, concat
 from dabench.layers import mlp, seg_loss
 
 
@@ -23,6 +23,7 @@ class ERM(ClassificationAlgorithm, SegmentationAlgorithm):
     name = "erm"
     task = "any"
     needs_target = False  # also the domain-generalisation baseline (--setting dg)
+    spaces = {CLASSIFICATION: ClassificationAlgorithm.hparams, SEGMENTATION: SegmentationAlgorithm.hparams}
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
         super().__init__(backbone, num_classes, hparams, steps)

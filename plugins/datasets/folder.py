@@ -7,7 +7,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from dabench.data import CLASSIFICATION, Domain, TensorImages, decode_image as decode, to_unit_range
