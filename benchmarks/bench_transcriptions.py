@@ -85,7 +85,7 @@ def trainer(method: str, algo, steps: int):
 def train(method: str, src: str, tgt: str, steps: int, seed: int, work: Path) -> float:
     algo_name, hp = PLUGIN[method]
     cfg = RunConfig(algo=algo_name, src=src, tgt=tgt, steps=steps, eval_every=steps, seed=seed, out=str(work),
-                    device="cpu", hparams=hp)
+                    device="cpu", overrides=hp)
     built = build(cfg)  # the splits and dabench's initial weights for this seed
     splits, algo = built.splits, built.algorithm
     batch = built.config["hparams"]["batch_size"]

@@ -59,7 +59,7 @@ def fit(algo: str, src: Any, tgt: Any, *, out: str | Path | None = "runs", progr
     """Train ``algo`` from ``src`` to ``tgt`` and return the trained ``Run``.
 
     Keyword options are ``RunConfig``'s, which mirror the CLI's: ``steps``, ``seed``, ``backbone``,
-    ``hparams`` (a dict, as ``-H``), ``tgt_labeled``, ``device``, ``precision``, ``image_size``,
+    ``overrides`` (a dict of hyperparameter values, as ``-H``), ``tgt_labeled``, ``device``, ``precision``, ``image_size``,
     ``pretrained``, ``protocol``, ``setting`` ("dg": domain generalisation), ``eval_every``, ``data_root``,
     ``resume``, ``overwrite``... Several sources: ``src=["a", "b"]`` (names, Domains or (images, labels)
     pairs), one minibatch of each per step.
@@ -68,7 +68,7 @@ def fit(algo: str, src: Any, tgt: Any, *, out: str | Path | None = "runs", progr
     from dabench.runner import RunConfig, run
 
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"algo", "src", "tgt", "out"}
-    unknown = sorted(set(options) - names)
+    unknown = sorted(set(options) - names - {"hparams"})  # hparams: 0.1's name of overrides (RunConfig warns)
     if unknown:
         raise DabenchError(f"fit() got unknown option(s) {', '.join(unknown)}. Options: {', '.join(sorted(names))}.")
     if isinstance(src, list) and src and all(isinstance(s, (str, Domain, tuple)) for s in src):

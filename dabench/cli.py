@@ -195,7 +195,7 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
         _torchrun(devices)
 
     cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
-                    eval_every=eval_every, seed=seed, hparams=_parse_h(hparam), data_root=data_root, out=out,
+                    eval_every=eval_every, seed=seed, overrides=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
                     channels_last=channels_last, workers=workers, log=log, dev=dev, sync_bn=sync_bn, compile=compile, protocol=protocol,
                     setting=setting, resume=resume, overwrite=overwrite)
@@ -380,7 +380,7 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
     launch_opts = {k: options.pop(k) for k in LAUNCH_OPTIONS}
     launcher = _launcher(launch_opts, jobs)
     require(launcher.name)
-    base = RunConfig(algo="", src=src, tgt=tgt, hparams=_parse_h(options.pop("hparam")), out=out, **options)
+    base = RunConfig(algo="", src=src, tgt=tgt, overrides=_parse_h(options.pop("hparam")), out=out, **options)
     algo_list = [a.strip() for a in algos.split(",") if a.strip()]
     if dg:
         configs, notes = plan_dg(algo_list, seed_list, hparam_samples, base, dg, lodo)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ class RunConfig:
     steps: int = 2000
     eval_every: int | None = None  # None: the task's default (eval_every_for)
     seed: int = 0
-    hparams: dict[str, Any] = field(default_factory=dict)  # overrides, as -H key=value gives them
+    overrides: dict[str, Any] = field(default_factory=dict)  # hyperparameter values set by hand, as -H key=value
     hparam_index: int = 0  # random-search sample (0 = defaults); overrides apply on top
     data_root: str | None = None  # default: $DABENCH_DATA
     out: str = "runs"
@@ -66,6 +68,21 @@ class RunConfig:
     compile: bool = False  # torch.compile the networks (same weights and checkpoints; kernels may differ in the last bits)
     resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
     overwrite: bool = False
+
+
+def _takes_old_hparams(init):
+    """``RunConfig(hparams=...)``, dabench 0.1's name of ``overrides`` (``hparams`` now means the
+    values a run used, as config.json says), still works, with a DeprecationWarning."""
+    @functools.wraps(init)
+    def __init__(self, *args, hparams: dict[str, Any] | None = None, **kwargs):
+        if hparams is not None:
+            warnings.warn("RunConfig(hparams=...) is now RunConfig(overrides=...).", DeprecationWarning, stacklevel=2)
+            kwargs["overrides"] = {**hparams, **kwargs.get("overrides", {})}
+        init(self, *args, **kwargs)
+    return __init__
+
+
+RunConfig.__init__ = _takes_old_hparams(RunConfig.__init__)
 
 
 @dataclass
@@ -185,7 +202,7 @@ def compile_networks(module: torch.nn.Module) -> None:
 
 def _config_dict(cfg: RunConfig) -> dict[str, Any]:
     """The config's fields, shallow (a ``Domain`` given as src or tgt stays one object)."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"hparams": dict(cfg.hparams)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"overrides": dict(cfg.overrides)}
 
 
 def _domain_name(value: str | Domain | list) -> str:
@@ -244,7 +261,7 @@ def hparam_values(cfg: RunConfig, algo_cls, task: str) -> tuple[dict[str, Any], 
     regime of its backbone, and that regime."""
     regime = regime_of(cfg.backbone or task_of(task).default_backbone)
     space = algo_cls.space(task, regime)
-    return hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.hparams), regime
+    return hp.apply_overrides(space, hp.sample(space, cfg.algo, cfg.hparam_index), cfg.overrides), regime
 
 
 def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +272,7 @@ def _recorded(cfg: RunConfig, task: str, algo_cls, values: dict[str, Any]) -> di
     config = _config_dict(cfg) | {"src": _domain_name(source_list(_resolved(cfg.src))), "tgt": _domain_name(_resolved(cfg.tgt)),
                                   "eval_every": eval_every_for(task, cfg.steps, cfg.eval_every),
                                   "backbone": cfg.backbone or task_of(task).default_backbone, "tgt_labeled": tgt_labeled,
-                                  "hparams": values, "overrides": sorted(cfg.hparams)}  # the -H keys: a variant
+                                  "hparams": values, "overrides": sorted(cfg.overrides)}  # the -H keys: a variant
     for transient in ("resume", "overwrite", "out", "data_root", "device", "workers", "log", "dev"):
         config.pop(transient)
     return config

@@ -34,13 +34,13 @@ def plan(algos: list[str], seeds: list[int], tgt_labeled: list[int | str], hpara
     """The configs to run, and notes about combinations left out (and why)."""
     configs, notes = [], []
     known = {algo: _hparam_names(algorithms.get(algo)) for algo in algos}
-    unused = sorted(set(base.hparams) - set().union(*known.values()))
+    unused = sorted(set(base.overrides) - set().union(*known.values()))
     if unused:
         raise DabenchError(f"-H {', '.join(unused)}: no algorithm of this sweep ({', '.join(algos)}) has such a "
                            "hyperparameter. See 'dabench list algorithms'.")
     for algo in algos:
         cls = algorithms.get(algo)
-        overrides = {k: v for k, v in base.hparams.items() if k in known[algo]}  # -H applies where it exists
+        overrides = {k: v for k, v in base.overrides.items() if k in known[algo]}  # -H applies where it exists
         budgets = tgt_labeled
         if cls.target_labels == "all":  # the oracle: budget 0 means every label, as "all" does
             budgets = list(dict.fromkeys("all" if n in (0, "all") else n for n in tgt_labeled))
@@ -52,7 +52,7 @@ def plan(algos: list[str], seeds: list[int], tgt_labeled: list[int | str], hpara
             for seed in seeds:
                 for k in range(hparam_samples):
                     configs.append(dataclasses.replace(base, algo=algo, seed=seed, tgt_labeled=n, hparam_index=k,
-                                                       hparams=overrides,
+                                                       overrides=overrides,
                                                        resume="auto", overwrite=False))
     return configs, notes
 

@@ -3,10 +3,13 @@ module is named, and the results layer it describes as torch-free imports no tor
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from dabench import runfolder
 
@@ -112,6 +115,13 @@ def test_every_name_means_one_thing():
     assert not hasattr(results, "Run") and hasattr(results, "RunRecords")
     assert not hasattr(trainer, "fit") and hasattr(trainer, "train_and_evaluate")
     assert not any(hasattr(m, "choose") for m in selection.METHODS.values())
+    # the -H values are overrides; hparams are the values a run used (config.json)
+    from dabench.runner import RunConfig
+
+    assert "hparams" not in {f.name for f in dataclasses.fields(RunConfig)}
+    with pytest.warns(DeprecationWarning, match="overrides"):
+        old = RunConfig(algo="erm", src="a", tgt="b", hparams={"lr": 0.1})
+    assert old.overrides == {"lr": 0.1}
 
 
 def test_one_data_root_resolution_and_one_image_resize():

@@ -145,8 +145,8 @@ def test_sweep_overrides_apply_to_the_algorithms_that_have_them():
     from dabench.runner import RunConfig
     from dabench.sweep import plan
 
-    base = RunConfig(algo="", src="toy-src", tgt="toy-tgt", hparams={"lambda_max": "0.5", "lr": "0.02"})
+    base = RunConfig(algo="", src="toy-src", tgt="toy-tgt", overrides={"lambda_max": "0.5", "lr": "0.02"})
     configs, _ = plan(["erm", "dann"], [0], [0], 1, base)
-    assert {c.algo: c.hparams for c in configs} == {"erm": {"lr": "0.02"}, "dann": {"lambda_max": "0.5", "lr": "0.02"}}
+    assert {c.algo: c.overrides for c in configs} == {"erm": {"lr": "0.02"}, "dann": {"lambda_max": "0.5", "lr": "0.02"}}
     with pytest.raises(DabenchError, match="no algorithm of this sweep"):
-        plan(["erm"], [0], [0], 1, RunConfig(algo="", src="toy-src", tgt="toy-tgt", hparams={"lambda_max": "1"}))
+        plan(["erm"], [0], [0], 1, RunConfig(algo="", src="toy-src", tgt="toy-tgt", overrides={"lambda_max": "1"}))

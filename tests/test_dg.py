@@ -109,7 +109,7 @@ def test_dg_splits_pool_each_sources_holdout_and_hold_no_target_images():
 def test_a_dg_run_gives_the_algorithm_no_target_image(tmp_path):
     SEEN.clear()
     result = run(RunConfig(algo="probe-dg", src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=3, eval_every=3,
-                           hparams={"batch_size": 8}, out=str(tmp_path)))
+                           overrides={"batch_size": 8}, out=str(tmp_path)))
     assert len(SEEN) == 3
     for b in SEEN:
         assert b.tgt_x is None and b.src_domain.tolist() == [0] * 8 + [1] * 8
@@ -119,7 +119,7 @@ def test_a_dg_run_gives_the_algorithm_no_target_image(tmp_path):
     assert {"src-val", "tgt-val", "tgt-test"} <= set(result.records[-1])
     SEEN.clear()
     uda = run(RunConfig(algo="probe-dg", src="toy-src,toy-mid", tgt="toy-tgt", steps=2, eval_every=2,
-                        hparams={"batch_size": 8}, out=str(tmp_path)))
+                        overrides={"batch_size": 8}, out=str(tmp_path)))
     assert all(b.tgt_x.shape[0] == 8 for b in SEEN) and uda.run_dir != result.run_dir
 
 

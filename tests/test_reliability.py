@@ -266,7 +266,7 @@ def test_a_relative_folder_names_the_run_by_where_it_resolves(tmp_path, monkeypa
     for name in ("one", "two"):
         monkeypatch.chdir(tmp_path / name)
         r = run(RunConfig(algo="erm", src="folder:data", tgt="folder:../target", steps=2, eval_every=2,
-                          out=str(out), hparams={"batch_size": 4}))
+                          out=str(out), overrides={"batch_size": 4}))
         assert not r.already_done
         results[name] = r
     assert results["one"].run_dir != results["two"].run_dir
@@ -274,7 +274,7 @@ def test_a_relative_folder_names_the_run_by_where_it_resolves(tmp_path, monkeypa
     assert results["two"].config["tgt"] == f"folder:{tmp_path / 'target'}"
     monkeypatch.chdir(tmp_path)  # the same folder written another way is the same run
     again = run(RunConfig(algo="erm", src="folder:two/data", tgt="folder:target", steps=2, eval_every=2,
-                          out=str(out), hparams={"batch_size": 4}))
+                          out=str(out), overrides={"batch_size": 4}))
     assert again.already_done and again.run_dir == results["two"].run_dir
 
 
@@ -303,7 +303,7 @@ def test_arrays_that_cannot_be_images_and_labels_are_refused(images, labels, mes
     ({"batch_size": -4}, "'batch_size' must be 1 or more")])
 def test_hyperparameters_no_run_can_train_with_are_refused_before_training(tmp_path, hparams, message):
     with pytest.raises(DabenchError, match=message):
-        run(cfg(tmp_path, hparams=hparams))
+        run(cfg(tmp_path, overrides=hparams))
     assert not list(tmp_path.iterdir())
     key, value = next(iter(hparams.items()))
     r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "toy-src", "--tgt", "toy-tgt", "-H", f"{key}={value}",

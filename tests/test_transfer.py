@@ -26,7 +26,7 @@ def initial_and_trained(tmp_path, **kw):
 @pytest.mark.parametrize("algo", ["erm", "dann", "sagnet"])
 def test_freeze_backbone_trains_the_heads_only(tmp_path, algo):
     before, after = initial_and_trained(tmp_path, algo=algo, src="toy-src", tgt="toy-tgt",
-                                        hparams={"freeze_backbone": "true"})
+                                        overrides={"freeze_backbone": "true"})
     frozen = [k for k in before if k.startswith(("featurizer.", "features."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     heads = [k for k in before if k.startswith(("classifier.", "content.", "discriminator."))]
@@ -35,7 +35,7 @@ def test_freeze_backbone_trains_the_heads_only(tmp_path, algo):
 
 def test_freeze_backbone_keeps_a_segmenters_encoder_and_its_batch_norm_statistics(tmp_path):
     before, after = initial_and_trained(tmp_path, algo="erm", src="toyseg-src", tgt="toyseg-tgt",
-                                        backbone="toy-segnet", hparams={"freeze_backbone": "true"})
+                                        backbone="toy-segnet", overrides={"freeze_backbone": "true"})
     encoder = [k for k in before if ".encoder." in k or k.startswith("featurizer.encoder")]
     assert any("running_mean" in k for k in encoder)
     assert all(torch.equal(before[k], after[k]) for k in encoder)

@@ -25,8 +25,8 @@ FAST = {"translator": "fda", "selftrain_steps": 2}
 
 
 def config(tmp_path, **kw) -> RunConfig:
-    hparams = FAST | kw.pop("hparams", {})
-    return RunConfig(algo="udas", out=str(tmp_path), hparams=hparams, **(SEG | kw))
+    overrides = FAST | kw.pop("overrides", {})
+    return RunConfig(algo="udas", out=str(tmp_path), overrides=overrides, **(SEG | kw))
 
 
 def test_symmetric_kl_is_zero_when_primary_and_auxiliary_agree_and_matches_a_hand_value():
@@ -54,7 +54,7 @@ def test_consistency_is_the_papers_symmetric_cross_entropy_by_hand():
 
 def adapt_algo(tmp_path, **hparams):
     """A UDAS in its adaptation stage (no translator, no self-training) and a batch of its data."""
-    prep = build(config(tmp_path, hparams={"translator": "none", "selftrain_rounds": 0} | hparams))
+    prep = build(config(tmp_path, overrides={"translator": "none", "selftrain_rounds": 0} | hparams))
     algo = prep.algorithm
     algo.stage = Stage(ADAPT, 4)
     s = prep.splits
@@ -147,16 +147,16 @@ def test_teacher_kl_counts_only_labelled_pixels():
 
 
 def test_stages_follow_the_ablation_hyperparameters(tmp_path):
-    full = build(config(tmp_path, hparams={"translator": "cyclegan", "selftrain_rounds": 2})).algorithm
+    full = build(config(tmp_path, overrides={"translator": "cyclegan", "selftrain_rounds": 2})).algorithm
     assert [(s.name, s.steps, s.evaluate) for s in full.stages()] == [
         ("translate", 4, False), ("adapt", 4, True), ("self-train 1", 2, True), ("self-train 2", 2, True)]
-    plain = build(config(tmp_path, hparams={"translator": "none", "selftrain_rounds": 0})).algorithm
+    plain = build(config(tmp_path, overrides={"translator": "none", "selftrain_rounds": 0})).algorithm
     assert [(s.name, s.steps) for s in plain.stages()] == [("translate", 0), ("adapt", 4)]
     assert plain.teacher is None
 
 
 def test_a_round_makes_the_student_the_teacher(tmp_path):
-    prep = build(config(tmp_path, hparams={"selftrain_rounds": 2}))
+    prep = build(config(tmp_path, overrides={"selftrain_rounds": 2}))
     algo = prep.algorithm
     ctx = StageContext(TrainData(prep.splits.src_train, prep.splits.tgt_train, prep.splits.tgt_labeled), tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
     with torch.no_grad():
@@ -194,13 +194,13 @@ def test_full_run_records_every_stage_and_pseudo_labels_are_cached(tmp_path):
 @pytest.mark.parametrize("where", ["pseudo-label round 1", "self-train 1"])
 def test_a_run_killed_while_pseudo_labelling_or_self_training_resumes_to_the_same_numbers(tmp_path, where):
     hparams = {"selftrain_steps": 4}
-    full = run(config(tmp_path / "a", hparams=hparams))
+    full = run(config(tmp_path / "a", overrides=hparams))
     killed = _StopIn(where, after=2)
     with pytest.raises(KeyboardInterrupt):
-        run(config(tmp_path / "b", hparams=hparams), reporter=killed)
+        run(config(tmp_path / "b", overrides=hparams), reporter=killed)
     labels = next((tmp_path / "b").glob("*/udas/*/pseudo/round1"))
     assert (labels / "done").exists() == (where == "self-train 1")  # killed mid-labelling: a half-written folder
-    resumed = run(config(tmp_path / "b", hparams=hparams, resume=True))
+    resumed = run(config(tmp_path / "b", overrides=hparams, resume=True))
     assert [r["tgt-test"] for r in resumed.records] == [r["tgt-test"] for r in full.records]
     assert [r["stage"] for r in resumed.records] == ["adapt", "adapt", "self-train 1", "self-train 1"]
     assert (labels / "done").exists()
@@ -240,16 +240,16 @@ def test_half_written_pseudo_labels_are_made_again_not_trained_on(tmp_path):
 
 
 def test_translated_source_is_cached_by_translator_config_and_reused(tmp_path, monkeypatch):
-    run(config(tmp_path, hparams={"selftrain_rounds": 0}))
+    run(config(tmp_path, overrides={"selftrain_rounds": 0}))
     folders = list((tmp_path / "cache" / "translated").glob("*/fda-*"))
     assert len(folders) == 1 and (folders[0] / "done").exists()
     assert json.loads((folders[0] / "key.json").read_text())["hparams"] == {"beta": 0.01}
     # the same translator config in another run (another seed of the segmenter's settings) reuses it
     monkeypatch.setattr("dabench_plugins.translators.fda.FDA.translate",
                         lambda *a: pytest.fail("translated again instead of reading the cache"))
-    run(config(tmp_path, hparams={"selftrain_rounds": 0, "lambda_kl": 0.5}))
+    run(config(tmp_path, overrides={"selftrain_rounds": 0, "lambda_kl": 0.5}))
     monkeypatch.undo()
-    run(config(tmp_path, hparams={"selftrain_rounds": 0, "fda_beta": 0.05}))  # another config: its own folder
+    run(config(tmp_path, overrides={"selftrain_rounds": 0, "fda_beta": 0.05}))  # another config: its own folder
     assert len(list((tmp_path / "cache" / "translated").glob("*/fda-*"))) == 2
     key = json.loads((folders[0] / "key.json").read_text())
     (folders[0] / "key.json").write_text(json.dumps(key | {"steps": 7}))
@@ -271,15 +271,15 @@ def test_a_cyclegan_translator_trains_in_its_own_stage_then_is_skipped_when_cach
         return original(self, batch, step)
 
     monkeypatch.setattr(udas_module.UDAS, "update", spy)
-    first = run(config(tmp_path, hparams=tiny))
+    first = run(config(tmp_path, overrides=tiny))
     assert seen == [((64, 96), (32, 64))] * 2  # the translator gets each domain at its own size, unstretched
     assert [r["stage"] for r in first.records] == ["adapt", "adapt"] and first.records[-1]["step"] == 6
-    again = run(config(tmp_path, hparams=tiny | {"lambda_kl": 0.5}))  # cache hit: the translate steps are skipped
+    again = run(config(tmp_path, overrides=tiny | {"lambda_kl": 0.5}))  # cache hit: the translate steps are skipped
     assert [r["step"] for r in again.records] == [4, 6]
 
 
 def test_adversarial_false_never_forwards_a_target_image(tmp_path, monkeypatch):
-    prep = build(config(tmp_path, hparams={"adversarial": False, "translator": "none"}))
+    prep = build(config(tmp_path, overrides={"adversarial": False, "translator": "none"}))
     algo = prep.algorithm
     algo.stage = algo.stages()[1]
     src = prep.splits.src_train.get_batch([0, 1])
@@ -342,7 +342,7 @@ def test_udas_runs_on_gta5_and_cityscapes_folders_in_their_published_layouts(tmp
     make_cityscapes(data)
     cfg = RunConfig(algo="udas", src="gta5", tgt="cityscapes", backbone="toy-segnet", steps=2, eval_every=2,
                     image_size=32, data_root=str(data), out=str(tmp_path / "runs"), tgt_labeled=1,
-                    hparams={"translator": "fda", "fda_beta": 0.09, "selftrain_steps": 2})
+                    overrides={"translator": "fda", "fda_beta": 0.09, "selftrain_steps": 2})
     with pytest.warns(UserWarning, match="differ in size"):
         result = run(cfg)
     assert [r["stage"] for r in result.records] == ["adapt", "self-train 1"]
