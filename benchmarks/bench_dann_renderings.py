@@ -39,7 +39,7 @@ import dabench
 import dabench.nets
 from dabench.data import CLASSIFICATION, Domain, TensorImages, to_unit_range
 from dabench.registry import datasets
-from dabench.selection import choose
+from dabench.results.selection import choose
 from dabench_plugins.datasets import digits
 
 VARIANTS = ("shipped", "grey", "light-on-dark", "sensor", "mean-image")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dabench import prepared
+from dabench.segdata import prepared
 from dabench.protocol import load_domain
 from dabench_plugins.datasets.cityscapes import PALETTE
 

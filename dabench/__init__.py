@@ -5,12 +5,12 @@
     print(run.evaluate("uci-digits"))                                            # metrics on a domain or arrays
     run.save("dann.pt"); same = dabench.load("dann.pt"); same.predict(images)    # logits
 
-    from dabench.leaderboard import leaderboard, render                          # tables from run folders
+    from dabench.results.leaderboard import leaderboard, render                          # tables from run folders
     print(render(leaderboard("runs"), "markdown"))
 
 The names below are imported on first use, so ``import dabench`` (and ``dabench leaderboard``,
-which reads run folders only) does not import torch. ``dabench.sweep`` and
-``dabench.leaderboard`` are the modules of those names.
+which reads run folders only) does not import torch. ``dabench.sweeping.sweep`` and
+``dabench.results.leaderboard`` are the modules of those names.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ _LAZY = {
     "fit": "dabench.api", "load": "dabench.api", "Run": "dabench.api",
     "Domain": "dabench.data", "from_arrays": "dabench.data",
     "RunConfig": "dabench.runner", "RunResult": "dabench.runner", "run": "dabench.runner",
-    "plan": "dabench.sweep",
+    "plan": "dabench.sweeping.sweep",
 }
 
 __all__ = ["DabenchError", *_LAZY]

@@ -28,7 +28,7 @@ from dabench import runfolder
 from dabench.data import CLASSIFICATION, Domain, as_uint8_images, from_arrays, resize_images, to_unit_range
 from dabench.errors import DabenchError
 from dabench.files import load_pt
-from dabench.selection import PROTOCOLS, choose
+from dabench.results.selection import PROTOCOLS, choose
 from dabench.tasks import task_of
 
 FORMAT = "dabench-run"  # what ``Run.save`` writes, so ``load`` can tell its files from other .pt files

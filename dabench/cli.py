@@ -149,7 +149,7 @@ def _launch_options(f):
 
 
 def _launcher(opts: dict, jobs: int):
-    from dabench.launchers import Launcher
+    from dabench.sweeping.launchers import Launcher
 
     slurm = {}
     for item in opts["slurm"]:
@@ -236,7 +236,7 @@ def _torchrun(devices: int) -> None:
 
 
 def _result_table(result) -> Table:
-    from dabench.selection import choose, protocol_methods
+    from dabench.results.selection import choose, protocol_methods
 
     metric, protocol = result.config["metric"], result.config.get("protocol", "dabench")
     title = f"{result.config['algo']}: {result.config['src']} -> {result.config['tgt']} ({metric})"
@@ -254,7 +254,7 @@ def _result_table(result) -> Table:
 
 def _iou_table(result) -> Table:
     """Per-class target-test IoU (%) of the source-val choice (last under the paper protocol), as the papers print it."""
-    from dabench.selection import choose
+    from dabench.results.selection import choose
 
     method = "last" if result.config.get("protocol") == "paper" else "source-val"
     rec = choose(method, result.records, result.config["metric"])
@@ -340,7 +340,7 @@ def sweep(algos, src, tgt, dg, lodo, seeds, tgt_labeled, hparam_samples, out, jo
         if src or tgt or tgt_labeled != "0" or (given and run_options["setting"] != "dg"):
             raise DabenchError("--dg holds each domain of the group out in turn (no target image in training): give it "
                                "without --src, --tgt, --tgt-labeled and --setting.")
-        from dabench.sweep import group_members
+        from dabench.sweeping.sweep import group_members
 
         dg = group_members(dg)
     elif lodo:
@@ -368,9 +368,9 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
              jobs: int, run_options: dict, dg: tuple | None = None, lodo: bool = False) -> list:
     """What sweep and curve share: plan every algorithm x budget x seed x sample, run them (finished
     runs skipped) with the chosen launcher, print one line per run; returns the outcomes."""
-    from dabench.launchers import launch, require
+    from dabench.sweeping.launchers import launch, require
     from dabench.runner import RunConfig
-    from dabench.sweep import plan, plan_dg
+    from dabench.sweeping.sweep import plan, plan_dg
 
     seed_list = _ints(seeds, "--seeds")
     seed_list = list(range(seed_list[0])) if "," not in seeds else list(dict.fromkeys(seed_list))  # 0,0: one run
@@ -413,7 +413,7 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
 
 
 def _dry_run(configs: list) -> None:
-    from dabench.cost import estimate
+    from dabench.sweeping.cost import estimate
 
     report = estimate(configs)
     table = Table(title=f"plan: {len(configs)} runs, {report.done} already done, {len(configs) - report.done} to run")
@@ -446,10 +446,10 @@ def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, debug, **ru
     """Data efficiency: every algorithm x budget x seed (finished runs skipped), as a table and a plot."""
     from collections import defaultdict
 
-    from dabench.curve import build, write
+    from dabench.results.curve import build, write
     from dabench.runfolder import slug
 
-    from dabench.selection import PROTOCOLS
+    from dabench.results.selection import PROTOCOLS
 
     protocol = run_options["protocol"]
     selection = selection or ("last" if protocol == "paper" else "source-val")
@@ -488,7 +488,7 @@ def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, debug, **ru
 @click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv"]), default="markdown", show_default=True)
 def leaderboard(path, fmt):
     """Tables of target-test results per model-selection method, read from run folders."""
-    from dabench.leaderboard import leaderboard as board, render
+    from dabench.results.leaderboard import leaderboard as board, render
 
     click.echo(render(board(Path(path)), fmt))
 
@@ -572,7 +572,7 @@ def prepare_(name, data_root, image_size, workers, compression):
 
     from rich.progress import Progress
 
-    from dabench import prepared
+    from dabench.segdata import prepared
     from dabench.protocol import resolve_data_root, load_domain
 
     root = resolve_data_root(data_root)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from dabench.data import Subset, ordered_batches
-from dabench.selection import LABEL_FREE
+from dabench.results.selection import LABEL_FREE
 from dabench.tasks import task_of
 
 SPLIT = LABEL_FREE  # the records' key, which the selection methods read

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from dabench.data import CLASSIFICATION, Domain, ImagesOnly, SourceDomains, Subset, labels_of
 from dabench.errors import DabenchError
-from dabench.prepared import use_prepared
+from dabench.segdata.prepared import use_prepared
 from dabench.registry import Spec, datasets
 from dabench.tasks import task_of
 

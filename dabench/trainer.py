@@ -34,7 +34,7 @@ from dabench.metrics import ConfusionMatrix
 from dabench.protocol import Splits
 from dabench.runfolder import (CACHE, CHECKPOINT, RESULTS, SELECTED, STEPS, TENSORBOARD, TIMINGS, Scan, append_record,
                               scan_records, write_records)
-from dabench.selection import select
+from dabench.results.selection import select
 from dabench.tasks import task_of
 
 EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")

@@ -20,8 +20,8 @@ from dabench.cli import main
 from dabench.errors import DabenchError
 from dabench.registry import algorithms
 from dabench.runner import RunConfig
-from dabench.selection import choose
-from dabench.sweep import plan, sweep
+from dabench.results.selection import choose
+from dabench.sweeping.sweep import plan, sweep
 from dabench_plugins.algorithms.erm import ERM
 
 from conftest import toy_images
@@ -165,7 +165,7 @@ def test_predict_the_notebook_api_and_the_loaders_read_an_image_the_same_way(tmp
 
     from dabench.api import Run
     from dabench.data import image_tensor
-    from dabench.segfiles import SegmentationFiles
+    from dabench.segdata.pairs import SegmentationFiles
     from dabench_plugins.datasets.folder import ImageFiles
 
     path = tmp_path / "a.png"

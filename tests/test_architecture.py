@@ -19,8 +19,11 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_core_module_is_named_and_every_named_module_exists():
-    core = {p.name for p in (ROOT / "dabench").glob("*.py")}
-    named = {n for n in re.findall(r"(?<![/\w])([a-z_]+\.py)\b", DOC) if not n.startswith("test_")}
+    package = ROOT / "dabench"
+    core = {p.relative_to(package).as_posix() for p in package.rglob("*.py")
+            if p.name != "__init__.py" or p.parent == package}  # a sub-package's __init__ holds its docstring
+    named = {n for n in re.findall(r"(?<![/\w])((?:[a-z_]+/)?[a-z_]+\.py)\b", DOC)
+             if not n.startswith(("test_", "tests/", "plugins/", "benchmarks/", "docs/"))}
     assert core - named == set(), "core modules missing from docs/architecture.md"
     assert named - core - {"pyproject.toml"} == set(), "docs/architecture.md names modules that do not exist"
     paths = set(re.findall(r"\b((?:plugins|dabench|tests|benchmarks|docs)/[\w/]+\.(?:py|md))\b", DOC))
@@ -30,7 +33,7 @@ def test_every_core_module_is_named_and_every_named_module_exists():
 def test_the_results_layer_imports_no_torch():
     """Imported in a fresh interpreter, the run-folder module and the results layer load no torch
     (not even through another dabench module)."""
-    layer = ("runfolder", "results", "selection", "leaderboard", "curve")
+    layer = ("runfolder", "results", "results.records", "results.selection", "results.leaderboard", "results.curve")
     code = f"import sys; import {', '.join('dabench.' + m for m in layer)}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False", "the results layer imports torch"
@@ -41,7 +44,7 @@ def test_no_module_but_runfolder_names_a_run_folder_file():
     a file name of it as a literal (``"results.jsonl"``), nor joins a bare one onto a path
     (``run_dir / "done"``; "done" as a word elsewhere is fine)."""
     names = {v for k, v in vars(runfolder).items() if k.isupper() and isinstance(v, str)}
-    for path in [*(ROOT / "dabench").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+    for path in [*(ROOT / "dabench").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
         if path.name == "runfolder.py":
             continue
         tree = ast.parse(path.read_text())
@@ -57,7 +60,7 @@ def test_the_core_reads_tasks_from_their_descriptions_not_from_branches():
     tasks is a field of ``dabench.tasks.Task``."""
     pending = {"tasks.py"}
     names = {"classification", "segmentation"}
-    for path in (ROOT / "dabench").glob("*.py"):
+    for path in (ROOT / "dabench").rglob("*.py"):
         if path.name in pending:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -74,7 +77,7 @@ def test_plugins_import_nothing_from_the_spine():
     for path in (ROOT / "plugins").rglob("*.py"):
         modules = {(n.module or "") for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)}
         assert not modules & {"dabench.runner", "dabench.trainer", "dabench.cli", "dabench.api"}, path.name
-    for path in (ROOT / "dabench").glob("*.py"):
+    for path in (ROOT / "dabench").rglob("*.py"):
         tree = ast.parse(path.read_text())
         modules = {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -85,7 +88,7 @@ def test_the_readme_names_the_one_thing_that_downloads():
     """dabench reaches the network in one place, timm's ImageNet weights behind ``--pretrained
     imagenet``, and the README's promise names exactly that."""
     fetches = []
-    for path in [*(ROOT / "dabench").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+    for path in [*(ROOT / "dabench").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.keyword) and node.arg in ("pretrained", "download") and \
                     isinstance(node.value, ast.Constant) and node.value.value is True:
@@ -106,13 +109,14 @@ def test_every_name_means_one_thing():
     import importlib.util
 
     import dabench
-    from dabench import results, selection, trainer
+    from dabench import trainer
+    from dabench.results import records, selection
 
     for name in dabench._LAZY:
         assert importlib.util.find_spec(f"dabench.{name}") is None, f"dabench.{name} is a module and an export"
-    from dabench import cost  # noqa: F401 - the module that was plan.py
-    assert callable(dabench.plan) and dabench.plan.__module__ == "dabench.sweep"
-    assert not hasattr(results, "Run") and hasattr(results, "RunRecords")
+    from dabench.sweeping import cost  # noqa: F401 - the module that was plan.py
+    assert callable(dabench.plan) and dabench.plan.__module__ == "dabench.sweeping.sweep"
+    assert not hasattr(records, "Run") and hasattr(records, "RunRecords")
     assert not hasattr(trainer, "fit") and hasattr(trainer, "train_and_evaluate")
     assert not any(hasattr(m, "choose") for m in selection.METHODS.values())
     # the -H values are overrides; hparams are the values a run used (config.json)
@@ -129,12 +133,24 @@ def test_one_data_root_resolution_and_one_image_resize():
     (``protocol.resolve_data_root``), and images are resized for a network in one
     (``data.resize_images``): no other module reads that variable or calls an interpolation on
     images (``layers.upsample`` resizes logits; augmentations and translators work on batches)."""
-    for path in [*(ROOT / "dabench").glob("*.py")]:
+    for path in [*(ROOT / "dabench").rglob("*.py")]:
         tree = ast.parse(path.read_text())
         reads = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                  and n.func.attr == "get" and ast.unparse(n.func.value) == "os.environ"
                  and any(isinstance(a, ast.Constant) and a.value == "DABENCH_DATA" for a in n.args)]
         assert not reads or path.name == "protocol.py", f"dabench/{path.name} resolves the data root itself"
-    for name in ("api.py", "predict.py", "segfiles.py", "prepared.py", "divergence.py"):
+    for name in ("api.py", "predict.py", "segdata/pairs.py", "segdata/prepared.py", "divergence.py"):
         text = (ROOT / "dabench" / name).read_text()
         assert "interpolate(" not in text and "Image.BILINEAR" not in text and "BICUBIC" not in text, name
+
+
+def test_every_package_is_installed():
+    """A wheel holds the packages pyproject.toml lists: every folder of dabench and plugins with an
+    __init__.py is one of them (an editable install would hide a missing one)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join([name, *p.parent.relative_to(ROOT / folder).parts])
+             for name, folder in (("dabench", "dabench"), ("dabench_plugins", "plugins"))
+             for p in (ROOT / folder).rglob("__init__.py")}
+    assert listed == found

@@ -119,7 +119,7 @@ def test_sweep_leaves_out_supervised_methods_without_a_budget(tmp_path):
 
 def test_budgets_per_algorithm_kind():
     from dabench.runner import RunConfig
-    from dabench.sweep import plan
+    from dabench.sweeping.sweep import plan
 
     base = RunConfig(algo="erm", src="toy-src", tgt="toy-tgt")
     configs, _ = plan(["erm", "oracle", "ccsa"], [0], [0, 5, "all"], 1, base)
@@ -143,7 +143,7 @@ def test_oracle_with_a_budget_trains_on_that_many_target_labels(tmp_path):
 def test_sweep_overrides_apply_to_the_algorithms_that_have_them():
     from dabench.errors import DabenchError
     from dabench.runner import RunConfig
-    from dabench.sweep import plan
+    from dabench.sweeping.sweep import plan
 
     base = RunConfig(algo="", src="toy-src", tgt="toy-tgt", overrides={"lambda_max": "0.5", "lr": "0.02"})
     configs, _ = plan(["erm", "dann"], [0], [0], 1, base)

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 from rich.console import Console
 
-from dabench import cli, selection
+from dabench import cli
+from dabench.results import selection
 from dabench.cli import main
 from test_leaderboard import make_run, rec
 
@@ -153,7 +154,7 @@ package = types.ModuleType("dabench")  # dabench/__init__ imports the runner (to
 package.__path__ = [sys.argv[1]]
 sys.modules["dabench"] = package
 from pathlib import Path
-from dabench.curve import build, write
+from dabench.results.curve import build, write
 
 runs = sorted(p.parent for p in Path(sys.argv[2]).rglob("config.json"))
 out = {}

@@ -18,11 +18,11 @@ from dabench.data import Batch, Domain, SourceDomains, TensorImages, source_stre
 from dabench.errors import DabenchError
 from dabench.hparams import defaults
 from dabench.layers import pairwise_mean
-from dabench.leaderboard import leaderboard, render
+from dabench.results.leaderboard import leaderboard, render
 from dabench.protocol import build_splits, load_domain
 from dabench.registry import algorithms, backbones, datasets, plugin, shared_images
 from dabench.runner import RunConfig, run
-from dabench.sweep import plan_dg
+from dabench.sweeping.sweep import plan_dg
 from dabench_plugins.algorithms.coral import mean_cov_penalty
 from dabench_plugins.algorithms.mmd import gaussian_mmd
 

@@ -8,7 +8,7 @@ import pytest
 from torch.utils.data import Dataset
 
 from dabench.data import CLASSIFICATION, SEGMENTATION, Domain
-from dabench.cost import Cost, cost
+from dabench.sweeping.cost import Cost, cost
 from dabench.protocol import build_splits, split_rules
 from dabench.runner import RunConfig, build, eval_every_for
 

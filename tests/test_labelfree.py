@@ -13,7 +13,7 @@ from torch import nn
 from dabench import labelfree
 from dabench.data import TensorImages
 from dabench.runner import RunConfig, run
-from dabench.selection import LABEL_FREE, choose, select
+from dabench.results.selection import LABEL_FREE, choose, select
 
 
 class Fixed(nn.Module):

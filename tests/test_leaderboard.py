@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from dabench import selection
+from dabench.results import selection
 from dabench.errors import DabenchError
-from dabench.leaderboard import leaderboard, render
+from dabench.results.leaderboard import leaderboard, render
 
 
 def rec(step, src, val, test):

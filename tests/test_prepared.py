@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dabench import prepared
+from dabench.segdata import prepared
 from dabench.cli import main
 from dabench.protocol import load_domain
 from test_seg_datasets import make_cityscapes, make_gta5, make_synthia, photo

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from dabench import RunConfig, run
-from dabench.leaderboard import leaderboard, render
+from dabench.results.leaderboard import leaderboard, render
 from dabench.cli import main
 from test_seg_datasets import make_cityscapes, make_gta5
 

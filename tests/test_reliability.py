@@ -23,7 +23,7 @@ from dabench.errors import DabenchError
 from dabench.files import RunHeld, RunLock, load_pt
 from dabench.runfolder import read_records
 from dabench.runner import RunConfig, run
-from dabench.sweep import run_one
+from dabench.sweeping.sweep import run_one
 
 
 def cfg(tmp_path, **kw) -> RunConfig:

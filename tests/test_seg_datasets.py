@@ -20,7 +20,7 @@ from dabench.errors import DabenchError
 from dabench.protocol import build_splits, load_domain
 from dabench_plugins.datasets.cityscapes import CITYSCAPES_CLASSES, PALETTE, SYNTHIA_13, SYNTHIA_16
 from dabench_plugins.datasets.cityscapes import cityscapes, gta5, synthia
-from dabench.segfiles import SegmentationFiles, header, read_first_channel, read_ids, scaled
+from dabench.segdata.pairs import SegmentationFiles, header, read_first_channel, read_ids, scaled
 from dabench_plugins.datasets.segfolder import segfolder
 
 CAR16, CAR13 = SYNTHIA_16.index("car"), SYNTHIA_13.index("car")

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dabench import RunConfig, run
-from dabench.leaderboard import leaderboard, render
+from dabench.results.leaderboard import leaderboard, render
 from dabench.cli import main
-from dabench.selection import choose
+from dabench.results.selection import choose
 from dabench.trainer import NullReporter
 
 SEG = dict(src="toyseg-src", tgt="toyseg-tgt", backbone="toy-segnet", steps=6, eval_every=3)

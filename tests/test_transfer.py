@@ -13,7 +13,7 @@ import dabench
 from dabench.cli import main
 from dabench.divergence import proxy_a_distance
 from dabench.runner import RunConfig, build_algorithm, run
-from dabench.selection import choose
+from dabench.results.selection import choose
 
 
 def initial_and_trained(tmp_path, **kw):

@@ -13,7 +13,7 @@ from pathlib import Path
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.registry import plugin
-from dabench.segfiles import (Pair, SegmentationFiles, Survey, header, listing, lookup_table, pair_up, read_first_channel,
+from dabench.segdata.pairs import (Pair, SegmentationFiles, Survey, header, listing, lookup_table, pair_up, read_first_channel,
                               scaled, survey, warn_mismatch)
 
 # The Cityscapes label space every street-scene domain maps into (labels.py of the Cityscapes scripts).

@@ -9,7 +9,7 @@ import numpy as np
 from dabench.data import SEGMENTATION, Domain
 from dabench.errors import DabenchError
 from dabench.registry import plugin
-from dabench.segfiles import (IMAGE_EXTENSIONS, Pair, SegmentationFiles, header, listing, most_common, pair_up, scaled,
+from dabench.segdata.pairs import (IMAGE_EXTENSIONS, Pair, SegmentationFiles, header, listing, most_common, pair_up, scaled,
                               survey, warn_mismatch)
 from dabench.tasks import IGNORE_INDEX
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from dabench.data import SEGMENTATION, Domain, TensorImages, image_count
 from dabench.errors import DabenchError
 from dabench.registry import plugin
-from dabench.segfiles import scaled
+from dabench.segdata.pairs import scaled
 from dabench_plugins.datasets.cityscapes import PALETTE
 
 CLASSES = ["road", "sidewalk", "building", "pole", "vegetation", "sky", "person", "car"]

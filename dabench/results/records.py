@@ -4,7 +4,7 @@ Shared by ``dabench leaderboard`` and ``dabench curve``. Reads only what runs le
 (``config.json``, ``results.jsonl``, ``done``) and never imports training code (nor torch), so a
 results folder copied from a cluster can be tabulated anywhere. A row's value is the target-test
 metric at the step each selection method chose from validation records only (see
-``dabench.selection``), as mean ± sample std (ddof=1) over seeds, in percent.
+``dabench.results.selection``), as mean ± sample std (ddof=1) over seeds, in percent.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from dabench.runfolder import CONFIG, RESULTS, is_done, scan_records
-from dabench.selection import TEST, Method, select_run
+from dabench.results.selection import TEST, Method, select_run
 
 REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
 FOOTNOTE = "mean ± sample std (ddof=1) over n seeds, in percent; std is 0 when n = 1"

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from dabench.errors import DabenchError
 from dabench.runfolder import run_records
 from dabench.runner import RunConfig, finished_run
-from dabench.sweep import Outcome, run_one, sweep
+from dabench.sweeping.sweep import Outcome, run_one, sweep
 
 LAUNCHERS = ("local", "submitit", "ray")
 EXTRAS = {"submitit": ("submitit", "slurm"), "ray": ("ray", "ray")}

@@ -5,7 +5,7 @@ the fully labelled model): rows are algorithms, columns labelled-target budgets,
 target-test metric under one model-selection method, mean ± std over seeds, in percent, with the
 change from the algorithm's own value with every target label ("all").
 
-Reads run folders exactly as the leaderboard does (``dabench.results``) and never imports
+Reads run folders exactly as the leaderboard does (``dabench.results.records.records``) and never imports
 training code; ``dabench curve`` runs the missing runs with the sweep first.
 
     c = build("gta5", "cityscapes", run_dirs, ["udas", "oracle"], [0, 100, "all"], "source-val")
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from dabench.results import FOOTNOTE, Row, aggregate, read_runs
-from dabench.selection import Method, get
+from dabench.results.records import FOOTNOTE, Row, aggregate, read_runs
+from dabench.results.selection import Method, get
 
 METRIC_NAMES = {"miou": "mIoU", "acc": "accuracy"}
 

@@ -94,7 +94,7 @@ def _probe(cfg) -> Cost:
 
 
 def estimate(configs: list) -> Estimate:
-    from dabench.launchers import split_finished
+    from dabench.sweeping.launchers import split_finished
     from dabench.runner import eval_every_for, resolve_device
 
     todo, done = split_finished(configs)

@@ -38,7 +38,7 @@ from torchvision.transforms import v2
 from dabench.data import Domain
 from dabench.errors import DabenchError
 from dabench.data import read_image
-from dabench.segfiles import SegmentationFiles, read_ids, resize_step
+from dabench.segdata.pairs import SegmentationFiles, read_ids, resize_step
 
 FORMAT = 1  # bump when the layout changes: older copies are then prepared again
 SPLITS = ("train", "test")
