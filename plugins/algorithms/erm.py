@@ -7,7 +7,21 @@ from torch import nn
 
 from dabench.algorithm import ClassificationAlgorithm, SegmentationAlgorithm
 from dabench.data import CLASSIFICATION, SEGMENTATION, Batch, by_domain, concat
+from dabench.hparams import HParam, int_log2, log_uniform
 from dabench.layers import mlp, seg_loss
+
+# DomainBed's optimiser on small images (facebookresearch/DomainBed, hparams_registry.py lines
+# 205-222, algorithms.py lines 107-111): Adam at a constant 1e-3, no weight decay, 64 images per
+# domain. Its DG methods here (mmd, irm, vrex, groupdro) train with it; ``domainbed_adam`` builds it.
+DOMAINBED_ADAM = {
+    "lr": HParam(1e-3, log_uniform(-4.5, -2.5), "Adam's learning rate (DomainBed: 1e-3, constant)"),
+    "batch_size": HParam(64, int_log2(3, 9), "images per source domain per step (DomainBed's small images: 64)"),
+    "weight_decay": HParam(0.0, None, "L2 penalty (DomainBed's small images: 0)"),
+}
+
+
+def domainbed_adam(module: nn.Module, hp: dict) -> torch.optim.Adam:
+    return torch.optim.Adam(module.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
 
 
 class ERM(ClassificationAlgorithm, SegmentationAlgorithm):

@@ -10,9 +10,9 @@ from torch import nn
 from dabench.algorithm import ClassificationAlgorithm
 from dabench.layers import pairwise_mean
 from dabench.data import Batch
-from dabench.hparams import HParam, int_log2, log_uniform
+from dabench.hparams import HParam, log_uniform
 from dabench_plugins.algorithms.dann import RAMP, ramped
-from dabench_plugins.algorithms.erm import ERM
+from dabench_plugins.algorithms.erm import DOMAINBED_ADAM, ERM, domainbed_adam
 
 # TLlib's examples/.../dan.py: GaussianKernel(alpha=2 ** k) for k in -3..1, each with
 # track_running_stats (its sigma^2 = alpha x the batch's mean squared distance).
@@ -214,9 +214,7 @@ class MMD(ERM):
     dg_only = True
     hparams = {
         **ERM.hparams,
-        "lr": HParam(1e-3, log_uniform(-4.5, -2.5), "Adam's learning rate (DomainBed: 1e-3, constant)"),
-        "batch_size": HParam(64, int_log2(3, 9), "images per source domain per step (DomainBed's small images: 64)"),
-        "weight_decay": HParam(0.0, None, "L2 penalty (DomainBed's small images: 0)"),
+        **DOMAINBED_ADAM,
         "mmd_gamma": HParam(1.0, log_uniform(-1, 1), "weight of the MMD between every pair of source domains"),
         "optimizer": HParam("adam", None, "adam: DomainBed's, constant rate; sgd: ERM's annealed SGD (collapses on "
                             "digits4)", choices=("adam", "sgd")),
@@ -225,8 +223,7 @@ class MMD(ERM):
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
         super().__init__(backbone, num_classes, hparams, steps)
         if self.hp["optimizer"] == "adam":
-            self.optims["model"] = torch.optim.Adam(self.parameters(), lr=self.hp["lr"],
-                                                    weight_decay=self.hp["weight_decay"])
+            self.optims["model"] = domainbed_adam(self, self.hp)
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         if self.hp["optimizer"] == "sgd":

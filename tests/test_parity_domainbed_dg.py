@@ -1,0 +1,117 @@
+"""DomainBed's IRM, V-REx and GroupDRO against transcriptions of DomainBed's updates
+(tests/reference/domainbed_dg.py): the same weights and batches, DomainBed's Adam on both sides,
+the penalty's warm-up crossed (anneal 5 of 12 steps: the weight jumps and Adam restarts there);
+the losses and every parameter after every step agree to 1e-5 relative, 1e-6 absolute."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dabench.data import Batch
+from dabench.errors import DabenchError
+from dabench.hparams import defaults
+from dabench.registry import algorithms, backbones
+from dabench.runner import RunConfig, run
+from reference import domainbed_dg
+from test_dg import toy_mid  # noqa: F401 - registers the third toy domain
+from reference.harness import assert_losses_match, assert_params_match, run_side_by_side, twin
+
+STEPS, WARM = 12, 5
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def build(name: str, **hp):
+    cls = algorithms.get(name)
+    torch.manual_seed(0)
+    backbone = backbones.get("digit-cnn")(None, image_size=28)
+    return cls(backbone, 10, defaults(cls.space("classification", "digits")) | hp, STEPS)
+
+
+def dg_batches(steps: int, per_domain: int = 8, domains: int = 3) -> list[Batch]:
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for _ in range(steps):
+        x = torch.cat([torch.rand(per_domain, 3, 28, 28, generator=g) * 2 - 1 + 0.3 * d for d in range(domains)])
+        y = torch.randperm(per_domain * domains, generator=g) % 10
+        out.append(Batch(x, y, None, src_domain=torch.arange(domains).repeat_interleave(per_domain)))
+    return out
+
+
+def side_by_side(algo, reference, keys):
+    algo.train()
+
+    def reference_step(i, b):
+        out = reference.update([(b.src_x[b.src_domain == d], b.src_y[b.src_domain == d]) for d in range(3)])
+        assert_params_match([*algo.featurizer.parameters(), *algo.classifier.parameters()],
+                            reference.network.parameters(), what=f"parameters after step {i}")
+        return out
+
+    logs = run_side_by_side(lambda i, b: algo.update(b, i), reference_step, dg_batches(STEPS))
+    assert_losses_match(logs, keys)
+    return logs
+
+
+def network(algo):
+    return torch.nn.Sequential(twin(algo.featurizer), twin(algo.classifier))
+
+
+def test_irm_matches_domainbed_step_for_step():
+    algo = build("irm", irm_penalty_anneal_iters=WARM)
+    logs = side_by_side(algo, domainbed_dg.DomainBedIRM(network(algo), 1e2, WARM),
+                        {"loss": "loss", "nll": "nll", "penalty": "penalty"})
+    # the weight is 1 before the warm-up ends and 100 from it on
+    assert all(abs(a["loss"] - a["nll"] - a["penalty"]) < 1e-5 for a, _ in logs[:WARM])
+    a = logs[WARM][0]
+    assert a["loss"] == pytest.approx(a["nll"] + 100 * a["penalty"], rel=1e-5) and a["penalty"] != 0  # unbiased: either sign
+
+
+def test_vrex_matches_domainbed_step_for_step():
+    algo = build("vrex", vrex_penalty_anneal_iters=WARM)
+    logs = side_by_side(algo, domainbed_dg.DomainBedVREx(network(algo), 1e1, WARM),
+                        {"loss": "loss", "nll": "mean", "penalty": "penalty"})
+    a = logs[WARM][0]
+    assert a["loss"] == pytest.approx(a["nll"] + 10 * a["penalty"], rel=1e-5) and a["penalty"] > 0
+
+
+def test_groupdro_matches_domainbed_step_for_step():
+    algo = build("groupdro")
+    logs = side_by_side(algo, domainbed_dg.DomainBedGroupDRO(network(algo), 1e-2),
+                        {"loss": "loss", "q0": "q0", "q1": "q1", "q2": "q2"})
+    assert sum(logs[-1][0][f"q{m}"] for m in range(3)) == pytest.approx(1.0)
+
+
+def test_irm_penalty_by_hand():
+    """Two samples, logits z and labels y: the penalty is d/dw CE(w z_0, y_0) x d/dw CE(w z_1, y_1)
+    at w = 1, and d/dw CE(w z, y) = sum_k softmax(z)_k z_k - z_y."""
+    from dabench_plugins.algorithms.irm import irm_penalty
+
+    z = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([1, 1])
+    p0, p1 = torch.softmax(z[0], 0), torch.softmax(z[1], 0)
+    g0 = float((p0 * z[0]).sum() - z[0, 1])  # 2 e^2 / (e^2 + 1) - 0
+    g1 = float((p1 * z[1]).sum() - z[1, 1])  # e / (1 + e) - 1
+    assert float(irm_penalty(z, y).detach()) == pytest.approx(g0 * g1, rel=1e-6) and g0 * g1 < 0
+
+
+def test_groupdro_keeps_its_domain_weights_in_the_checkpoint():
+    algo = build("groupdro")
+    for i, b in enumerate(dg_batches(3)):
+        algo.update(b, i)
+    again = build("groupdro")
+    again.load_state_dict(algo.state_dict())
+    assert torch.equal(again.q, algo.q) and len(again.q) == 3
+
+
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro"])
+def test_unsupervised_da_refuses_them(tmp_path, name):
+    with pytest.raises(DabenchError, match="domain generalisation method"):
+        run(RunConfig(algo=name, src="toy-src", tgt="toy-tgt", out=str(tmp_path)))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro"])
+def test_they_train_in_domain_generalisation(tmp_path, name):
+    result = run(RunConfig(algo=name, src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=4, eval_every=2,
+                           overrides={"batch_size": 8}, out=str(tmp_path)))
+    assert len(result.records) == 2 and 0 <= result.records[-1]["tgt-test"]["acc"] <= 1
