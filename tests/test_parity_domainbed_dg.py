@@ -1,9 +1,10 @@
-"""DomainBed's IRM, V-REx and GroupDRO against transcriptions of DomainBed's updates
+"""DomainBed's IRM, V-REx, GroupDRO, Mixup and CausIRL against transcriptions of DomainBed's updates
 (tests/reference/domainbed_dg.py): the same weights and batches, DomainBed's Adam on both sides,
 the penalty's warm-up crossed (anneal 5 of 12 steps: the weight jumps and Adam restarts there);
 the losses and every parameter after every step agree to 1e-5 relative, 1e-6 absolute."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,6 +40,8 @@ def dg_batches(steps: int, per_domain: int = 8, domains: int = 3) -> list[Batch]
 
 
 def side_by_side(algo, reference, keys):
+    """Both sides from the same torch and numpy random state each step (numpy draws Mixup's
+    lambda and CausIRL's cut, as in DomainBed)."""
     algo.train()
 
     def reference_step(i, b):
@@ -47,7 +50,15 @@ def side_by_side(algo, reference, keys):
                             reference.network.parameters(), what=f"parameters after step {i}")
         return out
 
-    logs = run_side_by_side(lambda i, b: algo.update(b, i), reference_step, dg_batches(STEPS))
+    def plugin_step(i, b):
+        np.random.seed(100 + i)
+        return algo.update(b, i)
+
+    def reference_numpy_step(i, b):
+        np.random.seed(100 + i)
+        return reference_step(i, b)
+
+    logs = run_side_by_side(plugin_step, reference_numpy_step, dg_batches(STEPS))
     assert_losses_match(logs, keys)
     return logs
 
@@ -81,6 +92,19 @@ def test_groupdro_matches_domainbed_step_for_step():
     assert sum(logs[-1][0][f"q{m}"] for m in range(3)) == pytest.approx(1.0)
 
 
+def test_mixup_matches_domainbed_step_for_step():
+    algo = build("mixup")
+    side_by_side(algo, domainbed_dg.DomainBedMixup(network(algo), 0.2), {"loss": "loss"})
+
+
+@pytest.mark.parametrize("name, gaussian", [("causirl-coral", False), ("causirl-mmd", True)])
+def test_causirl_matches_domainbed_step_for_step(name, gaussian):
+    algo = build(name)
+    reference = domainbed_dg.DomainBedCausIRL(twin(algo.featurizer), twin(algo.classifier), gaussian, 1.0)
+    logs = side_by_side(algo, reference, {"loss": "loss", "penalty": "penalty"})
+    assert max(a["penalty"] for a, _ in logs) > 0
+
+
 def test_irm_penalty_by_hand():
     """Two samples, logits z and labels y: the penalty is d/dw CE(w z_0, y_0) x d/dw CE(w z_1, y_1)
     at w = 1, and d/dw CE(w z, y) = sum_k softmax(z)_k z_k - z_y."""
@@ -103,14 +127,14 @@ def test_groupdro_keeps_its_domain_weights_in_the_checkpoint():
     assert torch.equal(again.q, algo.q) and len(again.q) == 3
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral"])
 def test_unsupervised_da_refuses_them(tmp_path, name):
     with pytest.raises(DabenchError, match="domain generalisation method"):
         run(RunConfig(algo=name, src="toy-src", tgt="toy-tgt", out=str(tmp_path)))
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral"])
 def test_they_train_in_domain_generalisation(tmp_path, name):
     result = run(RunConfig(algo=name, src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=4, eval_every=2,
                            overrides={"batch_size": 8}, out=str(tmp_path)))

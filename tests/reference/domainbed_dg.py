@@ -2,9 +2,12 @@
 
 Repository: facebookresearch/DomainBed, commit b93c22a1cfc3b2428398272c1a116c8de1f4139e,
 domainbed/algorithms.py lines 581-634 (``IRM``: ``_irm_penalty``, ``update``, the Adam reset),
-lines 745-789 (``VREx``), lines 823-855 (``GroupDRO``), lines 107-111 (ERM's Adam, which all three
-inherit); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2, irm_penalty_anneal_iters 500),
-97-98 (groupdro_eta 1e-2), 110-113 (vrex_lambda 1e1, vrex_penalty_anneal_iters 500), 205-219
+lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 823-855 (``GroupDRO``), lines
+2272-2367 (``AbstractCausIRL`` and the ``CausIRL_MMD`` / ``CausIRL_CORAL`` it builds), lines
+107-111 (ERM's Adam, which all of them inherit); domainbed/lib/misc.py lines 180-194
+(``random_pairs_of_minibatches``); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2,
+irm_penalty_anneal_iters 500), 94-95 (mixup_alpha 0.2), 97-98 (groupdro_eta 1e-2), 100-101
+(mmd_gamma 1, CausIRL's too), 110-113 (vrex_lambda 1e1, vrex_penalty_anneal_iters 500), 205-219
 (lr 1e-3, weight decay 0 on small images).
 
 Left out: the featurizer and classifier DomainBed builds (handed in as one network: the parity test
@@ -13,6 +16,7 @@ gives a copy of the plugin's), the ``device`` strings (CPU here), logging beyond
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import autograd, nn
@@ -131,3 +135,124 @@ class DomainBedGroupDRO:
         self.optimizer.step()
 
         return {'loss': loss.item(), **{f'q{m}': float(w) for m, w in enumerate(self.q)}}
+
+
+def random_pairs_of_minibatches(minibatches):
+    perm = torch.randperm(len(minibatches)).tolist()
+    pairs = []
+
+    for i in range(len(minibatches)):
+        j = i + 1 if i < (len(minibatches) - 1) else 0
+
+        xi, yi = minibatches[perm[i]][0], minibatches[perm[i]][1]
+        xj, yj = minibatches[perm[j]][0], minibatches[perm[j]][1]
+
+        min_n = min(len(xi), len(xj))
+
+        pairs.append(((xi[:min_n], yi[:min_n]), (xj[:min_n], yj[:min_n])))
+
+    return pairs
+
+
+class DomainBedMixup:
+    def __init__(self, network: nn.Module, mixup_alpha: float = 0.2):
+        self.network, self.alpha = network, mixup_alpha
+        self.optimizer = adam(network)
+
+    def update(self, minibatches):
+        objective = 0
+
+        for (xi, yi), (xj, yj) in random_pairs_of_minibatches(minibatches):
+            lam = np.random.beta(self.alpha, self.alpha)
+
+            x = lam * xi + (1 - lam) * xj
+            predictions = self.network(x)
+
+            objective += lam * F.cross_entropy(predictions, yi)
+            objective += (1 - lam) * F.cross_entropy(predictions, yj)
+
+        objective /= len(minibatches)
+
+        self.optimizer.zero_grad()
+        objective.backward()
+        self.optimizer.step()
+
+        return {'loss': objective.item()}
+
+
+class DomainBedCausIRL:
+    def __init__(self, featurizer: nn.Module, classifier: nn.Module, gaussian: bool, mmd_gamma: float = 1.0):
+        self.featurizer, self.classifier, self.mmd_gamma = featurizer, classifier, mmd_gamma
+        self.network = nn.Sequential(featurizer, classifier)
+        self.optimizer = adam(self.network)
+        self.kernel_type = "gaussian" if gaussian else "mean_cov"
+
+    def my_cdist(self, x1, x2):
+        x1_norm = x1.pow(2).sum(dim=-1, keepdim=True)
+        x2_norm = x2.pow(2).sum(dim=-1, keepdim=True)
+        res = torch.addmm(x2_norm.transpose(-2, -1), x1, x2.transpose(-2, -1), alpha=-2).add_(x1_norm)
+        return res.clamp_min_(1e-30)
+
+    def gaussian_kernel(self, x, y, gamma=[0.001, 0.01, 0.1, 1, 10, 100, 1000]):
+        D = self.my_cdist(x, y)
+        K = torch.zeros_like(D)
+
+        for g in gamma:
+            K.add_(torch.exp(D.mul(-g)))
+
+        return K
+
+    def mmd(self, x, y):
+        if self.kernel_type == "gaussian":
+            Kxx = self.gaussian_kernel(x, x).mean()
+            Kyy = self.gaussian_kernel(y, y).mean()
+            Kxy = self.gaussian_kernel(x, y).mean()
+            return Kxx + Kyy - 2 * Kxy
+        else:
+            mean_x = x.mean(0, keepdim=True)
+            mean_y = y.mean(0, keepdim=True)
+            cent_x = x - mean_x
+            cent_y = y - mean_y
+            cova_x = (cent_x.t() @ cent_x) / (len(x) - 1)
+            cova_y = (cent_y.t() @ cent_y) / (len(y) - 1)
+
+            mean_diff = (mean_x - mean_y).pow(2).mean()
+            cova_diff = (cova_x - cova_y).pow(2).mean()
+
+            return mean_diff + cova_diff
+
+    def update(self, minibatches):
+        objective = 0
+        penalty = 0
+        nmb = len(minibatches)
+
+        features = [self.featurizer(xi) for xi, _ in minibatches]
+        classifs = [self.classifier(fi) for fi in features]
+        targets = [yi for _, yi in minibatches]
+
+        first = None
+        second = None
+
+        for i in range(nmb):
+            objective += F.cross_entropy(classifs[i] + 1e-16, targets[i])
+            slice = np.random.randint(0, len(features[i]))
+            if first is None:
+                first = features[i][:slice]
+                second = features[i][slice:]
+            else:
+                first = torch.cat((first, features[i][:slice]), 0)
+                second = torch.cat((second, features[i][slice:]), 0)
+        if len(first) > 1 and len(second) > 1:
+            penalty = torch.nan_to_num(self.mmd(first, second))
+        else:
+            penalty = torch.tensor(0)
+        objective /= nmb
+
+        self.optimizer.zero_grad()
+        (objective + (self.mmd_gamma * penalty)).backward()
+        self.optimizer.step()
+
+        if torch.is_tensor(penalty):
+            penalty = penalty.item()
+
+        return {'loss': objective.item(), 'penalty': penalty}
