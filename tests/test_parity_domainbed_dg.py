@@ -105,6 +105,17 @@ def test_causirl_matches_domainbed_step_for_step(name, gaussian):
     assert max(a["penalty"] for a, _ in logs) > 0
 
 
+def test_rsc_matches_domainbed_step_for_step():
+    """RSC reads no domain label: DomainBed's update on the domains' minibatches is the plugin's on
+    the pooled batch."""
+    algo = build("rsc")
+    reference = domainbed_dg.DomainBedRSC(twin(algo.featurizer), twin(algo.classifier), 10)
+    logs = side_by_side(algo, reference, {"loss": "loss", "muted": "muted"})
+    # at the first step, of 100 features the 34 at or above the 2/3 quantile are muted, in the 8 of
+    # 24 images whose true-class probability falls most (the other 16 are kept whole): 8/24 x 34/100
+    assert logs[0][0]["muted"] == pytest.approx(8 / 24 * 34 / 100)
+
+
 def test_irm_penalty_by_hand():
     """Two samples, logits z and labels y: the penalty is d/dw CE(w z_0, y_0) x d/dw CE(w z_1, y_1)
     at w = 1, and d/dw CE(w z, y) = sum_k softmax(z)_k z_k - z_y."""
@@ -134,7 +145,7 @@ def test_unsupervised_da_refuses_them(tmp_path, name):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "rsc"])
 def test_they_train_in_domain_generalisation(tmp_path, name):
     result = run(RunConfig(algo=name, src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=4, eval_every=2,
                            overrides={"batch_size": 8}, out=str(tmp_path)))

@@ -2,11 +2,11 @@
 
 Repository: facebookresearch/DomainBed, commit b93c22a1cfc3b2428398272c1a116c8de1f4139e,
 domainbed/algorithms.py lines 581-634 (``IRM``: ``_irm_penalty``, ``update``, the Adam reset),
-lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 823-855 (``GroupDRO``), lines
+lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 1248-1302 (``RSC``), lines 823-855 (``GroupDRO``), lines
 2272-2367 (``AbstractCausIRL`` and the ``CausIRL_MMD`` / ``CausIRL_CORAL`` it builds), lines
 107-111 (ERM's Adam, which all of them inherit); domainbed/lib/misc.py lines 180-194
 (``random_pairs_of_minibatches``); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2,
-irm_penalty_anneal_iters 500), 94-95 (mixup_alpha 0.2), 97-98 (groupdro_eta 1e-2), 100-101
+irm_penalty_anneal_iters 500), 82-84 (rsc drop factors 1/3), 94-95 (mixup_alpha 0.2), 97-98 (groupdro_eta 1e-2), 100-101
 (mmd_gamma 1, CausIRL's too), 110-113 (vrex_lambda 1e1, vrex_penalty_anneal_iters 500), 205-219
 (lr 1e-3, weight decay 0 on small images).
 
@@ -256,3 +256,62 @@ class DomainBedCausIRL:
             penalty = penalty.item()
 
         return {'loss': objective.item(), 'penalty': penalty}
+
+
+class DomainBedRSC:
+    def __init__(self, featurizer: nn.Module, classifier: nn.Module, num_classes: int,
+                 rsc_f_drop_factor: float = 1 / 3, rsc_b_drop_factor: float = 1 / 3):
+        self.featurizer, self.classifier = featurizer, classifier
+        self.network = nn.Sequential(featurizer, classifier)
+        self.optimizer = adam(self.network)
+        self.drop_f = (1 - rsc_f_drop_factor) * 100
+        self.drop_b = (1 - rsc_b_drop_factor) * 100
+        self.num_classes = num_classes
+
+    def update(self, minibatches):
+        device = "cpu"
+
+        # inputs
+        all_x = torch.cat([x for x, y in minibatches])
+        # labels
+        all_y = torch.cat([y for _, y in minibatches])
+        # one-hot labels
+        all_o = torch.nn.functional.one_hot(all_y, self.num_classes)
+        # features
+        all_f = self.featurizer(all_x)
+        # predictions
+        all_p = self.classifier(all_f)
+
+        # Equation (1): compute gradients with respect to representation
+        all_g = autograd.grad((all_p * all_o).sum(), all_f)[0]
+
+        # Equation (2): compute top-gradient-percentile mask
+        percentiles = np.percentile(all_g.cpu(), self.drop_f, axis=1)
+        percentiles = torch.Tensor(percentiles)
+        percentiles = percentiles.unsqueeze(1).repeat(1, all_g.size(1))
+        mask_f = all_g.lt(percentiles.to(device)).float()
+
+        # Equation (3): mute top-gradient-percentile activations
+        all_f_muted = all_f * mask_f
+
+        # Equation (4): compute muted predictions
+        all_p_muted = self.classifier(all_f_muted)
+
+        # Section 3.3: Batch Percentage
+        all_s = F.softmax(all_p, dim=1)
+        all_s_muted = F.softmax(all_p_muted, dim=1)
+        changes = (all_s * all_o).sum(1) - (all_s_muted * all_o).sum(1)
+        percentile = np.percentile(changes.detach().cpu(), self.drop_b)
+        mask_b = changes.lt(percentile).float().view(-1, 1)
+        mask = torch.logical_or(mask_f, mask_b).float()
+
+        # Equations (3) and (4) again, this time mutting over examples
+        all_p_muted_again = self.classifier(all_f * mask)
+
+        # Equation (5): update
+        loss = F.cross_entropy(all_p_muted_again, all_y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+        return {'loss': loss.item(), 'muted': 1 - mask.mean().item()}
