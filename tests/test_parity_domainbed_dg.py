@@ -116,6 +116,24 @@ def test_rsc_matches_domainbed_step_for_step():
     assert logs[0][0]["muted"] == pytest.approx(8 / 24 * 34 / 100)
 
 
+def test_selfreg_matches_domainbed_step_for_step():
+    algo = build("selfreg")
+    reference = domainbed_dg.DomainBedSelfReg(twin(algo.featurizer), twin(algo.classifier), twin(algo.cdpl))
+    projector = [p.clone() for p in algo.cdpl.parameters()]
+    logs = side_by_side(algo, reference, {"loss": "loss", "cls": "cls"})
+    assert all(a["loss"] > a["cls"] for a, _ in logs)  # the regularisers are on
+    assert all(torch.equal(p, q) for p, q in zip(algo.cdpl.parameters(), projector))  # outside Adam, as DomainBed
+    for name in ("running_mean", "running_var"):
+        assert torch.allclose(getattr(algo.cdpl[1], name), getattr(reference.cdpl[1], name), rtol=1e-5, atol=1e-6)
+
+
+def test_selfreg_class_runs_by_hand():
+    from dabench_plugins.algorithms.selfreg import class_intervals
+
+    assert class_intervals([0, 0, 1, 3, 3]) == [2, 3, 5]
+    assert class_intervals([2, 2, 5]) == [0, 2, 3]  # DomainBed compares the first label with 0
+
+
 def test_irm_penalty_by_hand():
     """Two samples, logits z and labels y: the penalty is d/dw CE(w z_0, y_0) x d/dw CE(w z_1, y_1)
     at w = 1, and d/dw CE(w z, y) = sum_k softmax(z)_k z_k - z_y."""
@@ -145,7 +163,7 @@ def test_unsupervised_da_refuses_them(tmp_path, name):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "rsc"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "rsc", "selfreg"])
 def test_they_train_in_domain_generalisation(tmp_path, name):
     result = run(RunConfig(algo=name, src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=4, eval_every=2,
                            overrides={"batch_size": 8}, out=str(tmp_path)))

@@ -2,7 +2,7 @@
 
 Repository: facebookresearch/DomainBed, commit b93c22a1cfc3b2428398272c1a116c8de1f4139e,
 domainbed/algorithms.py lines 581-634 (``IRM``: ``_irm_penalty``, ``update``, the Adam reset),
-lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 1248-1302 (``RSC``), lines 823-855 (``GroupDRO``), lines
+lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 1248-1302 (``RSC``), lines 1417-1503 (``SelfReg``), lines 823-855 (``GroupDRO``), lines
 2272-2367 (``AbstractCausIRL`` and the ``CausIRL_MMD`` / ``CausIRL_CORAL`` it builds), lines
 107-111 (ERM's Adam, which all of them inherit); domainbed/lib/misc.py lines 180-194
 (``random_pairs_of_minibatches``); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2,
@@ -315,3 +315,82 @@ class DomainBedRSC:
         self.optimizer.step()
 
         return {'loss': loss.item(), 'muted': 1 - mask.mean().item()}
+
+
+class DomainBedSelfReg:
+    """The projector ``cdpl`` is handed in (the plugin's, copied); ERM's Adam, built before it in
+    DomainBed, holds the featurizer and the classifier only."""
+
+    def __init__(self, featurizer: nn.Module, classifier: nn.Module, cdpl: nn.Module):
+        self.featurizer, self.classifier, self.cdpl = featurizer, classifier, cdpl
+        self.network = nn.Sequential(featurizer, classifier)
+        self.optimizer = adam(self.network)
+        self.MSEloss = nn.MSELoss()
+
+    def update(self, minibatches):
+
+        all_x = torch.cat([x for x, y in minibatches])
+        all_y = torch.cat([y for _, y in minibatches])
+
+        lam = np.random.beta(0.5, 0.5)
+
+        batch_size = all_y.size()[0]
+
+        # cluster and order features into same-class group
+        with torch.no_grad():
+            sorted_y, indices = torch.sort(all_y)
+            sorted_x = torch.zeros_like(all_x)
+            for idx, order in enumerate(indices):
+                sorted_x[idx] = all_x[order]
+            intervals = []
+            ex = 0
+            for idx, val in enumerate(sorted_y):
+                if ex == val:
+                    continue
+                intervals.append(idx)
+                ex = val
+            intervals.append(batch_size)
+
+            all_x = sorted_x
+            all_y = sorted_y
+
+        feat = self.featurizer(all_x)
+        proj = self.cdpl(feat)
+
+        output = self.classifier(feat)
+
+        # shuffle
+        output_2 = torch.zeros_like(output)
+        feat_2 = torch.zeros_like(proj)
+        output_3 = torch.zeros_like(output)
+        feat_3 = torch.zeros_like(proj)
+        ex = 0
+        for end in intervals:
+            shuffle_indices = torch.randperm(end - ex) + ex
+            shuffle_indices2 = torch.randperm(end - ex) + ex
+            for idx in range(end - ex):
+                output_2[idx + ex] = output[shuffle_indices[idx]]
+                feat_2[idx + ex] = proj[shuffle_indices[idx]]
+                output_3[idx + ex] = output[shuffle_indices2[idx]]
+                feat_3[idx + ex] = proj[shuffle_indices2[idx]]
+            ex = end
+
+        # mixup
+        output_3 = lam * output_2 + (1 - lam) * output_3
+        feat_3 = lam * feat_2 + (1 - lam) * feat_3
+
+        # regularization
+        L_ind_logit = self.MSEloss(output, output_2)
+        L_hdl_logit = self.MSEloss(output, output_3)
+        L_ind_feat = 0.3 * self.MSEloss(feat, feat_2)
+        L_hdl_feat = 0.3 * self.MSEloss(feat, feat_3)
+
+        cl_loss = F.cross_entropy(output, all_y)
+        C_scale = min(cl_loss.item(), 1.)
+        loss = cl_loss + C_scale * (lam * (L_ind_logit + L_ind_feat) + (1 - lam) * (L_hdl_logit + L_hdl_feat))
+
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+        return {'loss': loss.item(), 'cls': cl_loss.item()}
