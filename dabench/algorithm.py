@@ -194,6 +194,12 @@ class Algorithm(nn.Module):
         return not cls.needs_target and cls.target_labels not in ("required", "all")
 
     @classmethod
+    def refuses(cls, hparams: dict[str, Any], sources: int) -> str | None:
+        """Why a run with these hyperparameter values and this many source domains cannot train
+        (checked before anything is written: exit 2 with the reason), or None."""
+        return None
+
+    @classmethod
     def description(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 

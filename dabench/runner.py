@@ -370,6 +370,8 @@ def build(cfg: RunConfig) -> Built:
             f"See 'dabench list algorithms' for the {src.task} ones."
         )
     values, regime = hparam_values(cfg, algo_cls, src.task)
+    if (refused := algo_cls.refuses(values, len(sources))) is not None:
+        raise DabenchError(f"'{cfg.algo}': {refused}")
     config = _recorded(cfg, src.task, algo_cls, values) | {"regime": regime}
     factory = backbones.get(Spec.parse(config["backbone"]).name)
     if getattr(factory, "task", "any") not in ("any", src.task):

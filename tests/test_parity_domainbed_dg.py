@@ -134,6 +134,22 @@ def test_selfreg_class_runs_by_hand():
     assert class_intervals([2, 2, 5]) == [0, 2, 3]  # DomainBed compares the first label with 0
 
 
+@pytest.mark.parametrize("meta_test", [1, 2])
+def test_mldg_matches_domainbed_step_for_step(meta_test):
+    algo = build("mldg", n_meta_test=meta_test)
+    side_by_side(algo, domainbed_dg.DomainBedMLDG(network(algo), 1.0, meta_test), {"loss": "loss"})
+
+
+def test_mldg_refuses_a_run_with_no_domain_left_to_meta_train_on(tmp_path):
+    with pytest.raises(DabenchError, match="n_meta_test=1"):
+        run(RunConfig(algo="mldg", src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=2, eval_every=2,
+                      overrides={"batch_size": 8}, out=str(tmp_path)))
+    assert not list(tmp_path.iterdir())
+    result = run(RunConfig(algo="mldg", src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=2, eval_every=2,
+                           overrides={"batch_size": 8, "n_meta_test": 1}, out=str(tmp_path)))
+    assert len(result.records) == 1
+
+
 def test_irm_penalty_by_hand():
     """Two samples, logits z and labels y: the penalty is d/dw CE(w z_0, y_0) x d/dw CE(w z_1, y_1)
     at w = 1, and d/dw CE(w z, y) = sum_k softmax(z)_k z_k - z_y."""
@@ -156,7 +172,7 @@ def test_groupdro_keeps_its_domain_weights_in_the_checkpoint():
     assert torch.equal(again.q, algo.q) and len(again.q) == 3
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "mldg"])
 def test_unsupervised_da_refuses_them(tmp_path, name):
     with pytest.raises(DabenchError, match="domain generalisation method"):
         run(RunConfig(algo=name, src="toy-src", tgt="toy-tgt", out=str(tmp_path)))

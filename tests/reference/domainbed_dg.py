@@ -2,10 +2,10 @@
 
 Repository: facebookresearch/DomainBed, commit b93c22a1cfc3b2428398272c1a116c8de1f4139e,
 domainbed/algorithms.py lines 581-634 (``IRM``: ``_irm_penalty``, ``update``, the Adam reset),
-lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 1248-1302 (``RSC``), lines 1417-1503 (``SelfReg``), lines 823-855 (``GroupDRO``), lines
+lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 1248-1302 (``RSC``), lines 1417-1503 (``SelfReg``), lines 823-855 (``GroupDRO``), lines 857-970 (``MLDG``), lines
 2272-2367 (``AbstractCausIRL`` and the ``CausIRL_MMD`` / ``CausIRL_CORAL`` it builds), lines
 107-111 (ERM's Adam, which all of them inherit); domainbed/lib/misc.py lines 180-194
-(``random_pairs_of_minibatches``); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2,
+(``random_pairs_of_minibatches``) and 196-211 (``split_meta_train_test``); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2,
 irm_penalty_anneal_iters 500), 82-84 (rsc drop factors 1/3), 94-95 (mixup_alpha 0.2), 97-98 (groupdro_eta 1e-2), 100-101
 (mmd_gamma 1, CausIRL's too), 110-113 (vrex_lambda 1e1, vrex_penalty_anneal_iters 500), 205-219
 (lr 1e-3, weight decay 0 on small images).
@@ -15,6 +15,9 @@ gives a copy of the plugin's), the ``device`` strings (CPU here), logging beyond
 ``update_count`` is a plain int.
 """
 from __future__ import annotations
+
+import copy
+from itertools import cycle
 
 import numpy as np
 import torch
@@ -394,3 +397,69 @@ class DomainBedSelfReg:
         self.optimizer.step()
 
         return {'loss': loss.item(), 'cls': cl_loss.item()}
+
+
+def split_meta_train_test(minibatches, num_meta_test=1):
+    n_domains = len(minibatches)
+    perm = torch.randperm(n_domains).tolist()
+    pairs = []
+    meta_train = perm[:(n_domains - num_meta_test)]
+    meta_test = perm[-num_meta_test:]
+
+    for i, j in zip(meta_train, cycle(meta_test)):
+        xi, yi = minibatches[i][0], minibatches[i][1]
+        xj, yj = minibatches[j][0], minibatches[j][1]
+
+        min_n = min(len(xi), len(xj))
+        pairs.append(((xi[:min_n], yi[:min_n]), (xj[:min_n], yj[:min_n])))
+
+    return pairs
+
+
+class DomainBedMLDG:
+    def __init__(self, network: nn.Module, mldg_beta: float = 1.0, n_meta_test: int = 2,
+                 lr: float = 1e-3, weight_decay: float = 0.0):
+        self.network, self.beta, self.num_meta_test = network, mldg_beta, n_meta_test
+        self.lr, self.weight_decay = lr, weight_decay
+        self.optimizer = adam(network, lr, weight_decay)
+
+    def update(self, minibatches):
+        num_mb = len(minibatches)
+        objective = 0
+
+        self.optimizer.zero_grad()
+        for p in self.network.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+        for (xi, yi), (xj, yj) in split_meta_train_test(minibatches, self.num_meta_test):
+            inner_net = copy.deepcopy(self.network)
+
+            inner_opt = torch.optim.Adam(inner_net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+            inner_obj = F.cross_entropy(inner_net(xi), yi)
+
+            inner_opt.zero_grad()
+            inner_obj.backward()
+            inner_opt.step()
+
+            for p_tgt, p_src in zip(self.network.parameters(), inner_net.parameters()):
+                if p_src.grad is not None:
+                    p_tgt.grad.data.add_(p_src.grad.data / num_mb)
+
+            objective += inner_obj.item()
+
+            loss_inner_j = F.cross_entropy(inner_net(xj), yj)
+            grad_inner_j = autograd.grad(loss_inner_j, inner_net.parameters(), allow_unused=True)
+
+            objective += (self.beta * loss_inner_j).item()
+
+            for p, g_j in zip(self.network.parameters(), grad_inner_j):
+                if g_j is not None:
+                    p.grad.data.add_(self.beta * g_j.data / num_mb)
+
+        objective /= len(minibatches)
+
+        self.optimizer.step()
+
+        return {'loss': objective}
