@@ -150,6 +150,16 @@ def test_mldg_refuses_a_run_with_no_domain_left_to_meta_train_on(tmp_path):
     assert len(result.records) == 1
 
 
+def test_fish_matches_domainbed_step_for_step():
+    algo = build("fish")
+    reference = domainbed_dg.DomainBedFish(network(algo), 0.5)
+    side_by_side(algo, reference, {"loss": "loss"})
+    ours = torch.nn.Sequential(algo.featurizer, algo.classifier).state_dict()
+    theirs = reference.network.state_dict()
+    for k in ours:
+        torch.testing.assert_close(ours[k].float(), theirs[k].float(), rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_irm_penalty_by_hand():
     """Two samples, logits z and labels y: the penalty is d/dw CE(w z_0, y_0) x d/dw CE(w z_1, y_1)
     at w = 1, and d/dw CE(w z, y) = sum_k softmax(z)_k z_k - z_y."""
@@ -172,14 +182,14 @@ def test_groupdro_keeps_its_domain_weights_in_the_checkpoint():
     assert torch.equal(again.q, algo.q) and len(again.q) == 3
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "mldg"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "mldg", "fish"])
 def test_unsupervised_da_refuses_them(tmp_path, name):
     with pytest.raises(DabenchError, match="domain generalisation method"):
         run(RunConfig(algo=name, src="toy-src", tgt="toy-tgt", out=str(tmp_path)))
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "rsc", "selfreg"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "rsc", "selfreg", "fish"])
 def test_they_train_in_domain_generalisation(tmp_path, name):
     result = run(RunConfig(algo=name, src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=4, eval_every=2,
                            overrides={"batch_size": 8}, out=str(tmp_path)))

@@ -2,22 +2,28 @@
 
 Repository: facebookresearch/DomainBed, commit b93c22a1cfc3b2428398272c1a116c8de1f4139e,
 domainbed/algorithms.py lines 581-634 (``IRM``: ``_irm_penalty``, ``update``, the Adam reset),
-lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 1248-1302 (``RSC``), lines 1417-1503 (``SelfReg``), lines 823-855 (``GroupDRO``), lines 857-970 (``MLDG``), lines
+lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 1248-1302 (``RSC``), lines 1417-1503 (``SelfReg``), lines 823-855 (``GroupDRO``), lines 857-970 (``MLDG``), lines 392-449 (``Fish``; networks.py lines 262-280
+``WholeFish``; lib/misc.py lines 252-286 ``ParamDict``), lines
 2272-2367 (``AbstractCausIRL`` and the ``CausIRL_MMD`` / ``CausIRL_CORAL`` it builds), lines
 107-111 (ERM's Adam, which all of them inherit); domainbed/lib/misc.py lines 180-194
 (``random_pairs_of_minibatches``) and 196-211 (``split_meta_train_test``); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2,
 irm_penalty_anneal_iters 500), 82-84 (rsc drop factors 1/3), 94-95 (mixup_alpha 0.2), 97-98 (groupdro_eta 1e-2), 100-101
 (mmd_gamma 1, CausIRL's too), 110-113 (vrex_lambda 1e1, vrex_penalty_anneal_iters 500), 205-219
-(lr 1e-3, weight decay 0 on small images).
+(lr 1e-3, weight decay 0 on small images), 59-60 (meta_lr 0.5).
 
 Left out: the featurizer and classifier DomainBed builds (handed in as one network: the parity test
 gives a copy of the plugin's), the ``device`` strings (CPU here), logging beyond the losses.
-``update_count`` is a plain int.
+``update_count`` is a plain int. Fish's
+clone is a deep copy of the handed network loaded with its state (WholeFish builds a fresh network
+first, drawing random initial weights it then overwrites: only the random stream differs).
 """
 from __future__ import annotations
 
 import copy
+import operator
+from collections import OrderedDict
 from itertools import cycle
+from numbers import Number
 
 import numpy as np
 import torch
@@ -463,3 +469,67 @@ class DomainBedMLDG:
         self.optimizer.step()
 
         return {'loss': objective}
+
+
+class ParamDict(OrderedDict):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, *kwargs)
+
+    def _prototype(self, other, op):
+        if isinstance(other, Number):
+            return ParamDict({k: op(v, other) for k, v in self.items()})
+        elif isinstance(other, dict):
+            return ParamDict({k: op(self[k], other[k]) for k in self})
+        else:
+            raise NotImplementedError
+
+    def __add__(self, other):
+        return self._prototype(other, operator.add)
+
+    def __rmul__(self, other):
+        return self._prototype(other, operator.mul)
+
+    __mul__ = __rmul__
+
+    def __neg__(self):
+        return ParamDict({k: -v for k, v in self.items()})
+
+    def __rsub__(self, other):
+        return self.__add__(other.__neg__())
+
+    __sub__ = __rsub__
+
+
+class DomainBedFish:
+    def __init__(self, network: nn.Module, meta_lr: float = 0.5):
+        self.network, self.meta_lr = network, meta_lr
+        self.optimizer_inner_state = None
+
+    def create_clone(self):
+        self.network_inner = copy.deepcopy(self.network)
+        self.network_inner.load_state_dict(copy.deepcopy(self.network.state_dict()))
+        self.optimizer_inner = adam(self.network_inner)
+        if self.optimizer_inner_state is not None:
+            self.optimizer_inner.load_state_dict(self.optimizer_inner_state)
+
+    def fish(self, meta_weights, inner_weights, lr_meta):
+        meta_weights = ParamDict(meta_weights)
+        inner_weights = ParamDict(inner_weights)
+        meta_weights += lr_meta * (inner_weights - meta_weights)
+        return meta_weights
+
+    def update(self, minibatches):
+        self.create_clone()
+
+        for x, y in minibatches:
+            loss = F.cross_entropy(self.network_inner(x), y)
+            self.optimizer_inner.zero_grad()
+            loss.backward()
+            self.optimizer_inner.step()
+
+        self.optimizer_inner_state = self.optimizer_inner.state_dict()
+        meta_weights = self.fish(meta_weights=self.network.state_dict(), inner_weights=self.network_inner.state_dict(),
+                                 lr_meta=self.meta_lr)
+        self.network.load_state_dict(copy.deepcopy(meta_weights))
+
+        return {'loss': loss.item()}
