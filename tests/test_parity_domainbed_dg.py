@@ -160,6 +160,46 @@ def test_fish_matches_domainbed_step_for_step():
         torch.testing.assert_close(ours[k].float(), theirs[k].float(), rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_fishr_matches_domainbed_step_for_step():
+    """Crossing the warm-up (weight 0 for 5 steps, then 1000, Adam restarted): per-sample gradients
+    by torch.func against one autograd.grad per sample, the moving averages, the penalty."""
+    algo = build("fishr", penalty_anneal_iters=WARM)
+    reference = domainbed_dg.DomainBedFishr(twin(algo.featurizer), twin(algo.classifier), 3, 1000., WARM, 0.95)
+    logs = side_by_side(algo, reference, {"loss": "loss", "nll": "nll", "penalty": "penalty"})
+    assert all(a["loss"] == pytest.approx(a["nll"], rel=1e-6) for a, _ in logs[:WARM])
+    a = logs[WARM][0]
+    assert a["penalty"] > 0 and a["loss"] == pytest.approx(a["nll"] + 1000 * a["penalty"], rel=1e-5)
+    for d in range(3):  # the moving averages themselves, parameter by parameter
+        theirs = reference.ema_per_domain[d].ema_data
+        torch.testing.assert_close(algo.ema_variances[d], torch.cat([theirs[k].view(-1) for k, _ in algo.classifier.named_parameters()]),
+                                   rtol=1e-5, atol=1e-9)
+
+
+def test_fishr_per_sample_gradients_and_penalty_by_hand():
+    """A linear head: sample i's gradient is (softmax(W z_i + b) - onehot(y_i)) z_i^T for W and the
+    bracket for b. Two domains with variances v and w: each is (v - w) / 2 from their mean, so the
+    penalty is the mean of ((v - w) / 2)^2."""
+    from dabench_plugins.algorithms.fishr import fishr_penalty, per_sample_gradients
+
+    head = torch.nn.Linear(2, 3)
+    z, y = torch.tensor([[1.0, -2.0], [0.5, 3.0]]), torch.tensor([2, 0])
+    rows = per_sample_gradients(head, z, y)
+    for i in range(2):
+        delta = torch.softmax(head(z[i]), 0) - torch.nn.functional.one_hot(y[i], 3)
+        torch.testing.assert_close(rows[i], torch.cat([torch.outer(delta, z[i]).flatten(), delta]))
+    v, w = torch.tensor([1.0, 4.0, 0.0]), torch.tensor([3.0, 0.0, 0.0])
+    assert float(fishr_penalty(torch.stack([v, w]))) == pytest.approx((1 + 4 + 0) / 3)
+
+
+def test_fishr_keeps_its_moving_averages_in_the_checkpoint():
+    algo = build("fishr")
+    for i, b in enumerate(dg_batches(2)):
+        algo.update(b, i)
+    again = build("fishr")
+    again.load_state_dict(algo.state_dict())
+    assert torch.equal(again.ema_variances, algo.ema_variances) and len(again.ema_variances) == 3
+
+
 def test_irm_penalty_by_hand():
     """Two samples, logits z and labels y: the penalty is d/dw CE(w z_0, y_0) x d/dw CE(w z_1, y_1)
     at w = 1, and d/dw CE(w z, y) = sum_k softmax(z)_k z_k - z_y."""
@@ -182,14 +222,14 @@ def test_groupdro_keeps_its_domain_weights_in_the_checkpoint():
     assert torch.equal(again.q, algo.q) and len(again.q) == 3
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "mldg", "fish"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "mldg", "fish", "fishr"])
 def test_unsupervised_da_refuses_them(tmp_path, name):
     with pytest.raises(DabenchError, match="domain generalisation method"):
         run(RunConfig(algo=name, src="toy-src", tgt="toy-tgt", out=str(tmp_path)))
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "rsc", "selfreg", "fish"])
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "rsc", "selfreg", "fish", "fishr"])
 def test_they_train_in_domain_generalisation(tmp_path, name):
     result = run(RunConfig(algo=name, src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=4, eval_every=2,
                            overrides={"batch_size": 8}, out=str(tmp_path)))

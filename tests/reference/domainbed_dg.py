@@ -6,10 +6,12 @@ lines 745-789 (``VREx``), lines 791-820 (``Mixup``), lines 1248-1302 (``RSC``), 
 ``WholeFish``; lib/misc.py lines 252-286 ``ParamDict``), lines
 2272-2367 (``AbstractCausIRL`` and the ``CausIRL_MMD`` / ``CausIRL_CORAL`` it builds), lines
 107-111 (ERM's Adam, which all of them inherit); domainbed/lib/misc.py lines 180-194
-(``random_pairs_of_minibatches``) and 196-211 (``split_meta_train_test``); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2,
+(``random_pairs_of_minibatches``), 196-211 (``split_meta_train_test``), 42-49 (``l2_between_dicts``) and 75-102
+(``MovingAverage``), algorithms.py lines 1571-1699 (``Fishr``); domainbed/hparams_registry.py lines 89-92 (irm_lambda 1e2,
 irm_penalty_anneal_iters 500), 82-84 (rsc drop factors 1/3), 94-95 (mixup_alpha 0.2), 97-98 (groupdro_eta 1e-2), 100-101
 (mmd_gamma 1, CausIRL's too), 110-113 (vrex_lambda 1e1, vrex_penalty_anneal_iters 500), 205-219
-(lr 1e-3, weight decay 0 on small images), 59-60 (meta_lr 0.5).
+(lr 1e-3, weight decay 0 on small images), 59-60 (meta_lr 0.5), 128-131 (Fishr: lambda 1000,
+penalty_anneal_iters 1500, ema 0.95).
 
 Left out: the featurizer and classifier DomainBed builds (handed in as one network: the parity test
 gives a copy of the plugin's), the ``device`` strings (CPU here), logging beyond the losses.
@@ -533,3 +535,146 @@ class DomainBedFish:
         self.network.load_state_dict(copy.deepcopy(meta_weights))
 
         return {'loss': loss.item()}
+
+
+class MovingAverage:
+    def __init__(self, ema, oneminusema_correction=True):
+        self.ema = ema
+        self.ema_data = {}
+        self._updates = 0
+        self._oneminusema_correction = oneminusema_correction
+
+    def update(self, dict_data):
+        ema_dict_data = {}
+        for name, data in dict_data.items():
+            data = data.view(1, -1)
+            if self._updates == 0:
+                previous_data = torch.zeros_like(data)
+            else:
+                previous_data = self.ema_data[name]
+
+            ema_data = self.ema * previous_data + (1 - self.ema) * data
+            if self._oneminusema_correction:
+                ema_dict_data[name] = ema_data / (1 - self.ema)
+            else:
+                ema_dict_data[name] = ema_data
+            self.ema_data[name] = ema_data.clone().detach()
+
+        self._updates += 1
+        return ema_dict_data
+
+
+def l2_between_dicts(dict_1, dict_2):
+    assert len(dict_1) == len(dict_2)
+    dict_1_values = [dict_1[key] for key in sorted(dict_1.keys())]
+    dict_2_values = [dict_2[key] for key in sorted(dict_1.keys())]
+    return (
+        torch.cat(tuple([t.view(-1) for t in dict_1_values])) -
+        torch.cat(tuple([t.view(-1) for t in dict_2_values]))
+    ).pow(2).mean()
+
+
+class DomainBedFishr:
+    """DomainBed's ``Fishr`` (algorithms.py lines 1571-1699). BackPACK's ``BatchGrad`` (the
+    individual gradients of ``CrossEntropyLoss(reduction='none')(...).sum()`` with respect to the
+    classifier's parameters, with create_graph) is replaced by one ``autograd.grad`` per sample
+    with create_graph: the same rows, by the definition of an individual gradient."""
+
+    def __init__(self, featurizer: nn.Module, classifier: nn.Module, num_domains: int, lambda_: float = 1000.,
+                 penalty_anneal_iters: int = 1500, ema: float = 0.95):
+        self.featurizer, self.classifier, self.num_domains = featurizer, classifier, num_domains
+        self.network = nn.Sequential(self.featurizer, self.classifier)
+        self.hparams = {"lambda": lambda_, "penalty_anneal_iters": penalty_anneal_iters, "ema": ema}
+        self.update_count = 0
+        self.bce_extended = nn.CrossEntropyLoss(reduction='none')
+        self.ema_per_domain = [MovingAverage(ema=self.hparams["ema"], oneminusema_correction=True)
+                               for _ in range(self.num_domains)]
+        self._init_optimizer()
+
+    def _init_optimizer(self):
+        self.optimizer = torch.optim.Adam(list(self.featurizer.parameters()) + list(self.classifier.parameters()),
+                                          lr=1e-3, weight_decay=0.)
+
+    def update(self, minibatches):
+        assert len(minibatches) == self.num_domains
+        all_x = torch.cat([x for x, y in minibatches])
+        all_y = torch.cat([y for x, y in minibatches])
+        len_minibatches = [x.shape[0] for x, y in minibatches]
+
+        all_z = self.featurizer(all_x)
+        all_logits = self.classifier(all_z)
+
+        penalty = self.compute_fishr_penalty(all_logits, all_y, len_minibatches)
+        all_nll = F.cross_entropy(all_logits, all_y)
+
+        penalty_weight = 0
+        if self.update_count >= self.hparams["penalty_anneal_iters"]:
+            penalty_weight = self.hparams["lambda"]
+            if self.update_count == self.hparams["penalty_anneal_iters"] != 0:
+                self._init_optimizer()
+        self.update_count += 1
+
+        objective = all_nll + penalty_weight * penalty
+        self.optimizer.zero_grad()
+        objective.backward()
+        self.optimizer.step()
+
+        return {'loss': objective.item(), 'nll': all_nll.item(), 'penalty': penalty.item()}
+
+    def compute_fishr_penalty(self, all_logits, all_y, len_minibatches):
+        dict_grads = self._get_grads(all_logits, all_y)
+        grads_var_per_domain = self._get_grads_var_per_domain(dict_grads, len_minibatches)
+        return self._compute_distance_grads_var(grads_var_per_domain)
+
+    def _get_grads(self, logits, y):
+        self.optimizer.zero_grad()
+        losses = self.bce_extended(logits, y)
+        names, params = zip(*self.classifier.named_parameters())
+        rows = [autograd.grad(losses[i], params, retain_graph=True, create_graph=True) for i in range(len(losses))]
+        dict_grads = OrderedDict(
+            [
+                (name, torch.stack([row[j] for row in rows]).view(len(rows), -1))
+                for j, name in enumerate(names)
+            ]
+        )
+        return dict_grads
+
+    def _get_grads_var_per_domain(self, dict_grads, len_minibatches):
+        grads_var_per_domain = [{} for _ in range(self.num_domains)]
+        for name, _grads in dict_grads.items():
+            all_idx = 0
+            for domain_id, bsize in enumerate(len_minibatches):
+                env_grads = _grads[all_idx:all_idx + bsize]
+                all_idx += bsize
+                env_mean = env_grads.mean(dim=0, keepdim=True)
+                env_grads_centered = env_grads - env_mean
+                grads_var_per_domain[domain_id][name] = (env_grads_centered).pow(2).mean(dim=0)
+
+        for domain_id in range(self.num_domains):
+            grads_var_per_domain[domain_id] = self.ema_per_domain[domain_id].update(
+                grads_var_per_domain[domain_id]
+            )
+
+        return grads_var_per_domain
+
+    def _compute_distance_grads_var(self, grads_var_per_domain):
+        grads_var = OrderedDict(
+            [
+                (
+                    name,
+                    torch.stack(
+                        [
+                            grads_var_per_domain[domain_id][name]
+                            for domain_id in range(self.num_domains)
+                        ],
+                        dim=0
+                    ).mean(dim=0)
+                )
+                for name in grads_var_per_domain[0].keys()
+            ]
+        )
+
+        penalty = 0
+        for domain_id in range(self.num_domains):
+            penalty += l2_between_dicts(grads_var_per_domain[domain_id], grads_var)
+        return penalty / self.num_domains
