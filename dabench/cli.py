@@ -105,6 +105,8 @@ def _run_options(f):
                           "event files in its tensorboard/ (pip install 'dabench[tensorboard]')"),
         click.option("--dev", is_flag=True, help="also score deep embedded validation at every evaluation (classification; "
                      "a domain classifier fitted per evaluation, about 6 CPU-seconds each on digits)"),
+        click.option("--swad", is_flag=True, help="SWAD: average the weights over the valley of the source-validation "
+                     "loss (Cha et al. 2021); the average is the run's last record and its selected model"),
         click.option("--sync-bn", is_flag=True, help="under torchrun (--devices N): batch-norm statistics over every "
                      "process's images, not each process's own"),
         click.option("--compile", is_flag=True, help="torch.compile the networks (worth it on a GPU for long runs; the "
@@ -180,7 +182,7 @@ def _launcher(opts: dict, jobs: int):
 @click.option("--devices", type=int, default=1, show_default=True,
               help="train on N processes (GPUs) with torchrun: the same run, its batches split over them")
 def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
-        image_size, pretrained, channels_last, workers, log, dev, sync_bn, compile, protocol, setting, out, resume,
+        image_size, pretrained, channels_last, workers, log, dev, swad, sync_bn, compile, protocol, setting, out, resume,
         overwrite, devices):
     """Train one algorithm on one source -> target pair and evaluate it."""
     import os
@@ -197,7 +199,7 @@ def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, 
     cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, overrides=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
-                    channels_last=channels_last, workers=workers, log=log, dev=dev, sync_bn=sync_bn, compile=compile, protocol=protocol,
+                    channels_last=channels_last, workers=workers, log=log, dev=dev, swad=swad, sync_bn=sync_bn, compile=compile, protocol=protocol,
                     setting=setting, resume=resume, overwrite=overwrite)
     result = run_api(cfg, reporter=make_reporter(err_console, title=f"{algo} {src} -> {tgt}"))
     if not distributed.is_main():

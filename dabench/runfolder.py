@@ -45,8 +45,8 @@ CACHE = "cache"  # under --out
 
 # The fields that decide the numbers a run produces; their hash names the run folder.
 IDENTITY = ("algo", "src", "tgt", "backbone", "tgt_labeled", "steps", "eval_every", "seed", "hparams",
-            "precision", "image_size", "pretrained", "channels_last", "protocol", "setting")
-DEFAULTS = {"protocol": "dabench", "setting": "uda"}  # identity fields older configs lack, and their values
+            "precision", "image_size", "pretrained", "channels_last", "protocol", "setting", "swad")
+DEFAULTS = {"protocol": "dabench", "setting": "uda", "swad": False}  # identity fields older configs lack, and their values
 
 
 def slug(text: str) -> str:

@@ -33,6 +33,7 @@ from dabench.protocol import SETTINGS, Splits, build_splits, load_domain, resolv
 from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
 from dabench.runfolder import (CACHE, CHECKPOINT, identity_differences, is_done, is_started, mark_done, read_config,
                               run_dir_of, run_records, write_config)
+from dabench.swad import N_TOLERANCE
 from dabench.tasks import CLASSIFICATION, TASKS, task_of
 from dabench.trainer import NullReporter, seed_all, train_and_evaluate
 
@@ -64,6 +65,7 @@ class RunConfig:
     workers: int | None = None  # data-loading processes for file-backed data; None: default_workers
     log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard": also TensorBoard event files
     dev: bool = False  # also score DEV at every evaluation (a domain classifier fitted each time)
+    swad: bool = False  # SWAD: average the weights over the source-validation loss valley (dabench.swad)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over all ranks' images
     compile: bool = False  # torch.compile the networks (same weights and checkpoints; kernels may differ in the last bits)
     resume: bool | str = False  # True: continue an unfinished run; "auto": continue one if present, else start
@@ -373,6 +375,8 @@ def build(cfg: RunConfig) -> Built:
     if (refused := algo_cls.refuses(values, len(sources))) is not None:
         raise DabenchError(f"'{cfg.algo}': {refused}")
     config = _recorded(cfg, src.task, algo_cls, values) | {"regime": regime}
+    if cfg.swad:
+        _check_swad(config)
     factory = backbones.get(Spec.parse(config["backbone"]).name)
     if getattr(factory, "task", "any") not in ("any", src.task):
         raise DabenchError(f"Backbone '{config['backbone']}' is for {factory.task}, but this is a {src.task} pair.")
@@ -398,6 +402,20 @@ def build(cfg: RunConfig) -> Built:
 
     algorithm = build_algorithm(config, src.image_size, device, cfg.pretrained)
     return Built(config, splits, algorithm, device, run_dir)
+
+
+def _check_swad(config: dict[str, Any]) -> None:
+    """SWAD reads the source-validation loss at every evaluation and averages over a window of
+    ``N_TOLERANCE`` of them: refuse a run that has no source validation or too few evaluations."""
+    if config["protocol"] != "dabench":
+        raise DabenchError("--swad finds its averaging window on the source-validation loss, and the 'paper' protocol "
+                           "holds no source validation out. Use --protocol dabench.")
+    steps, every = config["steps"], config["eval_every"]
+    evaluations = -(-steps // every)
+    if evaluations < N_TOLERANCE:
+        raise DabenchError(f"--swad averages over a window of {N_TOLERANCE} evaluations of the source-validation loss; "
+                           f"{steps} steps at --eval-every {every} give {evaluations}. Use --steps {N_TOLERANCE * every} "
+                           f"or more, or --eval-every {steps // N_TOLERANCE} or less.")
 
 
 def _check_split_sizes(splits: Splits, protocol: str, src: str, tgt: str, tgt_has_labels: bool) -> None:
@@ -498,7 +516,7 @@ def _train(cfg: RunConfig, prep: Built, reporter: NullReporter | None, main: boo
         records = train_and_evaluate(prep.algorithm, prep.splits, eval_every=prep.config["eval_every"], seed=cfg.seed,
                       run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
                       resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / CACHE,
-                      data_key=_data_key(config), log=cfg.log, dev=cfg.dev)
+                      data_key=_data_key(config), log=cfg.log, dev=cfg.dev, swad=cfg.swad)
     except BaseException:  # refused, crashed or interrupted
         if main and not (run_dir / CHECKPOINT).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: leave no half-made run behind

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dabench.algorithm import Algorithm, StageContext, TrainData, autocast
 from dabench.layers import upsample
@@ -35,6 +36,7 @@ from dabench.protocol import Splits
 from dabench.runfolder import (CACHE, CHECKPOINT, RESULTS, SELECTED, STEPS, TENSORBOARD, TIMINGS, Scan, append_record,
                               scan_records, write_records)
 from dabench.results.selection import select
+from dabench.swad import BN_STEPS, LossValley, has_batch_norm, recompute_batch_norm
 from dabench.tasks import task_of
 
 EVAL_SPLITS = ("src-val", "tgt-val", "tgt-test")
@@ -51,9 +53,13 @@ class NullReporter:
 
 @torch.no_grad()
 def evaluate(algo: Algorithm, dataset, task: str, num_classes: int, device: torch.device, precision: str,
-             batch_size: int = 256, channels_last: bool = False, workers: int = 0) -> dict:
+             batch_size: int = 256, channels_last: bool = False, workers: int = 0, loss: bool = False) -> dict:
+    """The task's scores of ``algo`` on ``dataset``; ``loss``: also the mean cross-entropy over its
+    labelled images (pixels), as SWAD's validation loss."""
     algo.eval()
     cm = ConfusionMatrix(num_classes, device)
+    ignore = task_of(task).ignore_index
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, labelled count
     rank, size = distributed.world()
     if size > 1:  # sharded: each rank scores every size-th image, the matrices are summed
         dataset = Subset(dataset, range(rank, len(dataset), size))
@@ -66,9 +72,16 @@ def evaluate(algo: Algorithm, dataset, task: str, num_classes: int, device: torc
         if logits.ndim == 4:  # segmentation: score at label resolution
             logits = upsample(logits.float(), y.shape[-2:])
         cm.add(logits.argmax(1), y)
+        if loss:
+            total[0] += F.cross_entropy(logits.float(), y, ignore_index=-100 if ignore is None else ignore, reduction="sum")
+            total[1] += (y != ignore).sum() if ignore is not None else y.numel()
     distributed.sum_(cm.mat)
     algo.train()
-    return cm.summary(task)
+    summary = cm.summary(task)
+    if loss:
+        distributed.sum_(total)
+        summary["loss"] = float(total[0] / total[1].clamp_min(1))
+    return summary
 
 
 def rng_state() -> dict[str, Any]:
@@ -102,12 +115,15 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def save_checkpoint(path: Path, algo: Algorithm, step: int, records: int) -> None:
-    """The training state after ``step``, which follows ``records`` evaluations in results.jsonl."""
+def save_checkpoint(path: Path, algo: Algorithm, step: int, records: int, valley: LossValley | None = None) -> None:
+    """The training state after ``step``, which follows ``records`` evaluations in results.jsonl
+    (with ``--swad``, the averages too)."""
     if not distributed.is_main():
         return  # rank 0 writes the run folder
     state = {"step": step, "records": records, "model": algo.state_dict(), "rng": rng_state(),
              "optims": {k: o.state_dict() for k, o in algo.optims.items()}, "scaler": algo.scaler.state_dict()}
+    if valley is not None:
+        state["swad"] = valley.state_dict()
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill leaves the old checkpoint or the new one, never half of one
@@ -122,12 +138,15 @@ def save_weights(path: Path, algo: Algorithm, step: int, selection: str) -> None
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, algo: Algorithm, device: torch.device) -> tuple[int, int | None]:
-    """Restore the training state; returns (its step, the number of evaluations before it; None for
-    a checkpoint from before dabench counted them)."""
+def load_checkpoint(path: Path, algo: Algorithm, device: torch.device,
+                    valley: LossValley | None = None) -> tuple[int, int | None]:
+    """Restore the training state (and ``valley``'s, with ``--swad``); returns (its step, the number
+    of evaluations before it; None for a checkpoint from before dabench counted them)."""
     state = load_pt(path, "checkpoint", map_location=device)
     try:
         algo.load_state_dict(state["model"])
+        if valley is not None:
+            valley.load_state_dict(state["swad"])
         for k, o in algo.optims.items():
             o.load_state_dict(state["optims"][k])
         if state.get("scaler"):
@@ -162,15 +181,18 @@ def resumed_records(path: Path, start: int, before: int | None) -> list[dict]:
 def train_and_evaluate(algo: Algorithm, splits: Splits, *, eval_every: int, seed: int, run_dir: Path,
         device: torch.device, precision: str = "fp32", channels_last: bool = False, resume: bool = False,
         reporter: NullReporter | None = None, workers: int = 0, cache_dir: Path | None = None,
-        data_key: dict | None = None, log: str = "jsonl", dev: bool = False) -> list[dict]:
+        data_key: dict | None = None, log: str = "jsonl", dev: bool = False, swad: bool = False) -> list[dict]:
     """Train ``algo`` through its stages (one of ``algo.steps`` updates unless it declares more);
     returns every evaluation record of the run. Every step's losses go to ``steps.jsonl`` (and
     to TensorBoard event files under ``tensorboard/`` with ``log="tensorboard"``). ``dev``: also
-    score deep embedded validation at each evaluation (classification)."""
+    score deep embedded validation at each evaluation (classification). ``swad``: average the
+    weights over the source-validation loss valley (``dabench.swad``); the averaged model is scored
+    in a last record (stage ``swad``) and saved as ``selected.pt``."""
     reporter = reporter or NullReporter()
     task = task_of(splits.task)
     ckpt, results = run_dir / CHECKPOINT, run_dir / RESULTS
-    start, before = load_checkpoint(ckpt, algo, device) if resume and ckpt.exists() else (0, 0)
+    valley = LossValley() if swad else None
+    start, before = load_checkpoint(ckpt, algo, device, valley) if resume and ckpt.exists() else (0, 0)
     records = resumed_records(results, start, before)
     main = distributed.is_main()
     if main:
@@ -202,7 +224,7 @@ def train_and_evaluate(algo: Algorithm, splits: Splits, *, eval_every: int, seed
             t_begin = time.perf_counter()
             data = algo.begin_stage(stage, ctx, resumed=first > end - stage.steps)
             if data is None:  # its work is cached: skip its steps
-                save_checkpoint(ckpt, algo, end, len(records))
+                save_checkpoint(ckpt, algo, end, len(records), valley)
                 _log_time(run_dir, stage.name, "cached", 0, time.perf_counter() - t_begin)
                 continue
             prepare_s = time.perf_counter() - t_begin
@@ -237,6 +259,8 @@ def train_and_evaluate(algo: Algorithm, splits: Splits, *, eval_every: int, seed
                         sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
                     reporter.advance(local + 1, losses)
                     step_log.step(step + 1, stage.name, losses)
+                    if valley is not None and stage.evaluate:
+                        valley.observe(list(algo.parameters()), step + 1)
                     if (step + 1) % eval_every and step + 1 != end:
                         continue
                     if stage.evaluate:
@@ -245,7 +269,7 @@ def train_and_evaluate(algo: Algorithm, splits: Splits, *, eval_every: int, seed
                         t_eval = time.perf_counter()
                         for name, ds in evals.items():
                             record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
-                                                    task.eval_batch, channels_last, workers)
+                                                    task.eval_batch, channels_last, workers, loss=valley is not None and name == "src-val")
                         if len(unlabeled):
                             record[labelfree.SPLIT] = labelfree.scores(
                                 algo, unlabeled, splits.task, device, task.eval_batch,
@@ -259,14 +283,46 @@ def train_and_evaluate(algo: Algorithm, splits: Splits, *, eval_every: int, seed
                         reporter.evaluated(record)
                         step_log.evaluated(record)
                         sums, counts = {}, {}
+                        if valley is not None:
+                            valley.evaluated(record["src-val"]["loss"])
                     step_log.flush()  # before the checkpoint: a resume never finds a step the log lacks
-                    save_checkpoint(ckpt, algo, step + 1, len(records))
+                    save_checkpoint(ckpt, algo, step + 1, len(records), valley)
             finally:
                 reporter.stop()
             _log_time(run_dir, stage.name, "prepare", 0, prepare_s)
             _log_time(run_dir, stage.name, "train", end - first, time.perf_counter() - t0 - eval_s)
             _log_time(run_dir, stage.name, "evaluate", 0, eval_s, evaluations=evaluations)
+        if valley is not None and not (records and records[-1].get("stage") == SWAD_STAGE):
+            record = _swad_record(algo, valley, splits, evals, offset, seed, device, precision, channels_last, workers)
+            if main:
+                append_record(results, record)
+                save_weights(run_dir / SELECTED, algo, offset, SWAD_STAGE)
+            records.append(record)
+            step_log.evaluated(record)
         return records
+
+
+SWAD_STAGE = "swad"
+
+
+def _swad_record(algo: Algorithm, valley: LossValley, splits: Splits, evals: dict, end: int, seed: int,
+                 device: torch.device, precision: str, channels_last: bool, workers: int) -> dict:
+    """Load SWAD's average into ``algo`` (batch-norm statistics recomputed over 500 training batches
+    where there are any) and score it: the run's last record."""
+    average, converged = valley.final()
+    with torch.no_grad():
+        for p, mean in zip(algo.parameters(), average.params):
+            p.copy_(mean)
+    if has_batch_norm(algo):
+        src = source_stream(splits.src_train, algo.hp["batch_size"], seed, end, end + BN_STEPS, workers)
+        recompute_batch_norm(algo, (next(src)[0].to(device) for _ in range(BN_STEPS)))
+    record = {"step": end, "stage": SWAD_STAGE,
+              "swad": {"converged": converged, "dead_valley": valley.dead_valley, "start": average.start,
+                       "end": average.end, "n": average.n, "segments": average.parts}}
+    for name, ds in evals.items():
+        record[name] = evaluate(algo, ds, splits.task, len(splits.classes), device, precision,
+                                task_of(splits.task).eval_batch, channels_last, workers)
+    return record
 
 
 class StepLog:

@@ -105,7 +105,8 @@ def variant(run: RunRecords, group: list[RunRecords]) -> tuple:
     peers = [r for r in group if r.config["algo"] == algo]
     keys = sorted({k for r in peers for k in r.config.get("overrides") or []})
     varying = [k for k in keys if len({json.dumps((r.config.get("hparams") or {}).get(k)) for r in peers}) > 1]
-    return tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying)
+    swad = (("swad", True),) if run.config.get("swad") else ()  # the weight average is its own row
+    return tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying) + swad
 
 
 def aggregate(method: Method, key: tuple, runs: list[RunRecords], metric: str, seg: bool, n_classes: int) -> Row:

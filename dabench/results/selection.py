@@ -148,6 +148,8 @@ def without_test(records: Sequence[Mapping]) -> tuple[Mapping, ...]:
 def _pick(method: Method, visible: tuple[Mapping, ...], metric: str) -> int:
     if not visible:
         raise DabenchError("Model selection needs at least one evaluation record; this run has none.")
+    if visible[-1].get("stage") == "swad":
+        return len(visible) - 1  # a --swad run's model is its weight average, whatever the selection
     index = method.index_of(visible, metric)
     if not isinstance(index, int) or not 0 <= index < len(visible):
         raise ValueError(f"selection method '{method.name}' returned {index!r}, not an index below {len(visible)}")
