@@ -11,6 +11,7 @@ from dabench.algorithm import ClassificationAlgorithm
 from dabench.layers import mlp
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform, uniform
+from dabench_plugins.algorithms.jigen import JiGen, jigsaw_loss
 from dabench_plugins.algorithms.rotation import ROTATIONS, Rotation, rotation_loss
 
 
@@ -78,7 +79,9 @@ class DANN(ClassificationAlgorithm):
     (dabench 0.1; kept as an ablation: the reversed gradient then reaches the label head's input).
     ``-H aux=rotation`` adds the rotation-prediction task of the ``rotation`` algorithm (a linear
     head on the feature vector, source and target images, weight ``lambda_rot``, its ``turns``: no
-    180-degree turn on digits), summed into DANN's one step.
+    180-degree turn on digits), summed into DANN's one step. ``-H aux=jigsaw`` adds JiGen's puzzle
+    the same way (``jigen``: 30 tile orders, whole with extra probability 0.7, weight ``lambda_jig``
+    0.9, a linear head on the feature vector, on source and target images).
     """
 
     name = "dann"
@@ -91,10 +94,14 @@ class DANN(ClassificationAlgorithm):
         "domain_head": HParam("paper", None, "where the domain classifier reads: paper (conv features where "
                               "the backbone has them) or features (the backbone's feature vector)",
                               choices=("paper", "features")),
-        "aux": HParam("none", None, "an auxiliary self-supervised task on source and target images: none, or "
-                      "rotation (4-way rotation prediction, as the rotation algorithm)", choices=("none", "rotation")),
+        "aux": HParam("none", None, "an auxiliary self-supervised task on source and target images: none, "
+                      "rotation (4-way rotation prediction, as the rotation algorithm) or jigsaw (JiGen's puzzle)",
+                      choices=("none", "rotation", "jigsaw")),
         "lambda_rot": HParam(1.0, None, "weight of the rotation task when aux=rotation"),
         "turns": Rotation.hparams["turns"],
+        "lambda_jig": HParam(0.9, None, "weight of the jigsaw task when aux=jigsaw (JiGen's jig_weight)"),
+        "jigsaw_classes": JiGen.hparams["jigsaw_classes"],
+        "bias_whole": JiGen.hparams["bias_whole"],
     }
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
@@ -106,6 +113,8 @@ class DANN(ClassificationAlgorithm):
         self.discriminator = mlp([width, self.hp["disc_hidden"], 1])
         if self.hp["aux"] == "rotation":
             self.rotation_head = nn.Linear(backbone.out_features, ROTATIONS)
+        if self.hp["aux"] == "jigsaw":
+            self.jigsaw_head = nn.Linear(backbone.out_features, self.hp["jigsaw_classes"] + 1)
         disc = {id(p) for p in self.discriminator.parameters()}
         rest = [p for p in self.parameters() if id(p) not in disc]
         self.optims["model"] = self.sgd([{"params": rest},
@@ -129,6 +138,10 @@ class DANN(ClassificationAlgorithm):
             rot = rotation_loss(self.featurizer, self.rotation_head, torch.cat([batch.src_x, batch.tgt_x]),
                                 self.hp["turns"])
             loss, logs["rot"] = loss + self.hp["lambda_rot"] * rot, rot.item()
+        if self.hp["aux"] == "jigsaw":
+            jig = jigsaw_loss(self.featurizer, self.jigsaw_head, torch.cat([batch.src_x, batch.tgt_x]),
+                              self.hp["jigsaw_classes"], self.hp["bias_whole"])
+            loss, logs["jig"] = loss + self.hp["lambda_jig"] * jig, jig.item()
         self.optimise(loss, self.optims["model"])
         return logs
 
