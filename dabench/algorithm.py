@@ -196,7 +196,13 @@ class Algorithm(nn.Module):
     @classmethod
     def refuses(cls, hparams: dict[str, Any], sources: int) -> str | None:
         """Why a run with these hyperparameter values and this many source domains cannot train
-        (checked before anything is written: exit 2 with the reason), or None."""
+        (checked before anything is written: exit 2 with the reason), or None. By default a
+        domain-generalisation-only method (``dg_only``: it compares source domains) refuses a
+        single source, whose batches carry one domain label."""
+        if cls.dg_only and sources < 2:
+            return ("it compares the source domains with each other (their risks, features or gradients), and one "
+                    "source gives every image the same domain label: there is nothing to compare. Train on several "
+                    "sources (--src a,b,c), or use erm.")
         return None
 
     @classmethod

@@ -229,6 +229,18 @@ def test_unsupervised_da_refuses_them(tmp_path, name):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-mmd", "fish", "fishr", "mmd"])
+def test_one_source_in_domain_generalisation_is_refused(tmp_path, name):
+    from click.testing import CliRunner
+
+    from dabench.cli import main
+
+    r = CliRunner().invoke(main, ["run", "--algo", name, "--src", "toy-src", "--tgt", "toy-tgt", "--setting", "dg",
+                                  "--steps", "2", "--out", str(tmp_path / "runs")], catch_exceptions=False)
+    assert r.exit_code == 2 and "one source gives every image the same domain label" in " ".join(r.stderr.split())
+    assert "Traceback" not in r.output and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("name", ["irm", "vrex", "groupdro", "mixup", "causirl-coral", "rsc", "selfreg", "fish", "fishr"])
 def test_they_train_in_domain_generalisation(tmp_path, name):
     result = run(RunConfig(algo=name, src="toy-src,toy-mid", tgt="toy-tgt", setting="dg", steps=4, eval_every=2,

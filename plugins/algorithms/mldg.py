@@ -53,6 +53,8 @@ class MLDG(ERM):
 
     @classmethod
     def refuses(cls, hparams: dict, sources: int) -> str | None:
+        if (refused := super().refuses(hparams, sources)) is not None:
+            return refused
         if sources <= hparams["n_meta_test"]:
             return (f"it holds n_meta_test={hparams['n_meta_test']} source domains out as meta-test each step and needs "
                     f"one more to meta-train on; the run has {sources} source domain(s). Add a source (--src a,b,c) "
