@@ -311,10 +311,10 @@ def test_label_free_selection_is_scored_against_the_best_step_oracle(tmp_path):
     assert got["source-val"].rho == pytest.approx(1.0) and got["last"].rho == pytest.approx(1.0)
 
 
-def dg_run(root, src, tgt, records, seed=0):
-    d = root / f"{src}_to_{tgt}" / f"seed{seed}"
+def dg_run(root, src, tgt, records, seed=0, algo="erm"):
+    d = root / f"{src}_to_{tgt}" / algo / f"seed{seed}"
     d.mkdir(parents=True)
-    config = {"algo": "erm", "src": src, "tgt": tgt, "seed": seed, "task": "classification", "metric": "acc",
+    config = {"algo": algo, "src": src, "tgt": tgt, "seed": seed, "task": "classification", "metric": "acc",
               "setting": "dg", "steps": 2, "eval_every": 1, "hparams": {}, "classes": ["0", "1"],
               "sources": src.split(",")}
     (d / "config.json").write_text(json.dumps(config))
@@ -331,3 +331,22 @@ def test_dg_test_domain_validation_is_domainbeds_oracle(tmp_path):
     assert (a.mean, b.mean) == (pytest.approx(30.0), pytest.approx(60.0))  # the last steps, not 80 and 70
     md = render(board, "markdown")
     assert "Selection: test-domain validation as DomainBed's oracle (the last step;" in md
+
+
+def test_dg_tables_rank_the_algorithms_and_compare_each_with_erm(tmp_path):
+    """Held out A and B, two seeds each (target test %): erm 50, 52 | 60, 60; x 60, 62 | 59, 61;
+    y 51, 51 | 40, 42. Column A ranks x 1, erm and y tied at 51 (2.5 each); column B erm and x tied
+    at 60 (1.5 each), y 3: mean ranks erm 2.0, x 1.25, y 2.75. Against ERM with twice the larger
+    std: x +10 in A (beyond 2.83) and 0 in B; y 0 in A and -19 in B (beyond 2.83)."""
+    values = {"erm": ((50, 52), (60, 60)), "x": ((60, 62), (59, 61)), "y": ((51, 51), (40, 42))}
+    for algo, (a, b) in values.items():
+        for seed in range(2):
+            dg_run(tmp_path, "B,C", "A", [rec(1, 0.9, 0.5, a[seed] / 100)], seed, algo)
+            dg_run(tmp_path, "A,C", "B", [rec(1, 0.9, 0.5, b[seed] / 100)], seed, algo)
+    table = next(t for t in leaderboard(tmp_path).dg if t.method.name == "source-val")
+    assert [label for label, _ in table.rows] == ["erm", "x", "y"]
+    assert table.ranks() == [pytest.approx(2.0), pytest.approx(1.25), pytest.approx(2.75)]
+    assert [table.against_erm(cells) for _, cells in table.rows] == ["", "↑1 =1 ↓0", "↑0 =1 ↓1"]
+    md = render(leaderboard(tmp_path), "markdown")
+    assert "| algorithm | A | B | avg | rank | vs erm |" in md and "| 2.75 | ↑0 =1 ↓1 |" in md
+    assert "Rank" in render(leaderboard(tmp_path), "latex")

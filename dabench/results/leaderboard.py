@@ -112,12 +112,42 @@ class DGTable:
     def caption(self) -> str:
         return (f"Selection: {DG_TITLES.get(self.method.name, self.method.title)}. Each column: target-test {self.metric} "
                 "(%) of the domain held out, trained on the others, mean ± std over seeds (n); avg: the mean of the "
-                "columns (– where a column is missing).")
+                "columns (– where a column is missing); rank: the mean over columns of each algorithm's rank in the "
+                "column (1 the best, ties sharing their ranks), DomainBed's average rank; vs erm: in how many "
+                "columns the algorithm is above ERM by more than twice the larger std (↑), inside that spread (=), "
+                "or below it (↓).")
 
     @staticmethod
     def average(cells: list[Row | None]) -> float:
         values = [c.mean if c else math.nan for c in cells]
         return math.nan if any(math.isnan(v) for v in values) else mean(values)
+
+    def ranks(self) -> list[float]:
+        """Each row's mean rank over the columns it has a value in (1: the best mean in the column;
+        tied means share the mean of their ranks)."""
+        per_row: list[list[float]] = [[] for _ in self.rows]
+        for col in range(len(self.columns)):
+            scored = [(cells[col].mean, i) for i, (_, cells) in enumerate(self.rows)
+                      if cells[col] is not None and not math.isnan(cells[col].mean)]
+            for value, i in scored:
+                better = sum(1 for v, _ in scored if v > value)
+                tied = sum(1 for v, _ in scored if v == value)
+                per_row[i].append(better + (tied + 1) / 2)
+        return [mean(r) if r else math.nan for r in per_row]
+
+    def against_erm(self, cells: list[Row | None]) -> str:
+        """``↑a =b ↓c``: columns above ERM beyond twice the larger std, inside it, below it; empty for
+        ERM itself or where the table has no ERM row."""
+        erm = next((c for label, c in self.rows if label == "erm"), None)
+        if erm is None or cells is erm:
+            return ""
+        counts = {"↑": 0, "=": 0, "↓": 0}
+        for mine, base in zip(cells, erm):
+            if mine is None or base is None or math.isnan(mine.mean) or math.isnan(base.mean):
+                continue
+            diff, spread = mine.mean - base.mean, 2 * max(mine.std, base.std)
+            counts["↑" if diff > spread else "↓" if diff < -spread else "="] += 1
+        return " ".join(f"{k}{v}" for k, v in counts.items())
 
 
 @dataclass
@@ -291,6 +321,10 @@ def render(board: Leaderboard, fmt: str) -> str:
     return renderers[fmt](board)
 
 
+def _rank(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.2f}"
+
+
 def _rel(board: Leaderboard, path: Path) -> str:
     return str(path.relative_to(board.root)) if path != board.root else "."
 
@@ -321,9 +355,10 @@ def _markdown(board: Leaderboard) -> str:
             out += [_md_row([r.label, *map(_f, r.iou or []), _f(r.mean), *map(_f, t.subset_means(r))]) for r in t.rows]
         out.append("")
     for t in board.dg:
-        out += [f"## {t.title}", "", t.caption, "", _md_row(["algorithm", *t.columns, "avg"]),
-                "|---|" + "---:|" * (len(t.columns) + 1)]
-        out += [_md_row([label, *(_cell(c) for c in cells), _f(t.average(cells))]) for label, cells in t.rows] + [""]
+        out += [f"## {t.title}", "", t.caption, "", _md_row(["algorithm", *t.columns, "avg", "rank", "vs erm"]),
+                "|---|" + "---:|" * (len(t.columns) + 2) + "---|"]
+        out += [_md_row([label, *(_cell(c) for c in cells), _f(t.average(cells)), _rank(rank), t.against_erm(cells)])
+                for (label, cells), rank in zip(t.rows, t.ranks())] + [""]
     if board.agreement:
         out += [f"## Model selection against {AGREEMENT_ORACLE}", "",
                 "Over each algorithm's runs of a pair (seeds, hyperparameter samples): the Spearman correlation of "
@@ -384,10 +419,11 @@ def _latex(board: Leaderboard) -> str:
                               label + "-iou", ["Algorithm", *map(tex, t.classes), "mIoU", *t.subsets], rows, wide=True)
     for t in board.dg:
         label = "tab:dg-" + "".join(ch if ch.isalnum() else "-" for ch in f"{'-'.join(t.domains)}-{t.method.name}")
-        rows = [[tex(lab), *(_cell(c, "$\\pm$").replace("–", "--") for c in cells), _tex_f(t.average(cells))]
-                for lab, cells in t.rows]
+        rows = [[tex(lab), *(_cell(c, "$\\pm$").replace("–", "--") for c in cells), _tex_f(t.average(cells)), _rank(rank).replace("–", "--"),
+                 tex(t.against_erm(cells)).replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")]
+                for (lab, cells), rank in zip(t.rows, t.ranks())]
         out += _tex_table(f"{tex(t.title)}. {tex(t.caption)}".replace("±", r"$\pm$"), label,
-                          ["Algorithm", *map(tex, t.columns), "Avg"], rows)
+                          ["Algorithm", *map(tex, t.columns), "Avg", "Rank", "vs ERM"], rows)
     if board.agreement:
         rows = [[tex(a.pair).replace("->", r"$\rightarrow$"), tex(a.algo), tex(a.method), str(a.runs),
                  "--" if math.isnan(a.rho) else f"{a.rho:.2f}", _tex_f(a.picked), _tex_f(a.oracle), _tex_f(a.lost)]
