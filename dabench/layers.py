@@ -18,6 +18,12 @@ def pairwise_mean(groups: list[torch.Tensor], term) -> torch.Tensor:
     return sum(term(a, b) for a, b in pairs) / len(pairs)
 
 
+def spectral_penalty(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Batch spectral penalisation (BSP, Chen et al. 2019, eq. 4 with k = 1): the squared largest
+    singular value of the source features plus that of the target features (thuml's ``BSP``)."""
+    return torch.linalg.svdvals(src.flatten(1))[0] ** 2 + torch.linalg.svdvals(tgt.flatten(1))[0] ** 2
+
+
 def upsample(logits: torch.Tensor, size, align_corners: bool = True) -> torch.Tensor:
     """Bilinear resize of (N, K, h, w) logits to ``size`` (H, W); identity when already there.
     Corner-aligned (``align_corners=True``), as the AdaptSegNet, ADVENT and FDA code upsample their

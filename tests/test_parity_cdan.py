@@ -22,16 +22,19 @@ def build(steps: int, regime: str = "digits", **hp):
     return cls(backbone, 10, defaults(cls.space("classification", regime)) | hp, steps)
 
 
-def transcription(algo, method: str) -> ref.DigitTrainer:
+def transcription(algo, method: str, bsp: bool = False) -> ref.DigitTrainer:
     features = nn.Sequential(twin(algo.featurizer), twin(algo.classifier[:-1]))
-    return ref.DigitTrainer(features, twin(algo.classifier[-1]), twin(algo.discriminator), method)
+    return ref.DigitTrainer(features, twin(algo.classifier[-1]), twin(algo.discriminator), method, bsp=bsp)
 
 
-@pytest.mark.parametrize("method", ["CDAN", "CDAN-E"])
+@pytest.mark.parametrize("method", ["CDAN", "CDAN-E", "CDAN+BSP"])
 def test_cdan_matches_the_authors_digit_training_step_for_step(method):
+    """CDAN+BSP: -H bsp=true, the BSP authors' 1e-4 x sigma on the features of the multilinear map
+    (tests/reference/bsp.py), with the adversarial term."""
     steps = 10 * NUM_ITER
-    algo = build(steps, entropy_conditioning=method == "CDAN-E")
-    tr = transcription(algo, method)
+    bsp = method == "CDAN+BSP"
+    algo = build(steps, entropy_conditioning=method == "CDAN-E", bsp=bsp)
+    tr = transcription(algo, "CDAN" if bsp else method, bsp)
     logs = []
     for i, batch in enumerate(digit_batches(steps, batch=16, seed=1)):
         torch.manual_seed(100 + i)  # the discriminator's dropout draws the same masks on both sides
@@ -47,7 +50,7 @@ def test_cdan_matches_the_authors_digit_training_step_for_step(method):
     adversarial = [(a, b) for a, b in logs if "dom" in b]
     assert len(adversarial) == steps - NUM_ITER  # the first epoch trains the classifier alone
     assert all("dom" not in a for a, b in logs if "dom" not in b)
-    assert_losses_match(adversarial, {"dom": "dom", "lambda": "coeff"})
+    assert_losses_match(adversarial, {"dom": "dom", "lambda": "coeff"} | ({"bsp": "bsp"} if bsp else {}))
 
 
 def test_cdan_schedules_match_the_authors_over_a_whole_run():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dabench.algorithm import ClassificationAlgorithm
-from dabench.layers import mlp
+from dabench.layers import mlp, spectral_penalty
 from dabench.data import Batch
 from dabench.hparams import HParam, log_uniform, uniform
 from dabench_plugins.algorithms.jigen import JiGen, jigsaw_loss
@@ -81,7 +81,10 @@ class DANN(ClassificationAlgorithm):
     head on the feature vector, source and target images, weight ``lambda_rot``, its ``turns``: no
     180-degree turn on digits), summed into DANN's one step. ``-H aux=jigsaw`` adds JiGen's puzzle
     the same way (``jigen``: 30 tile orders, whole with extra probability 0.7, weight ``lambda_jig``
-    0.9, a linear head on the feature vector, on source and target images).
+    0.9, a linear head on the feature vector, on source and target images). ``-H bsp=true`` adds
+    batch spectral penalisation (Chen et al., ICML 2019; thuml/Batch-Spectral-Penalization
+    train.py): ``bsp_weight`` (1e-4) x the squared largest singular value of the source and of the
+    target features the domain classifier reads, a plain (not reversed) gradient.
     """
 
     name = "dann"
@@ -102,6 +105,9 @@ class DANN(ClassificationAlgorithm):
         "lambda_jig": HParam(0.9, None, "weight of the jigsaw task when aux=jigsaw (JiGen's jig_weight)"),
         "jigsaw_classes": JiGen.hparams["jigsaw_classes"],
         "bias_whole": JiGen.hparams["bias_whole"],
+        "bsp": HParam(False, None, "BSP: add bsp_weight x the squared top singular values of the source and the "
+                      "target features the domain classifier reads (Chen et al. 2019)"),
+        "bsp_weight": HParam(1e-4, None, "weight of the batch spectral penalty when bsp=true"),
     }
 
     def __init__(self, backbone: nn.Module, num_classes: int, hparams: dict, steps: int):
@@ -134,6 +140,9 @@ class DANN(ClassificationAlgorithm):
         dom = domain_loss(logits[:n_src], logits[n_src:])
         logs = {"cls": cls.item(), "dom": dom.item(), "lambda": lam}
         loss = cls + dom
+        if self.hp["bsp"]:
+            bsp = spectral_penalty(dom_in[:n_src], dom_in[n_src:])
+            loss, logs["bsp"] = loss + self.hp["bsp_weight"] * bsp, bsp.item()
         if self.hp["aux"] == "rotation":
             rot = rotation_loss(self.featurizer, self.rotation_head, torch.cat([batch.src_x, batch.tgt_x]),
                                 self.hp["turns"])

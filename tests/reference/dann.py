@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reference.bsp import BSP
+
 
 def lambda_p(p: float, gamma: float = 10.0) -> float:
     return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
@@ -37,8 +39,10 @@ def mu_p(p: float, mu0: float = 0.01, alpha: float = 10.0, beta: float = 0.75) -
 
 
 class PaperTrainer:
-    def __init__(self, lower: nn.Module, upper: nn.Module, label: nn.Module, domain: nn.Module, steps: int):
+    def __init__(self, lower: nn.Module, upper: nn.Module, label: nn.Module, domain: nn.Module, steps: int,
+                 bsp: bool = False):
         self.lower, self.upper, self.label, self.domain, self.steps = lower, upper, label, domain, steps
+        self.bsp = bsp  # tests/reference/bsp.py: 0.0001 x BSP of the features the domain classifier reads
         self.theta_f = list(lower.parameters()) + list(upper.parameters())
         self.theta_y, self.theta_d = list(label.parameters()), list(domain.parameters())
         self.optimizer = torch.optim.SGD(self.theta_f + self.theta_y + self.theta_d, lr=0.01, momentum=0.9)
@@ -55,12 +59,18 @@ class PaperTrainer:
         l_d = (F.binary_cross_entropy_with_logits(d[: len(xs)], torch.ones(len(xs)))
                + F.binary_cross_entropy_with_logits(d[len(xs):], torch.zeros(len(xt))))
         g_yf = torch.autograd.grad(l_y, self.theta_f + self.theta_y, retain_graph=True)
-        g_df = torch.autograd.grad(l_d, self.theta_f + self.theta_d, allow_unused=True)
+        g_df = torch.autograd.grad(l_d, self.theta_f + self.theta_d, allow_unused=True, retain_graph=self.bsp)
         nf = len(self.theta_f)
         grads = [gy - lam * (gd if gd is not None else 0) for gy, gd in zip(g_yf[:nf], g_df[:nf])]  # eq. 13
+        out = {"cls": l_y.item(), "dom": l_d.item(), "lambda": lam}
+        if self.bsp:  # a plain (not reversed) gradient into the feature extractor
+            sigma = BSP(conv.flatten(1))
+            g_bf = torch.autograd.grad(0.0001 * sigma, self.theta_f, allow_unused=True)
+            grads = [g + (b if b is not None else 0) for g, b in zip(grads, g_bf)]
+            out["bsp"] = sigma.item()
         grads += list(g_yf[nf:])  # eq. 14
         grads += list(g_df[nf:])  # the domain classifier descends its loss
         for param, grad in zip(self.theta_f + self.theta_y + self.theta_d, grads):
             param.grad = grad
         self.optimizer.step()
-        return {"cls": l_y.item(), "dom": l_d.item(), "lambda": lam}
+        return out
