@@ -66,6 +66,19 @@ def test_the_unlabelled_loss_by_hand():
     assert float(keep) == 0.5 and float(loss) == pytest.approx(math.log(2) / 2)
 
 
+def test_every_op_takes_its_whole_magnitude_range():
+    """Each op of the list at its lowest and highest magnitude (the draw is uniform in between): a
+    uint8 image of the same shape comes back (Solarize at 256 leaves the image as PIL does)."""
+    from dabench_plugins.algorithms.fixmatch import FIXMATCH_OPS
+
+    img = (torch.rand(3, 28, 28) * 255).to(torch.uint8)
+    for op, lo, hi in FIXMATCH_OPS:
+        for v in (lo, hi):
+            out = op(img, v)
+            assert out.shape == img.shape and out.dtype == torch.uint8
+    assert torch.equal(FIXMATCH_OPS[11][0](img, 256), img)
+
+
 def test_the_views_keep_shape_and_range_and_differ():
     random.seed(0)
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ FIXMATCH_OPS = [
     (lambda img, v: TF.adjust_sharpness(img, v), 0.05, 0.95),
     (lambda img, v: _shear(img, v if random.random() <= 0.5 else -v, 0), -0.3, 0.3),
     (lambda img, v: _shear(img, v if random.random() <= 0.5 else -v, 1), -0.3, 0.3),
-    (lambda img, v: TF.solarize(img, v), 0, 256),
+    (lambda img, v: TF.solarize(img, v) if v <= 255 else img, 0, 256),  # PIL: a threshold of 256 inverts nothing
     (lambda img, v: TF.affine(img, angle=0.0, translate=[round((v if random.random() <= 0.5 else -v) * img.shape[-1]), 0],
                               scale=1.0, shear=[0.0, 0.0]), -0.3, 0.3),
     (lambda img, v: TF.affine(img, angle=0.0, translate=[0, round((v if random.random() <= 0.5 else -v) * img.shape[-2])],
