@@ -324,7 +324,8 @@ def _defaults_text(algo_cls, task: str, name_task: bool) -> str:
 @click.option("--src", default=None, help="source domain (several: a,b,c); not with --dg")
 @click.option("--tgt", default=None, help="target domain; not with --dg")
 @click.option("--dg", default=None, help="domain generalisation, leave one domain out: a group (see 'dabench list "
-              "groups', e.g. digits4) or a list a,b,c; each domain is held out in turn, the others train")
+              "groups', e.g. digits4) or a list a,b,c; each domain is held out in turn, the others train (with "
+              "--setting uda: multi-source DA, the held-out domain's unlabelled images in training)")
 @click.option("--lodo", is_flag=True, help="with --dg: also the runs leave-one-domain-out model selection validates "
               "with (each held-out domain x each other domain as validation: n^2 runs per config instead of n)")
 @click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
@@ -339,9 +340,14 @@ def sweep(algos, src, tgt, dg, lodo, seeds, tgt_labeled, hparam_samples, out, jo
     """Run every algorithm x budget x seed x hyperparameter sample; skip finished runs."""
     if dg is not None:
         given = click.get_current_context().get_parameter_source("setting") == click.core.ParameterSource.COMMANDLINE
-        if src or tgt or tgt_labeled != "0" or (given and run_options["setting"] != "dg"):
-            raise DabenchError("--dg holds each domain of the group out in turn (no target image in training): give it "
-                               "without --src, --tgt, --tgt-labeled and --setting.")
+        if src or tgt or tgt_labeled != "0":
+            raise DabenchError("--dg holds each domain of the group out in turn and trains on the others: give it "
+                               "without --src, --tgt and --tgt-labeled.")
+        if not given:
+            run_options["setting"] = "dg"  # --setting uda: multi-source DA, each held-out domain the target
+        elif lodo and run_options["setting"] == "uda":
+            raise DabenchError("--lodo is domain generalisation's leave-one-domain-out selection; with --setting uda "
+                               "the target's own unlabelled images are in training. Drop --lodo or --setting uda.")
         from dabench.sweeping.sweep import group_members
 
         dg = group_members(dg)
@@ -385,7 +391,7 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
     base = RunConfig(algo="", src=src, tgt=tgt, overrides=_parse_h(options.pop("hparam")), out=out, **options)
     algo_list = [a.strip() for a in algos.split(",") if a.strip()]
     if dg:
-        configs, notes = plan_dg(algo_list, seed_list, hparam_samples, base, dg, lodo)
+        configs, notes = plan_dg(algo_list, seed_list, hparam_samples, base, dg, lodo, base.setting)
     else:
         configs, notes = plan(algo_list, seed_list, budgets, hparam_samples, base)
     if not configs:

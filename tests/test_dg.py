@@ -229,6 +229,8 @@ def test_plan_dg_holds_each_domain_out_and_lodo_adds_the_validation_runs():
     configs, _ = plan_dg(["erm", "coral"], [0, 1], 1, base, ("a", "b", "c"), lodo=True)
     pairs = {(c.src, c.tgt) for c in configs}
     assert len(configs) == 2 * 2 * 9 and {("c", "b"), ("b", "c"), ("c", "a"), ("a", "c"), ("b", "a"), ("a", "b")} < pairs
+    configs, _ = plan_dg(["m3sda"], [0], 1, base, ("a", "b", "c"), setting="uda")  # multi-source DA
+    assert [(c.src, c.tgt, c.setting) for c in configs] == [("b,c", "a", "uda"), ("a,c", "b", "uda"), ("a,b", "c", "uda")]
     configs, notes = plan_dg(["erm"], [0], 1, base, ("digits-m", "uci-digits", "syndigits"))
     assert ("syndigits", "uci-digits") in {(c.src, c.tgt) for c in configs}  # digits-m is uci-digits recoloured
     assert any("digits-m left out" in n for n in notes)
@@ -318,6 +320,21 @@ def test_dg_sweep_from_the_cli_and_its_leaderboard(tmp_path):
     assert not empty.exists()
     listed = CliRunner().invoke(main, ["list", "groups"])
     assert "digits4" in listed.output and "mnistm5k" in listed.output
+
+
+def test_a_multi_source_da_sweep_holds_each_domain_out_as_the_target(tmp_path):
+    """--dg GROUP --setting uda: each domain in turn is the target (its unlabelled images in
+    training), the others the sources; the leaderboard has a multi-source table, a column per target."""
+    args = ["sweep", "--algos", "m3sda", "--dg", "toy-src,toy-mid,toy-tgt", "--setting", "uda", "--seeds", "1",
+            "--steps", "2", "--eval-every", "2", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    board = leaderboard(tmp_path)
+    table = next(t for t in board.dg if t.method.name == "source-val")
+    assert table.setting == "uda" and table.title.startswith("Multi-source DA") and len(table.columns) == 3
+    assert all(c is not None for _, cells in table.rows for c in cells)
+    refused = CliRunner().invoke(main, [*args, "--lodo"])
+    assert refused.exit_code == 2 and "Drop --lodo or --setting uda" in " ".join(refused.output.split())
 
 
 def test_the_python_api_takes_several_sources_and_the_dg_setting(tmp_path):

@@ -102,11 +102,13 @@ class DGTable:
     rows: list[tuple[str, list[Row | None]]]  # (label, one cell per column; None: not run)
     columns: list[str]  # the domains some run held out
     protocol: str = "dabench"
+    setting: str = "dg"  # "uda": multi-source DA, each column's domain the target (its unlabelled images seen)
 
     @property
     def title(self) -> str:
         oracle = " (oracle: uses target labels)" if self.method.oracle else ""
-        return f"Domain generalisation, {', '.join(self.domains)} · {self.method.name}{oracle}"
+        kind = "Domain generalisation" if self.setting == "dg" else "Multi-source DA"
+        return f"{kind}, {', '.join(self.domains)} · {self.method.name}{oracle}"
 
     @property
     def caption(self) -> str:
@@ -213,7 +215,9 @@ def leaderboard(path: str | Path) -> Leaderboard:
         raise DabenchError(f"{root} holds no runs: found no config.json under it. Expected {hint}.")
     runs, incomplete, skipped = read_runs(cfg.parent for cfg in configs)
     da = [r for r in runs if not is_dg(r)]
-    return Leaderboard(root, _tables(da), incomplete, skipped, agreement(da), dg_tables([r for r in runs if is_dg(r)]))
+    multi = [r for r in da if len(sources(r)) > 1]  # also in their pair's table
+    return Leaderboard(root, _tables(da), incomplete, skipped, agreement(da),
+                       dg_tables([r for r in runs if is_dg(r)]) + dg_tables(multi, setting="uda"))
 
 
 def is_dg(run: RunRecords) -> bool:
@@ -253,8 +257,9 @@ def with_lodo(run: RunRecords, pool: list[RunRecords]) -> RunRecords | None:
     return dataclasses.replace(run, records=records)
 
 
-def dg_tables(runs: list[RunRecords]) -> list[DGTable]:
-    """One table per domain group and selection method. A group is the set of domains of a run
+def dg_tables(runs: list[RunRecords], setting: str = "dg") -> list[DGTable]:
+    """One table per domain group and selection method (``setting`` "uda": multi-source DA runs,
+    each column a target trained towards from the other domains). A group is the set of domains of a run
     (its sources and its held-out target) not contained in another run's set: runs trained on
     fewer domains of a group are the validation runs of leave-one-domain-out selection."""
     sets: dict[tuple, list[RunRecords]] = defaultdict(list)
@@ -278,7 +283,7 @@ def dg_tables(runs: list[RunRecords]) -> list[DGTable]:
                                                if these.get((algo, var, t)) else None for t in columns])
                     for algo, var in keys]
             if any(c for _, row in rows for c in row):
-                tables.append(DGTable(sorted(domains), task, metric, method, rows, columns, protocol))
+                tables.append(DGTable(sorted(domains), task, metric, method, rows, columns, protocol, setting))
     return tables
 
 

@@ -70,8 +70,9 @@ def group_members(text: str) -> tuple[str, ...]:
 
 
 def plan_dg(algos: list[str], seeds: list[int], hparam_samples: int, base: RunConfig, members: tuple[str, ...],
-            lodo: bool = False) -> tuple[list[RunConfig], list[str]]:
-    """Leave-one-domain-out: each member held out in turn (``--setting dg``), training on the
+            lodo: bool = False, setting: str = "dg") -> tuple[list[RunConfig], list[str]]:
+    """Leave-one-domain-out: each member held out in turn (``--setting dg``; ``setting="uda"``:
+    multi-source DA, the held-out member the target whose unlabelled images train), training on the
     others. ``lodo``: also the runs DomainBed's leave-one-domain-out selection validates with:
     for held-out t and each other domain v, a run trained on the rest and tested on v. Sources
     that hold a held-out domain's images (``registry.shared_images``) are left out of its runs."""
@@ -89,7 +90,7 @@ def plan_dg(algos: list[str], seeds: list[int], hparam_samples: int, base: RunCo
         if (tuple(sources), tgt) in seen:
             continue
         seen.add((tuple(sources), tgt))
-        cfg = dataclasses.replace(base, src=",".join(sources), tgt=tgt, setting="dg")
+        cfg = dataclasses.replace(base, src=",".join(sources), tgt=tgt, setting=setting)
         more, more_notes = plan(algos, seeds, [0], hparam_samples, cfg)
         configs += more
         notes += more_notes
