@@ -168,10 +168,14 @@ def _launcher(opts: dict, jobs: int):
 
 
 @main.command()
-@click.option("--algo", required=True, help="algorithm name (see: dabench list algorithms)")
-@click.option("--src", required=True, help="source domain, e.g. syndigits, folder:PATH; several: a,b,c (one "
+@click.option("--algo", default=None, help="algorithm name (see: dabench list algorithms)")
+@click.option("--src", default=None, help="source domain, e.g. syndigits, folder:PATH; several: a,b,c (one "
               "minibatch of each per step)")
-@click.option("--tgt", required=True, help="target domain, e.g. uci-digits, office31:webcam")
+@click.option("--tgt", default=None, help="target domain, e.g. uci-digits, office31:webcam")
+@click.option("--from", "from_run", type=click.Path(), default=None,
+              help="repeat a recorded run: its folder (or config.json); same options, hyperparameters and seed, in a "
+                   "run folder under --out; only --out, --data-root, --device, --workers, --log, --resume, --overwrite "
+                   "may be given with it")
 @click.option("--tgt-labeled", default="0", show_default=True,
               help="labelled target images for semi-/supervised DA: a number, or 'all'")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -181,22 +185,38 @@ def _launcher(opts: dict, jobs: int):
 @click.option("--overwrite", is_flag=True, help="delete an existing run of this config and start again")
 @click.option("--devices", type=int, default=1, show_default=True,
               help="train on N processes (GPUs) with torchrun: the same run, its batches split over them")
-def run(algo, src, tgt, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
+def run(algo, src, tgt, from_run, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
         image_size, pretrained, channels_last, workers, log, dev, swad, sync_bn, compile, protocol, setting, out, resume,
         overwrite, devices):
-    """Train one algorithm on one source -> target pair and evaluate it."""
+    """Train one algorithm on one source -> target pair and evaluate it (or repeat a recorded run: --from)."""
     import os
 
     from dabench import distributed
     from dabench.progress import make_reporter
-    from dabench.runner import RunConfig, run as run_api
+    from dabench.runner import RunConfig, from_record, run as run_api
 
     if devices < 1:
         raise DabenchError(f"--devices must be 1 or more, got {devices}.")
+    if from_run is not None:
+        ctx = click.get_current_context()
+        machine = {"from_run", "out", "data_root", "device", "workers", "log", "resume", "overwrite", "devices"}
+        typed = sorted(n for n in ctx.params if n not in machine
+                       and ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE)
+        if typed:
+            raise DabenchError(f"--from repeats the recorded run with its own options; {', '.join('--' + n.replace('_', '-') for n in typed)} "
+                               "would change it. Give only --out, --data-root, --device, --workers, --log, --resume or "
+                               "--overwrite with --from, or start a new run without --from.")
+        cfg, notes = from_record(from_run, out=out, data_root=data_root, device=device, workers=workers, log=log,
+                                 resume=resume, overwrite=overwrite)
+        for note in notes:
+            err_console.print(f"[yellow]warning:[/] {note}.", soft_wrap=True)
+        algo, src, tgt = cfg.algo, cfg.src, cfg.tgt
+    elif not (algo and src and tgt):
+        raise DabenchError("Give --algo, --src and --tgt (see: dabench list), or --from RUN_FOLDER to repeat a run.")
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         _torchrun(devices)
 
-    cfg = RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
+    cfg = cfg if from_run is not None else RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,
                     eval_every=eval_every, seed=seed, overrides=_parse_h(hparam), data_root=data_root, out=out,
                     device=device, precision=precision, image_size=image_size, pretrained=pretrained,
                     channels_last=channels_last, workers=workers, log=log, dev=dev, swad=swad, sync_bn=sync_bn, compile=compile, protocol=protocol,

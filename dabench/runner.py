@@ -202,6 +202,55 @@ def compile_networks(module: torch.nn.Module) -> None:
             child.compile()
 
 
+# The options a run folder records that make it that run (config.json keys = RunConfig fields).
+REPLAYED = ("algo", "src", "tgt", "backbone", "tgt_labeled", "steps", "eval_every", "seed", "hparam_index",
+            "precision", "image_size", "pretrained", "channels_last", "protocol", "setting", "swad", "compile", "sync_bn")
+
+
+def from_record(path: str | Path, **options) -> tuple[RunConfig, list[str]]:
+    """The ``RunConfig`` of a recorded run (a run folder, or its config.json): the same options,
+    hyperparameter values and seed; ``options`` (out, device, data_root, workers, log, resume,
+    overwrite) are this machine's. Returns it with one sentence per way this machine differs from
+    the recording one (threads, package versions, git revision), where the numbers may then differ.
+    The file is read as data (JSON), never executed."""
+    path = Path(path)
+    run_dir = path.parent if path.name == "config.json" else path
+    if not (run_dir / "config.json").is_file():
+        raise DabenchError(f"--from {path}: no config.json there, so it is not a run folder. Give a folder dabench run "
+                           "made (it holds config.json and results.jsonl) or its config.json.")
+    recorded = read_config(run_dir)
+    missing = [k for k in ("algo", "src", "tgt", "seed", "steps", "hparams") if k not in recorded]
+    if missing:
+        raise DabenchError(f"--from {path}: its config.json lacks {', '.join(missing)}; it was not written by dabench "
+                           "run. Give a run folder.")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    kwargs = {k: recorded[k] for k in REPLAYED if k in recorded and k in fields}
+    algo_cls = algorithms.get(str(recorded["algo"]))  # unknown: exit 2 naming the algorithms there are
+    task, regime = recorded.get("task", CLASSIFICATION), recorded.get("regime")
+    space = algo_cls.space(task, regime)
+    values = recorded["hparams"] if isinstance(recorded["hparams"], dict) else {}
+    gone = sorted(set(values) - set(space))
+    if gone:
+        raise DabenchError(f"--from {path}: the run used hyperparameters this dabench's '{recorded['algo']}' no longer "
+                           f"has: {', '.join(gone)} (recorded by dabench {(recorded.get('versions') or {}).get('dabench')}). "
+                           "Install that version to repeat it, or start a new run.")
+    defaults = hp.defaults(space)
+    given = set(recorded.get("overrides") or [])
+    kwargs["overrides"] = {k: v for k, v in values.items() if k in given or v != defaults.get(k)}
+    cfg = RunConfig(**kwargs, **options)
+    notes = []
+    now = environment()
+    if recorded.get("torch_threads") not in (None, now["torch_threads"]):
+        notes.append(f"it ran with {recorded['torch_threads']} torch threads, this machine uses {now['torch_threads']}: "
+                     "CPU sums split by thread, so the numbers may differ in their last digits and, through training, more")
+    for pkg, version in sorted((recorded.get("versions") or {}).items()):
+        if version != now["versions"].get(pkg):
+            notes.append(f"it ran with {pkg} {version}, this machine has {now['versions'].get(pkg)}: the numbers may differ")
+    if recorded.get("git") and recorded.get("git") != now["git"]:
+        notes.append(f"it ran at git revision {recorded['git']}, this code is at {now['git']}: the numbers may differ")
+    return cfg, notes
+
+
 def _config_dict(cfg: RunConfig) -> dict[str, Any]:
     """The config's fields, shallow (a ``Domain`` given as src or tgt stays one object)."""
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"overrides": dict(cfg.overrides)}
