@@ -31,7 +31,7 @@ from dabench.errors import DabenchError
 from dabench.files import RunLock, writable_folder
 from dabench.protocol import SETTINGS, Splits, build_splits, load_domain, resolve_data_root, split_rules
 from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
-from dabench.runfolder import (CACHE, CHECKPOINT, identity_differences, is_done, is_started, mark_done, read_config,
+from dabench.runfolder import (CACHE, CHECKPOINT, CONFIG, identity_differences, is_done, is_started, mark_done, read_config,
                               run_dir_of, run_records, write_config)
 from dabench.swad import N_TOLERANCE
 from dabench.tasks import CLASSIFICATION, TASKS, task_of
@@ -214,8 +214,8 @@ def from_record(path: str | Path, **options) -> tuple[RunConfig, list[str]]:
     the recording one (threads, package versions, git revision), where the numbers may then differ.
     The file is read as data (JSON), never executed."""
     path = Path(path)
-    run_dir = path.parent if path.name == "config.json" else path
-    if not (run_dir / "config.json").is_file():
+    run_dir = path.parent if path.name == CONFIG else path
+    if not (run_dir / CONFIG).is_file():
         raise DabenchError(f"--from {path}: no config.json there, so it is not a run folder. Give a folder dabench run "
                            "made (it holds config.json and results.jsonl) or its config.json.")
     recorded = read_config(run_dir)
