@@ -295,7 +295,7 @@ def test_dg_tables_per_held_out_domain_with_training_domain_and_leave_one_domain
     assert a.mean == pytest.approx(70.0)  # (0.6 + 0.5) / 2 at step 2 beats (0.3 + 0.4) / 2 at step 1
     assert b is None  # held out B has no validation runs: no LODO cell, and no average
     text = render(board, "markdown")
-    assert "## Domain generalisation, A, B, C · lodo" in text and "| erm | 70.0 ± 0.0 (1) | – | – |" in text
+    assert "## Domain generalisation, A, B, C · lodo" in text and "| erm | 70.0 (1) | – | – |" in text
     assert "training-domain validation" in text
     assert "B,C -> A (dg)" in render(board, "csv") and r"\pm" in render(board, "latex")
 

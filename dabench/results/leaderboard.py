@@ -117,7 +117,7 @@ class DGTable:
                 "columns (– where a column is missing); rank: the mean over columns of each algorithm's rank in the "
                 "column (1 the best, ties sharing their ranks), DomainBed's average rank; vs erm: in how many "
                 "columns the algorithm is above ERM by more than twice the larger std (↑), inside that spread (=), "
-                "or below it (↓).")
+                "or below it (↓); a one-seed cell has no spread of its own, so ERM's alone counts.")
 
     @staticmethod
     def average(cells: list[Row | None]) -> float:
@@ -338,6 +338,8 @@ def _cell(row: Row | None, pm: str = "±") -> str:
     """A DG cell: mean ± std over seeds (n), or – where the held-out domain was not run."""
     if row is None or math.isnan(row.mean):
         return "–"
+    if row.n == 1:  # one seed has no spread to show
+        return f"{_f(row.mean)} (1)"
     return f"{_f(row.mean)} {pm} {_f(row.std)} ({row.n})"
 
 
