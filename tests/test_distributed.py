@@ -35,6 +35,7 @@ def scores(records: list[dict]) -> list:
     return [(r["step"], r["src-val"], r["tgt-val"], r["tgt-test"]) for r in records]
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_at_the_same_global_batch(tmp_path):
     dabench(*RUN, "--steps", "30", "--out", str(tmp_path / "one"))
     dabench(*RUN, "--steps", "30", "--devices", "2", "--out", str(tmp_path / "two"))
@@ -47,6 +48,7 @@ def test_two_processes_follow_one_at_the_same_global_batch(tmp_path):
     assert json.loads(config.read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_a_two_process_segmentation_run_finishes(tmp_path):
     dabench("--algo", "adaptsegnet", "--src", "streets-sim:40", "--tgt", "streets-real:40", "--backbone",
             "deeplabv2:resnet18", "--image-size", "32", "--steps", "4", "--eval-every", "2", "-H", "batch_size=2",
@@ -67,6 +69,7 @@ def survivors(marker: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_only_the_parent_of_a_two_process_run_leaves_no_worker_and_it_resumes_exactly(tmp_path):
     """SIGKILL to `dabench run --devices 2` alone (not its process group): torchrun's agent and both
@@ -98,6 +101,7 @@ def test_killing_only_the_parent_of_a_two_process_run_leaves_no_worker_and_it_re
     assert lines(tmp_path / "killed", "steps.jsonl") == lines(tmp_path / "full", "steps.jsonl")
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "dabench", "run", *RUN[:-2], "-H", "batch_size=33", "--steps", "4",

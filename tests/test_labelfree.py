@@ -91,6 +91,7 @@ def test_a_run_records_the_scores_and_trains_as_without_them(tmp_path, monkeypat
     assert [r["tgt-test"] for r in scored.records] == [r["tgt-test"] for r in plain.records]
 
 
+@pytest.mark.slow
 def test_a_run_with_dev_scores_it_with_a_classifier_trained_on_its_source_train_images(tmp_path, monkeypatch):
     seen = []
 

@@ -23,6 +23,7 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["submitit", "ray"])
 def test_a_sweep_runs_skips_when_resubmitted_and_reports_a_failure(tmp_path, launcher):
     pytest.importorskip(launcher)

@@ -105,6 +105,7 @@ def run_both(algo, tr, data, augment=None, seed=1234):
     return logs
 
 
+@pytest.mark.slow
 def test_adaptation_matches_the_papers_loss_and_adaptsegnets_iteration_step_for_step():
     algo = build()
     logs = run_both(algo, transcription(algo), batches(STEPS))

@@ -3,6 +3,8 @@ points, listed and run with no change to dabench: the code and entry points are 
 CONTRIBUTING.md itself, so the page cannot drift from what works."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 import shlex
@@ -37,6 +39,7 @@ def dabench(args, root, cwd):
     return subprocess.run([sys.executable, "-m", "dabench", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_plugin_of_contributing_md_is_listed_and_runs(tmp_path):
     make_distribution(tmp_path)
     listed = dabench(["list"], tmp_path, tmp_path)
