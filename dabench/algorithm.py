@@ -7,6 +7,8 @@ schedules are functions of ``step`` so that a resumed run needs no scheduler sta
 """
 from __future__ import annotations
 
+import math
+
 import contextlib
 import warnings
 from dataclasses import dataclass, field
@@ -280,6 +282,14 @@ class ClassificationAlgorithm(Algorithm):
         for optim in self.optims.values():
             for group in optim.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
+
+    def cosine(self, step: int) -> None:
+        """Every optimiser at lr (1 + cos(pi step / steps)) / 2: cosine annealing to 0 over the run
+        (Dassl's schedule, stepped per iteration)."""
+        lr = self.hp["lr"] * (1 + math.cos(math.pi * step / self.steps)) / 2
+        for optim in self.optims.values():
+            for group in optim.param_groups:
+                group["lr"] = lr
 
     def inv(self, step: int, optims=None, gamma: float = 0.001, power: float = 0.75) -> None:
         """The "inv" rate of the thuml code (CDAN, MCC, TLlib): lr_0 (1 + gamma i) ** -power at

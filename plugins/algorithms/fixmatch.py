@@ -132,9 +132,7 @@ class FixMatch(ClassificationAlgorithm):
         return weak(x), strong(x, self.hp["n_ops"]), weak(batch.tgt_x), strong(batch.tgt_x, self.hp["n_ops"])
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
-        lr = self.hp["lr"] * (1 + math.cos(math.pi * step / self.steps)) / 2
-        for group in self.optims["model"].param_groups:
-            group["lr"] = lr
+        self.cosine(step)
         _, y = batch.labeled_sources()
         x_w, x_s, u_w, u_s = self.views(batch)
         with torch.no_grad():

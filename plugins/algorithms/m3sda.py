@@ -2,8 +2,6 @@
 of classifiers per source trained as MCD trains its two."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +9,7 @@ from torch import nn
 from dabench.algorithm import ClassificationAlgorithm
 from dabench.data import Batch, by_domain
 from dabench.hparams import HParam, log_uniform
+from dabench_plugins.algorithms.mcd import discrepancy
 
 
 def moment_distance(sources: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -88,10 +87,7 @@ class M3SDA(ClassificationAlgorithm):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         xs, ys = by_domain(batch.src_x, batch.src_domain), by_domain(batch.src_y, batch.src_domain)
         self._ensure_pairs(len(xs))
-        lr = self.hp["lr"] * (1 + math.cos(math.pi * step / self.steps)) / 2
-        for optim in self.optims.values():
-            for group in optim.param_groups:
-                group["lr"] = lr
+        self.cosine(step)
         n = len(xs)
         # A
         feats = [self.featurizer(x) for x in xs]
@@ -103,19 +99,15 @@ class M3SDA(ClassificationAlgorithm):
             feat_u = self.featurizer(batch.tgt_x)
             feats = [self.featurizer(x) for x in xs]
         loss_x = sum(F.cross_entropy(c1(f), y) + F.cross_entropy(c2(f), y) for f, y, (c1, c2) in zip(feats, ys, self.pairs)) / n
-        dis = sum(self.discrepancy(c1, c2, feat_u) for c1, c2 in self.pairs) / n
+        dis = sum(discrepancy(c1(feat_u), c2(feat_u)) for c1, c2 in self.pairs) / n
         loss_b = loss_x - dis
         self.optimise(loss_b, self.optims["c"])
         # C
         for _ in range(self.hp["n_step_f"]):
             feat_u = self.featurizer(batch.tgt_x)
-            loss_c = sum(self.discrepancy(c1, c2, feat_u) for c1, c2 in self.pairs) / n
+            loss_c = sum(discrepancy(c1(feat_u), c2(feat_u)) for c1, c2 in self.pairs) / n
             self.optimise(loss_c, self.optims["f"])
         return {"step_a": loss_a.item(), "step_b": loss_b.item(), "step_c": loss_c.item()}
-
-    @staticmethod
-    def discrepancy(c1: nn.Module, c2: nn.Module, feats: torch.Tensor) -> torch.Tensor:
-        return (F.softmax(c1(feats), 1) - F.softmax(c2(feats), 1)).abs().mean()
 
     def predict(self, x):
         """The log of Dassl's ``model_inference`` (the mean of the sources' first-classifier softmax):

@@ -155,9 +155,14 @@ class DAN(ClassificationAlgorithm):
         width = self.hp["bottleneck_dim"]
         self.bottleneck = nn.Sequential(nn.Linear(backbone.out_features, width), nn.ReLU(), nn.Dropout(0.5))
         self.head = nn.Linear(width, num_classes)
+        self.optims["model"] = self.tllib_sgd()
+
+    def tllib_sgd(self) -> torch.optim.SGD:
+        """TLlib's SGD over ``get_parameters()``: Nesterov momentum 0.9, the backbone at
+        ``backbone_lr_mult`` x lr, the bottleneck and head at lr."""
         lr = self.hp["lr"]
-        self.optims["model"] = torch.optim.SGD(
-            [{"params": list(backbone.parameters()), "lr": lr * self.hp["backbone_lr_mult"]},
+        return torch.optim.SGD(
+            [{"params": list(self.featurizer.parameters()), "lr": lr * self.hp["backbone_lr_mult"]},
              {"params": list(self.bottleneck.parameters()), "lr": lr},
              {"params": list(self.head.parameters()), "lr": lr}],
             lr=lr, momentum=0.9, weight_decay=self.hp["weight_decay"], nesterov=True)
@@ -292,12 +297,7 @@ class JAN(DAN):
         width = self.hp["bottleneck_dim"]
         self.bottleneck = nn.Sequential(nn.Linear(backbone.out_features, width), nn.BatchNorm1d(width), nn.ReLU(),
                                         nn.Dropout(0.5))
-        lr = self.hp["lr"]
-        self.optims["model"] = torch.optim.SGD(
-            [{"params": list(backbone.parameters()), "lr": lr * self.hp["backbone_lr_mult"]},
-             {"params": list(self.bottleneck.parameters()), "lr": lr},
-             {"params": list(self.head.parameters()), "lr": lr}],
-            lr=lr, momentum=0.9, weight_decay=self.hp["weight_decay"], nesterov=True)
+        self.optims["model"] = self.tllib_sgd()
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         self.schedule(step)

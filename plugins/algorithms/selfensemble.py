@@ -101,7 +101,6 @@ class SelfEnsembling(ClassificationAlgorithm):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         _, y = batch.labeled_sources()
         x_src, x_stu, x_tea = self.views(batch)
-        self.teacher.train()
         clf = F.cross_entropy(self.student(x_src), y)
         student = F.softmax(self.student(x_stu), dim=1)
         teacher = F.softmax(self.teacher(x_tea), dim=1)
