@@ -522,10 +522,21 @@ def leaderboard(path, fmt):
 
 
 @main.command()
+@click.argument("path", type=click.Path())
+@click.option("--out", type=click.Path(), default="report.html", show_default=True, help="the HTML file to write")
+def report(path, out):
+    """One HTML page of a folder of runs: tables, training curves, per-class scores, t-SNE pictures."""
+    from dabench.results.report import report as write_report
+
+    console.print(f"wrote {write_report(path, out)}", soft_wrap=True)
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--images", required=True, type=click.Path(), help="folder of images to predict")
-@click.option("--out", required=True, type=click.Path(), help="folder for the predictions")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(), default=None,
+              help="folder for the predictions (default: the run folder's predictions/, which dabench report shows)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--selection", type=click.Choice(["source-val", "last"]), default=None,
               help="which step's model: the one source-val selection chose, as the tables (default; last under "
                    "--protocol paper), or the last")
@@ -535,7 +546,22 @@ def predict(run_dir, images, out, device, selection, overwrite):
     from dabench.predict import predict as predict_api
 
     written = predict_api(run_dir, images, out, device, selection, overwrite)
-    console.print(f"wrote {len(written)} files to {out}")
+    console.print(f"wrote {len(written)} files to {written[0].parent if written else out}", soft_wrap=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--selection", type=click.Choice(["source-val", "last"]), default=None,
+              help="the trained step to picture beside the start (default: source-val; last under --protocol paper)")
+@click.option("--images", type=int, default=500, show_default=True, help="images per domain")
+@click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def embed(run_dir, selection, images, data_root, device):
+    """t-SNE of source and target features at the start and the selected step, as a PNG in the run folder."""
+    from dabench.embed import embed as picture
+
+    for path in picture(run_dir, selection=selection, images=images, data_root=data_root, device=device):
+        console.print(f"wrote {path}", soft_wrap=True)
 
 
 @main.command()

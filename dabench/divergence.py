@@ -16,7 +16,9 @@ read: source validation and target test (images only; their class labels are not
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,20 +55,38 @@ def proxy_a_distance(fs: np.ndarray, ft: np.ndarray, seed: int = 0) -> tuple[flo
     return 2 * (1 - 2 * err), err
 
 
+def pick(dataset, n: int, seed: int) -> list[int]:
+    """The n images of ``dataset`` a measurement reads (a seeded pick, in index order)."""
+    return np.sort(np.random.default_rng([seed, 5]).permutation(len(dataset))[:n]).tolist()
+
+
 def _features(algorithm, dataset, n: int, device: torch.device, seed: int) -> np.ndarray:
-    """``embed`` of n images of ``dataset`` (a seeded pick), read through its unlabelled view."""
+    """``embed`` of n images of ``dataset`` (``pick``), read through its unlabelled view."""
     from dabench.data import ImagesOnly
 
     images = ImagesOnly(dataset)
-    pick = np.sort(np.random.default_rng([seed, 5]).permutation(len(images))[:n]).tolist()
+    pick_ = pick(images, n, seed)
     algorithm.eval()
-    return np.concatenate([algorithm.embed(images.get_batch(pick[i : i + 64]).to(device)).cpu().numpy()
-                           for i in range(0, len(pick), 64)])
+    return np.concatenate([algorithm.embed(images.get_batch(pick_[i : i + 64]).to(device)).cpu().numpy()
+                           for i in range(0, len(pick_), 64)])
 
 
-def divergence(run_dir: str | Path, *, selection: str | None = None, images: int = 1000,
-               data_root: str | Path | None = None, device: str = "auto") -> dict:
-    """PAD at the start of a run and at its selected step; also written to ``divergence.json``."""
+@dataclass
+class Measured:
+    """A run's network at its start and at its selected step, and held-out images of each domain."""
+
+    trained: Any  # dabench.api.Run: the selected step's model
+    start: Any  # the algorithm as built from the run's seed and --pretrained weights (step 0)
+    src_set: Any
+    src_name: str  # "src-val" (or "src-train" where the protocol kept no validation split)
+    tgt_set: Any
+    tgt_name: str  # "tgt-test" (or "tgt-train")
+    n: int  # images per domain
+
+
+def measured(run_dir: str | Path, *, selection: str | None, images: int, data_root: str | Path | None,
+             device: str, what: str) -> Measured:
+    """Reload a run's models and data sets for a measurement ``what`` (divergence, embed) of its features."""
     from dabench.api import load
     from dabench.protocol import build_splits, resolve_data_root, load_domain
     from dabench.runner import build_algorithm
@@ -76,8 +96,8 @@ def divergence(run_dir: str | Path, *, selection: str | None = None, images: int
     trained = load(run_dir, selection=selection, device=device)
     config = trained.config
     if config["src"].startswith("arrays-") or config["tgt"].startswith("arrays-"):
-        raise DabenchError("divergence reloads the run's data sets by name; this run was given arrays. Use "
-                           "dabench.divergence.proxy_a_distance on features you compute from your arrays.")
+        raise DabenchError(f"{what} reloads the run's data sets by name; this run was given arrays. Use "
+                           "Run.algorithm.embed on your arrays (dabench.divergence.proxy_a_distance measures them).")
     root = resolve_data_root(data_root)
     task = task_of(config["task"])
     src = load_domain(config["src"], root, task.load_size(config.get("image_size"), trained.input_size))
@@ -87,11 +107,19 @@ def divergence(run_dir: str | Path, *, selection: str | None = None, images: int
     tgt_set, tgt_name = (splits.tgt_test, "tgt-test") if len(splits.tgt_test) else (splits.tgt_train, "tgt-train")
     n = min(images, len(src_set), len(tgt_set))
     start = build_algorithm(config, task.network_size(trained.input_size), trained.device, config.get("pretrained"))
-    report: dict = {"images_per_domain": n, "source": src_name, "target": tgt_name}
-    for name, algorithm, step in (("start", start, 0), ("selected", trained.algorithm, trained.step)):
-        fs = _features(algorithm, src_set, n, trained.device, config["seed"])
-        ft = _features(algorithm, tgt_set, n, trained.device, config["seed"] + 1)
-        pad, err = proxy_a_distance(fs, ft, config["seed"])
+    return Measured(trained, start, src_set, src_name, tgt_set, tgt_name, n)
+
+
+def divergence(run_dir: str | Path, *, selection: str | None = None, images: int = 1000,
+               data_root: str | Path | None = None, device: str = "auto") -> dict:
+    """PAD at the start of a run and at its selected step; also written to ``divergence.json``."""
+    m = measured(run_dir, selection=selection, images=images, data_root=data_root, device=device, what="divergence")
+    trained, seed = m.trained, m.trained.config["seed"]
+    report: dict = {"images_per_domain": m.n, "source": m.src_name, "target": m.tgt_name}
+    for name, algorithm, step in (("start", m.start, 0), ("selected", trained.algorithm, trained.step)):
+        fs = _features(algorithm, m.src_set, m.n, trained.device, seed)
+        ft = _features(algorithm, m.tgt_set, m.n, trained.device, seed + 1)
+        pad, err = proxy_a_distance(fs, ft, seed)
         report[name] = {"step": step, "pad": pad, "error": err}
     report["selected"]["selection"] = trained.selection
     if trained.run_dir is not None:

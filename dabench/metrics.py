@@ -31,8 +31,13 @@ class ConfusionMatrix:
         denom = m.sum(0) + m.sum(1) - tp
         return [float(t / d) if d > 0 else math.nan for t, d in zip(tp.tolist(), denom.tolist())]
 
+    def recall(self) -> list[float]:
+        """Per-class accuracy = TP / (images of the class); NaN for a class with no image."""
+        m = self.mat.double()
+        return [float(t / n) if n > 0 else math.nan for t, n in zip(m.diag().tolist(), m.sum(1).tolist())]
+
     def summary(self, task: str) -> dict:
         """The evaluation record's entry for ``task`` (``Task.summary``)."""
         t = task_of(task)
-        return t.summary(self.accuracy(), self.iou() if t.per_class else [])
+        return t.summary(self.accuracy(), self.iou() if t.per_class else self.recall())
 

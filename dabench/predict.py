@@ -5,7 +5,8 @@
 
 Segmentation runs write, per image, ``<stem>.png`` (the prediction in the Cityscapes palette, at
 the image's own resolution) and ``<stem>_overlay.png`` (half image, half prediction).
-Classification runs write ``predictions.csv`` (file, class, probability). The model is the step
+Without an output folder they go to the run folder's ``predictions/``, where ``dabench report``
+finds them. Classification runs write ``predictions.csv`` (file, class, probability). The model is the step
 source-val selection chose, the tables' model (``selection="last"``: the final step).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dabench.data import image_tensor
 from dabench.errors import DabenchError
 from dabench.files import writable_folder
 from dabench.layers import upsample
+from dabench.runfolder import PREDICTIONS
 from dabench.tasks import task_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -44,14 +46,16 @@ def colorize(label: np.ndarray, classes: list[str], colours: dict | None = None)
 
 
 @torch.no_grad()
-def predict(run_dir: str | Path, images: str | Path, out: str | Path, device: str = "auto",
+def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = None, device: str = "auto",
             selection: str | None = None, overwrite: bool = False) -> list[Path]:
     """Predict every image in ``images`` with the run's model (the step ``selection`` chose:
-    source-val by default, as the tables); returns the files written. Files already in ``out``
+    source-val by default, as the tables); returns the files written. ``out`` defaults to the run
+    folder's ``predictions/`` (``dabench report`` shows its overlays). Files already in ``out``
     are kept unless ``overwrite``."""
     from dabench.api import load
 
-    images, out = Path(images).expanduser(), Path(out).expanduser()
+    images = Path(images).expanduser()
+    out = Path(run_dir).expanduser() / PREDICTIONS if out is None else Path(out).expanduser()
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images.is_dir() else []
     if not files:
         raise DabenchError(f"--images {images}: no image files ({', '.join(IMAGE_SUFFIXES)}) in that folder.")

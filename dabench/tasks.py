@@ -14,6 +14,7 @@ from dabench.errors import DabenchError
 
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
+CLASS_ACC = "class_acc"  # per-class accuracy in a classification record (the fraction of each class's images right)
 IGNORE_INDEX = 255  # the label of pixels no class covers (Cityscapes' void), ignored by losses and metrics
 
 
@@ -58,9 +59,11 @@ class Task:
         return size[0] if self.one_size else tuple(size)
 
     def summary(self, correct: float, per_class: list[float]) -> dict:
-        """An evaluation record's entry from pixel/image accuracy and per-class IoU (NaN: absent)."""
+        """An evaluation record's entry from pixel/image accuracy and the per-class scores (NaN:
+        absent): per-class IoU (``per_class``), or for a task without one, per-class accuracy
+        (``class_acc``, the report's heatmap; the tables read ``metric`` alone)."""
         if self.per_class is None:
-            return {self.metric: correct}
+            return {self.metric: correct, CLASS_ACC: [None if v != v else v for v in per_class]}
         present = [v for v in per_class if v == v]
         return {self.metric: sum(present) / len(present) if present else float("nan"), "pixacc": correct,
                 self.per_class: [None if v != v else v for v in per_class]}

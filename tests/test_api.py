@@ -48,7 +48,9 @@ def test_the_readme_python_lines_run(tmp_path, monkeypatch):
     exec(compile(code, str(README), "exec"), scope)
     assert (tmp_path / "dann.pt").is_file() and (tmp_path / "runs").is_dir()
     run, same = scope["run"], scope["same"]
-    assert set(run.evaluate("mnistm5k")) == {"acc"}
+    metrics = run.evaluate("mnistm5k")
+    assert set(metrics) == {"acc", "class_acc"} and len(metrics["class_acc"]) == 10  # and per class
+    assert all(0 <= v <= 1 for v in metrics["class_acc"])
     assert torch.equal(run.predict(images), same.predict(images))
     assert same.predict(images).shape == (3, 10)
 

@@ -11,6 +11,7 @@ from PIL import Image
 from dabench import RunConfig, run
 from dabench.results.leaderboard import leaderboard, render
 from dabench.cli import main
+from dabench.results.report import report
 from dabench.results.selection import choose
 from dabench.trainer import NullReporter
 
@@ -67,6 +68,12 @@ def test_predict_writes_palette_masks_at_image_size(tmp_path):
     assert {tuple(c) for c in mask.reshape(-1, 3)} <= palette
     bad = CliRunner().invoke(main, ["predict", str(tmp_path), "--images", str(images), "--out", str(tmp_path / "q")])
     assert bad.exit_code == 2 and "not a run folder" in bad.stderr
+    # without --out: the run folder's predictions/, whose overlays the report shows with the run's per-class IoU
+    r = CliRunner().invoke(main, ["predict", str(result.run_dir), "--images", str(images)])
+    assert r.exit_code == 0 and (result.run_dir / "predictions" / "street_overlay.png").is_file(), r.output
+    page = report(tmp_path / "runs", tmp_path / "report.html").read_text()
+    assert ": street_overlay</figcaption>" in page and page.count("data:image/png;base64,") == 1
+    assert "IoU per class at the step source-val chose" in page and "<th>road</th><th>sky</th><th>car</th>" in page
 
 
 def test_classification_algorithm_on_a_segmentation_pair_is_refused():

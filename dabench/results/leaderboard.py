@@ -206,6 +206,13 @@ def agreement(runs: list[RunRecords], min_runs: int = 3) -> list[Agreement]:
 
 def leaderboard(path: str | Path) -> Leaderboard:
     """Every run folder under ``path``: finished ones as tables, the rest listed with why."""
+    root, dirs = run_folders(path)
+    return board(root, *read_runs(dirs))
+
+
+def run_folders(path: str | Path) -> tuple[Path, list[Path]]:
+    """``path`` and every run folder under it (a folder with a config.json), or a DabenchError
+    saying what was expected."""
     root = Path(path).expanduser()
     hint = "run folders (each with a config.json) as written by `dabench run` or `dabench sweep`"
     if not root.is_dir():
@@ -213,7 +220,11 @@ def leaderboard(path: str | Path) -> Leaderboard:
     configs = sorted(root.rglob(CONFIG))
     if not configs:
         raise DabenchError(f"{root} holds no runs: found no config.json under it. Expected {hint}.")
-    runs, incomplete, skipped = read_runs(cfg.parent for cfg in configs)
+    return root, [cfg.parent for cfg in configs]
+
+
+def board(root: Path, runs: list[RunRecords], incomplete: list, skipped: list) -> Leaderboard:
+    """The tables of runs already read (``read_runs``): ``leaderboard`` and ``dabench report`` share them."""
     da = [r for r in runs if not is_dg(r)]
     multi = [r for r in da if len(sources(r)) > 1]  # also in their pair's table
     return Leaderboard(root, _tables(da), incomplete, skipped, agreement(da),
