@@ -100,9 +100,10 @@ def _run_options(f):
         click.option("--channels-last", is_flag=True, help="channels_last memory format (faster convolutions on GPU)"),
         click.option("--workers", type=int, default=None,
                      help="data loading processes for file-backed data (default: 0 on a CPU, up to 8 on a GPU)"),
-        click.option("--log", type=click.Choice(["jsonl", "tensorboard"]), default="jsonl", show_default=True,
+        click.option("--log", type=click.Choice(["jsonl", "tensorboard", "mlflow"]), default="jsonl", show_default=True,
                      help="every step's losses go to the run folder's steps.jsonl; tensorboard: also TensorBoard "
-                          "event files in its tensorboard/ (pip install 'dabench[tensorboard]')"),
+                          "event files in its tensorboard/ (pip install 'dabench[tensorboard]'); mlflow: also an "
+                          "MLflow run in $MLFLOW_TRACKING_URI, else OUT/mlflow.db (pip install 'dabench[mlflow]')"),
         click.option("--dev", is_flag=True, help="also score deep embedded validation at every evaluation (classification; "
                      "a domain classifier fitted per evaluation, about 6 CPU-seconds each on digits)"),
         click.option("--swad", is_flag=True, help="SWAD: average the weights over the valley of the source-validation "

@@ -42,6 +42,7 @@ ERROR_LOG = "error.log"
 EMBED = "embed"  # t-SNE pictures (``dabench embed``), shown by ``dabench report``
 PREDICTIONS = "predictions"  # ``dabench predict``'s default --out; ``dabench report`` shows its overlays
 TENSORBOARD = "tensorboard"  # a folder of event files, with --log tensorboard
+MLFLOW = "mlflow.json"  # with --log mlflow: the tracking store and MLflow run id, so a resume continues it
 LOCKS = ".locks"  # under --out
 CACHE = "cache"  # under --out
 

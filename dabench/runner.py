@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 import dabench
-from dabench import distributed
+from dabench import distributed, tracking
 from dabench import hparams as hp
 from dabench.algorithm import Algorithm
 from dabench.data import Domain
@@ -63,7 +63,7 @@ class RunConfig:
     protocol: str = "dabench"  # "paper": no hold-outs, the target's official test split, last-step selection
     setting: str = "uda"  # "dg": domain generalisation, no target image in training
     workers: int | None = None  # data-loading processes for file-backed data; None: default_workers
-    log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard": also TensorBoard event files
+    log: str = "jsonl"  # every step's losses in steps.jsonl; "tensorboard", "mlflow": also to that tracker
     dev: bool = False  # also score DEV at every evaluation (a domain classifier fitted each time)
     swad: bool = False  # SWAD: average the weights over the source-validation loss valley (dabench.swad)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over all ranks' images
@@ -367,14 +367,7 @@ def build(cfg: RunConfig) -> Built:
     writable_folder(Path(cfg.out).expanduser(), "--out")
     if cfg.workers is not None and cfg.workers < 0:
         raise DabenchError(f"--workers must be 0 or more, got {cfg.workers}.")
-    if cfg.log not in ("jsonl", "tensorboard"):
-        raise DabenchError(f"--log must be jsonl or tensorboard, got '{cfg.log}'.")
-    if cfg.log == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise DabenchError("--log tensorboard needs the tensorboard package: pip install 'dabench[tensorboard]' "
-                               "(or drop --log; every step's losses are in the run folder's steps.jsonl).") from None
+    tracking.check(cfg.log)
     if cfg.precision not in PRECISIONS:
         raise DabenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'.")
     if cfg.seed < 0 or cfg.hparam_index < 0:

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from dabench.algorithm import Algorithm, StageContext, TrainData, autocast
 from dabench.layers import upsample
 from dabench.data import LABELED_STREAM, TARGET_STREAM, Batch, Labeled, Subset, ordered_batches, source_stream, stream
-from dabench import distributed, labelfree
+from dabench import distributed, labelfree, tracking
 from dabench.errors import DabenchError, RunFailed
 from dabench.files import load_pt
 from dabench.metrics import ConfusionMatrix
 from dabench.protocol import Splits
-from dabench.runfolder import (CACHE, CHECKPOINT, RESULTS, SELECTED, STEPS, TENSORBOARD, TIMINGS, Scan, append_record,
+from dabench.runfolder import (CACHE, CHECKPOINT, RESULTS, SELECTED, STEPS, TIMINGS, Scan, append_record,
                               scan_records, write_records)
 from dabench.results.selection import select
 from dabench.swad import BN_STEPS, LossValley, has_batch_norm, recompute_batch_norm
@@ -184,7 +184,7 @@ def train_and_evaluate(algo: Algorithm, splits: Splits, *, eval_every: int, seed
         data_key: dict | None = None, log: str = "jsonl", dev: bool = False, swad: bool = False) -> list[dict]:
     """Train ``algo`` through its stages (one of ``algo.steps`` updates unless it declares more);
     returns every evaluation record of the run. Every step's losses go to ``steps.jsonl`` (and
-    to TensorBoard event files under ``tensorboard/`` with ``log="tensorboard"``). ``dev``: also
+    to the tracker ``log`` names: "tensorboard", "mlflow"; ``dabench.tracking``). ``dev``: also
     score deep embedded validation at each evaluation (classification). ``swad``: average the
     weights over the source-validation loss valley (``dabench.swad``); the averaged model is scored
     in a last record (stage ``swad``) and saved as ``selected.pt``."""
@@ -327,12 +327,12 @@ def _swad_record(algo: Algorithm, valley: LossValley, splits: Splits, evals: dic
 
 class StepLog:
     """The losses of every step: one JSON line each in ``steps.jsonl`` (``{"step", "stage", losses}``,
-    the global step after the update) and, with ``log="tensorboard"``, scalars in TensorBoard event
-    files (losses under ``train/``, evaluations under ``<split>/``). A resumed run first drops the
-    lines past its checkpoint, so the file reads as one uninterrupted run."""
+    the global step after the update), and to the tracker ``--log`` names (``dabench.tracking``:
+    TensorBoard or MLflow) the losses under ``train/`` and the evaluations under ``<split>/``. A
+    resumed run first drops the lines past its checkpoint, so the file reads as one uninterrupted run."""
 
     def __init__(self, run_dir: Path, start: int, log: str | None = "jsonl"):
-        self.file, self.writer = None, None
+        self.file, self.tracker = None, None
         if log is None:  # not rank 0: it writes nothing
             return
         path = run_dir / STEPS
@@ -342,41 +342,35 @@ class StepLog:
         kept = [r for r in scan.records if r["step"] <= start]
         write_records(path, kept)
         self.file = open(path, "a")
-        if log == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter  # checked by the runner before training
-
-            self.writer = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=start + 1 if start else None)
+        self.tracker = tracking.tracker(log, run_dir, start)  # its package was checked by the runner
 
     def step(self, step: int, stage: str, losses: dict[str, float]) -> None:
         if self.file is None:
             return
         self.file.write(json.dumps({"step": step, "stage": stage, **losses}) + "\n")
-        if self.writer:
-            for k, v in losses.items():
-                self.writer.add_scalar(f"train/{k}", v, step)
+        if self.tracker:
+            self.tracker.scalars({f"train/{k}": v for k, v in losses.items()}, step)
 
     def evaluated(self, record: dict) -> None:
-        if self.writer:
-            for split in EVAL_SPLITS:
-                for k, v in (record.get(split) or {}).items():
-                    if isinstance(v, float):
-                        self.writer.add_scalar(f"{split}/{k}", v, record["step"])
+        if self.tracker:
+            self.tracker.scalars({f"{split}/{k}": v for split in EVAL_SPLITS for k, v in (record.get(split) or {}).items()
+                                  if isinstance(v, float)}, record["step"])
 
     def flush(self) -> None:
         if self.file is None:
             return
         self.file.flush()
-        if self.writer:
-            self.writer.flush()
+        if self.tracker:
+            self.tracker.flush()
 
     def __enter__(self) -> "StepLog":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         if self.file is not None:
             self.file.close()
-        if self.writer:
-            self.writer.close()
+        if self.tracker:
+            self.tracker.close(finished=kind is None)
 
 
 def _check_shards(algo: Algorithm, splits: Splits) -> None:

@@ -5,12 +5,15 @@ import json
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from dabench.cli import main
 from dabench.errors import DabenchError
 from dabench.registry import algorithms
 from dabench.runner import RunConfig, run
 from dabench.runfolder import read_records
 from dabench.trainer import RunFailed
+from dabench_plugins.algorithms.dann import DANN
 from dabench_plugins.algorithms.erm import ERM
 
 
@@ -153,13 +156,45 @@ def test_losses_fall_for_every_classification_algorithm(tmp_path):
         assert last < first, (algo, first, last)
 
 
-def test_tensorboard_without_the_package_is_refused_with_the_pip_command(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
+def test_a_tracker_without_its_package_is_refused_with_the_pip_command(tmp_path, monkeypatch, tracker):
     import sys
 
-    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
-    with pytest.raises(DabenchError, match=r"pip install 'dabench\[tensorboard\]'"):
-        run(cfg(tmp_path, log="tensorboard"))
+    monkeypatch.setitem(sys.modules, tracker, None)  # as if not installed
+    with pytest.raises(DabenchError, match=rf"pip install 'dabench\[{tracker}\]'"):
+        run(cfg(tmp_path, log=tracker))
     assert not list(tmp_path.iterdir())
+    r = CliRunner().invoke(main, ["run", "--algo", "erm", "--src", "toy-src", "--tgt", "toy-tgt", "--log", tracker,
+                                  "--out", str(tmp_path)])
+    assert r.exit_code == 2 and f"pip install 'dabench[{tracker}]'" in r.stderr and "Traceback" not in r.output
+
+
+def test_mlflow_holds_the_config_every_loss_every_evaluation_and_the_run_folder(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working folder
+    original = DANN.update
+    monkeypatch.setattr(DANN, "update", lambda self, b, s: original(self, b, s) if s < 15 else (_ for _ in ()).throw(_Killed()))
+    with pytest.raises(_Killed):
+        run(cfg(tmp_path / "out", log="mlflow"))  # after the checkpoint of step 10
+    monkeypatch.setattr(DANN, "update", original)
+    result = run(cfg(tmp_path / "out", log="mlflow", resume=True))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dabench").experiment_id])
+    assert len(runs) == 1  # the resume continued the run it started
+    mlrun = runs[0]
+    assert mlrun.info.run_id == json.loads((result.run_dir / "mlflow.json").read_text())["run_id"]
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["dabench.algo"] == "dann"
+    assert mlrun.data.params["seed"] == "0" and mlrun.data.params["hparams.lr"] == str(result.config["hparams"]["lr"])
+    steps = read_records(result.run_dir / "steps.jsonl")
+    last = {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, "train/dom")}  # the latest per step
+    assert sorted(last) == list(range(1, 41)) and [last[s["step"]] for s in steps] == pytest.approx([s["dom"] for s in steps])
+    accs = {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, "tgt-test/acc")}
+    assert accs == {r["step"]: pytest.approx(r["tgt-test"]["acc"]) for r in result.records}
+    files = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
+    assert {"config.json", "results.jsonl", "steps.jsonl", "selected.pt"} <= files and "checkpoint.pt" not in files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_loader_workers_default_to_none_on_a_cpu_and_up_to_8_per_process_on_a_gpu():
