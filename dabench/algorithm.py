@@ -107,7 +107,7 @@ FLAGS: dict[str, Any] = {"name": None, "task": CLASSIFICATION, "target_labels": 
 CLASSIFICATION_HPARAMS: dict[str, HParam] = {
     "lr": HParam(0.01, log_uniform(-3, -1.5), "initial SGD learning rate, annealed as in DANN"),
     "batch_size": HParam(64, int_log2(5, 7), "images per domain per step"),
-    "weight_decay": HParam(0.0, lambda rng: float(10 ** rng.uniform(-6, -2)), "L2 penalty"),
+    "weight_decay": HParam(0.0, log_uniform(-6, -2), "L2 penalty"),
     "freeze_backbone": HParam(False, None, FREEZE_HELP),
 }
 
@@ -209,7 +209,8 @@ class Algorithm(nn.Module):
 
     @classmethod
     def description(cls) -> str:
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        """The docstring's first paragraph, on one line (``dabench list``, the docs' method table)."""
+        return first_paragraph(cls.__doc__)
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         raise NotImplementedError
@@ -347,3 +348,8 @@ _MOVED = {
     "aligned_groups": ("batch.aligned_groups(activations)",
                        lambda self, batch, activations: batch.aligned_groups(activations)),
 }
+
+
+def first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph (up to its first blank line) as one line of text."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())

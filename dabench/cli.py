@@ -291,53 +291,78 @@ def _iou_table(result) -> Table:
 
 @main.command(name="list")
 @click.argument("kind", required=False, type=click.Choice(["algorithms", "datasets", "backbones", "translators", "groups"]))
-def list_(kind):
-    """Show the registered plugins (built-in and installed): name, where the code lives, task, description."""
-    from dabench.registry import REGISTRIES, describe
+@click.argument("name", required=False)
+def list_(kind, name):
+    """Show the registered plugins (built-in and installed): name, where the code lives, task, description.
+    `dabench list algorithms NAME`: one algorithm whole, each hyperparameter's meaning, default and search range."""
+    from dabench.registry import REGISTRIES, describe, settings_of
 
-    for name in [kind] if kind else list(REGISTRIES):
-        reg = REGISTRIES[name]
-        table = Table(title=name, title_justify="left", show_lines=name == "algorithms")
-        table.add_column("name", style="bold", overflow="fold")
-        table.add_column("task")
-        table.add_column("description")
-        if name in ("algorithms", "translators"):
-            table.add_column("hyperparameters (defaults)")
+    if name is not None:
+        if kind != "algorithms":
+            raise DabenchError(f"`dabench list {kind or ''} {name}`: details are shown for algorithms; try "
+                               f"`dabench list algorithms {name}`.")
+        return _algorithm_detail(name)
+    for kind_ in [kind] if kind else list(REGISTRIES):
+        reg = REGISTRIES[kind_]
+        table = Table(title=kind_, title_justify="left", show_lines=kind_ == "algorithms")
+        table.add_column("name", style="bold", no_wrap=True)
+        table.add_column("task" if kind_ != "translators" else "kind", max_width=14)
+        if kind_ == "algorithms":
+            table.add_column("runs in", max_width=12)
+        table.add_column("description", ratio=1, overflow="fold")
         for plugin_name in reg.names():
             try:
                 obj = reg.get(plugin_name)
             except DabenchError as exc:  # one broken plugin must not hide the others
-                table.add_row(plugin_name, "?", f"[red]cannot be loaded:[/] {escape(str(exc))}")
+                table.add_row(plugin_name, "?", *([""] if kind_ == "algorithms" else []),
+                              f"[red]cannot be loaded:[/] {escape(str(exc))}")
                 continue
-            plugin_name = f"{plugin_name}\n[dim]{escape(reg.where(plugin_name))}[/]"
-            if name == "algorithms":
-                desc = obj.description()
-                tasks = list(TASKS) if obj.task == "any" else [obj.task]
-                hps = "\n".join(_defaults_text(obj, t, len(tasks) > 1) for t in tasks)
-                labels = {"required": " [needs --tgt-labeled]", "all": " [uses all target labels]"}.get(obj.target_labels, "")
-                labels += " [DG only]" if obj.dg_only else " [runs in DG]" if obj.runs_in_dg() else ""
-                table.add_row(plugin_name, obj.task, escape(desc + labels), escape(hps))
-            elif name == "translators":
-                hps = ", ".join(f"{k}={v.default}" for k, v in sorted(obj.hparams.items()))
-                table.add_row(plugin_name, "trainable" if obj.trainable else "fixed", escape(describe(obj)), escape(hps))
-            elif name == "groups":
-                table.add_row(plugin_name, obj.task, escape(f"{obj.description}: {', '.join(obj.members)}"))
+            where = f"\n[dim]{escape(reg.where(plugin_name))}[/]"
+            if kind_ == "algorithms":
+                table.add_row(plugin_name, obj.task, escape(settings_of(obj)), escape(obj.description()) + where)
+            elif kind_ == "translators":
+                table.add_row(plugin_name, "trainable" if obj.trainable else "fixed", escape(describe(obj)) + where)
+            elif kind_ == "groups":
+                table.add_row(plugin_name, obj.task, escape(f"{obj.description}: {', '.join(obj.members)}") + where)
             else:
-                table.add_row(plugin_name, getattr(obj, "task", "any"), escape(describe(obj)))
+                table.add_row(plugin_name, getattr(obj, "task", "any"), escape(describe(obj)) + where)
         console.print(table)
+        if kind_ == "algorithms":
+            console.print("`dabench list algorithms NAME` shows one whole: each hyperparameter's meaning, default "
+                          "(per kind of data where the authors' differ) and search range.", soft_wrap=True)
 
 
-def _defaults_text(algo_cls, task: str, name_task: bool) -> str:
-    """An algorithm's defaults on ``task``; where the authors' defaults differ by kind of data, one
-    line per regime, headed by the backbones it applies to."""
+def _algorithm_detail(name: str) -> None:
+    import inspect
+
     from dabench.hparams import REGIMES
+    from dabench.registry import REGISTRIES, settings_of
 
-    head = f"{task}: " if name_task else ""
-    if not any(p.regimes for p in algo_cls.space(task).values()):
-        return head + ", ".join(f"{k}={v.default}" for k, v in sorted(algo_cls.space(task).items()))
-    which = {"digits": "digits (digit-cnn, from scratch)", "imagenet": "imagenet (other backbones)"}
-    return "\n".join(f"{head}{which[r]}: " + ", ".join(f"{k}={v.default}" for k, v in sorted(algo_cls.space(task, r).items()))
-                     for r in REGIMES)
+    reg = REGISTRIES["algorithms"]
+    obj = reg.get(name)
+    console.print(f"[bold]{escape(name)}[/]  {escape(reg.where(name))}", soft_wrap=True)
+    console.print(f"task: {obj.task}; runs in: {settings_of(obj)}", soft_wrap=True)
+    console.print(escape(inspect.cleandoc(obj.__doc__ or "")), soft_wrap=True)
+    for task in list(TASKS) if obj.task == "any" else [obj.task]:
+        space = obj.space(task)
+        regimes = list(REGIMES) if any(p.regimes for p in space.values()) else []
+        table = Table(title=f"hyperparameters{f' on {task}' if obj.task == 'any' else ''} (-H NAME=VALUE)",
+                      title_justify="left")
+        table.add_column("name", style="bold", no_wrap=True)
+        for r in regimes or ["default"]:
+            table.add_column(r if not regimes else f"default: {r}", overflow="fold")
+        table.add_column("search range")
+        table.add_column("meaning", ratio=1)
+        for key in sorted(space):
+            values = [str(obj.space(task, r)[key].default) for r in regimes] or [str(space[key].default)]
+            p = space[key]
+            search = str(p.search) if p.search else "not searched"
+            meaning = p.help + (f" (one of {', '.join(map(str, p.choices))})" if p.choices else "")
+            table.add_row(key, *map(escape, values), escape(search), escape(meaning))
+        console.print(table)
+        if regimes:
+            console.print("digits: the digit CNN trained from scratch; imagenet: any other backbone "
+                          "(the backbone decides, and config.json records it as regime).", soft_wrap=True)
 
 
 @main.command()

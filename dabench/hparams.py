@@ -46,22 +46,41 @@ class HParam:
         return dataclasses.replace(self, default=self.regimes[regime], regimes=None)
 
 
+@dataclass(frozen=True)
+class Search:
+    """A random-search distribution that can say what it draws (``dabench list algorithms NAME``)."""
+
+    text: str
+    draw: Callable[[np.random.Generator], Any]
+
+    def __call__(self, rng: np.random.Generator) -> Any:
+        return self.draw(rng)
+
+    def __str__(self) -> str:
+        return self.text
+
+
 def log_uniform(lo: float, hi: float) -> Sampler:
     """10 ** U(lo, hi), as DomainBed writes its learning-rate spaces."""
-    return lambda rng: float(10 ** rng.uniform(lo, hi))
+    return Search(f"10^U({lo:g}, {hi:g})", lambda rng: float(10 ** rng.uniform(lo, hi)))
 
 
 def uniform(lo: float, hi: float) -> Sampler:
-    return lambda rng: float(rng.uniform(lo, hi))
+    return Search(f"U({lo:g}, {hi:g})", lambda rng: float(rng.uniform(lo, hi)))
+
+
+def int_uniform(lo: float, hi: float) -> Sampler:
+    """int(U(lo, hi)): step counts."""
+    return Search(f"int(U({lo:g}, {hi:g}))", lambda rng: int(rng.uniform(lo, hi)))
 
 
 def choice(options: list) -> Sampler:
-    return lambda rng: options[int(rng.integers(len(options)))]
+    return Search(f"one of {', '.join(map(str, options))}", lambda rng: options[int(rng.integers(len(options)))])
 
 
 def int_log2(lo: float, hi: float) -> Sampler:
     """int(2 ** U(lo, hi)): batch sizes and widths."""
-    return lambda rng: int(2 ** rng.uniform(lo, hi))
+    return Search(f"int(2^U({lo:g}, {hi:g}))", lambda rng: int(2 ** rng.uniform(lo, hi)))
 
 
 def defaults(space: dict[str, HParam]) -> dict[str, Any]:

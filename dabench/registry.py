@@ -198,4 +198,12 @@ def describe(obj: Any) -> str:
     text = getattr(obj, "description", None) or (obj.__doc__ or "").strip()
     if callable(text):  # a plugin class's description() classmethod
         text = text()
-    return text.splitlines()[0] if text else ""
+    return " ".join(text.strip().split("\n\n")[0].split()) if text else ""  # the first paragraph, whole
+
+
+def settings_of(algo: Any) -> str:
+    """Where an algorithm runs, in words: UDA and DG, DG only, or with target labels."""
+    labels = {"required": "SSDA (needs --tgt-labeled N)", "all": "all target labels (an upper bound)"}
+    if algo.target_labels in labels:
+        return labels[algo.target_labels]
+    return "DG only" if algo.dg_only else "UDA, DG" if algo.runs_in_dg() else "UDA"

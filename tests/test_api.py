@@ -26,7 +26,7 @@ from dabench_plugins.algorithms.erm import ERM
 
 from conftest import toy_images
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PYTHON_PAGE = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 FAST = dict(steps=20, eval_every=10, progress=False)
 
 
@@ -36,16 +36,16 @@ def toy_arrays(n: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return ds.images.permute(0, 2, 3, 1).numpy(), ds.targets.numpy()
 
 
-def test_the_readme_python_lines_run(tmp_path, monkeypatch):
-    text = README.read_text()
-    block = re.search(r"## In Python.*?```python\n(.*?)```", text, re.S).group(1)
+def test_the_python_pages_lines_run(tmp_path, monkeypatch):
+    text = PYTHON_PAGE.read_text()
+    block = re.search(r"# In Python.*?```python\n(.*?)```", text, re.S).group(1)
     assert "dabench.fit(" in block and "dabench.load(" in block and ".save(" in block
     code = block.replace("steps=500", "steps=20, eval_every=10, progress=False")
-    assert code != block  # the README's step count was found and shortened, nothing else changed
+    assert code != block  # the page's step count was found and shortened, nothing else changed
     monkeypatch.chdir(tmp_path)
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     scope = {"images": images}
-    exec(compile(code, str(README), "exec"), scope)
+    exec(compile(code, str(PYTHON_PAGE), "exec"), scope)
     assert (tmp_path / "dann.pt").is_file() and (tmp_path / "runs").is_dir()
     run, same = scope["run"], scope["same"]
     metrics = run.evaluate("mnistm5k")

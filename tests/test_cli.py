@@ -1,6 +1,8 @@
 """The command line as a user meets it: output, exit codes, and one-paragraph errors."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -65,15 +67,23 @@ def test_resume_with_a_different_config_exits_2(tmp_path):
     assert r.exit_code == 2 and "steps: 20 in the folder vs 30 now" in " ".join(r.stderr.split())
 
 
-def test_list_shows_every_kind_with_descriptions_and_hparams(monkeypatch):
+def test_list_shows_every_kind_with_whole_descriptions_and_one_algorithm_with_its_hyperparameters(monkeypatch):
     monkeypatch.setattr(cli, "console", Console(width=250))  # no wrapping inside table cells
     r = CliRunner().invoke(main, ["list"])
     assert r.exit_code == 0
     for name in ("dann", "ccsa", "sagnet", "erm", "oracle", "syndigits", "uci-digits", "digit-cnn", "timm",
                  "translators", "cyclegan", "fda"):
         assert name in r.stdout
-    assert "lambda_max=1.0" in r.stdout and "[needs" in r.stdout and "--tgt-labeled]" in r.stdout
-    assert "segmentation: aux_weight=0.1" in r.stdout  # erm is task-aware: both spaces are listed
+    assert re.search(r"mme +│ classification │ SSDA", r.stdout)  # semi-supervised: needs --tgt-labeled N
+    assert "through a reversed gradient." in r.stdout  # descriptions are whole sentences
+    r = CliRunner().invoke(main, ["list", "algorithms", "dann"])  # digit and ImageNet defaults, search, meaning
+    assert r.exit_code == 0 and re.search(r"lambda_max +│ 1\.0 +│ 1\.0 +│ 10\^U\(-1, 0\.5\) +│ final weight", r.stdout)
+    assert re.search(r"lr +│ 0\.01 +│ 0\.01 +│ 10\^U\(-3, -1\.5\) +│ initial SGD learning rate", r.stdout)
+    r = CliRunner().invoke(main, ["list", "algorithms", "erm"])  # erm is task-aware: both spaces are listed
+    assert "hyperparameters on classification" in r.stdout and "hyperparameters on segmentation" in r.stdout
+    assert re.search(r"aux_weight +│ 0\.1", r.stdout)
+    r = CliRunner().invoke(main, ["list", "algorithms", "nosuch"])
+    assert r.exit_code == 2 and "Known algorithms:" in r.stderr
     r = CliRunner().invoke(main, ["list", "backbones"])
     assert "digit-cnn" in r.stdout and "dann" not in r.stdout
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from dabench.data import Batch, by_domain
-from dabench.hparams import HParam, log_uniform, uniform
+from dabench.hparams import HParam, int_uniform, log_uniform, uniform
 from dabench_plugins.algorithms.erm import DOMAINBED_ADAM, ERM, domainbed_adam
 
 
@@ -62,7 +62,7 @@ class Fishr(ERM):
         **ERM.hparams,
         **DOMAINBED_ADAM,
         "lambda": HParam(1e3, log_uniform(1, 4), "weight of the gradient-variance penalty after the warm-up"),
-        "penalty_anneal_iters": HParam(1500, lambda rng: int(rng.uniform(0.0, 5000.0)),
+        "penalty_anneal_iters": HParam(1500, int_uniform(0.0, 5000.0),
                                        "steps with the penalty at weight 0 (Adam restarts when it switches on)"),
         "ema": HParam(0.95, uniform(0.90, 0.99), "moving-average factor of each domain's gradient variances"),
     }

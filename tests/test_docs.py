@@ -1,0 +1,38 @@
+"""The documentation site builds with every link and reference resolved, and its generated tables
+follow the registry (a method added is a row, with its parity test)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_site_builds_strict_with_the_methods_table_from_the_registry(tmp_path):
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    pytest.importorskip("mkdocstrings")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
+                           "-d", str(tmp_path / "site")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    methods = (tmp_path / "site" / "methods" / "index.html").read_text()
+    from dabench.registry import algorithms
+
+    for name in algorithms.names():
+        if algorithms.where(name).startswith("dabench_plugins."):
+            assert f"<code>{name}</code>" in methods, name
+    assert "<code>tests/test_parity_cdan.py</code>" in methods and "<code>tests/test_parity_udas.py</code>" in methods
+    api = (tmp_path / "site" / "python" / "index.html").read_text()
+    assert 'id="dabench.api.fit"' in api and 'id="dabench.results.report.report"' in api  # from the docstrings
+    assert "Add an algorithm in your own package" in (tmp_path / "site" / "plugins" / "index.html").read_text()
+
+
+def test_the_readme_fits_on_two_screens_and_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 70
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"plugins.md"}  # plugins.md is CONTRIBUTING.md
+    assert {p for p in pages if f"(docs/{p})" not in readme} == set()
+    nav = (ROOT / "mkdocs.yml").read_text()
+    assert {p for p in pages | {"plugins.md"} if f": {p}" not in nav} == set()  # every page is in the site's menu
