@@ -12,8 +12,9 @@ from rich.table import Table
 from dabench.errors import DabenchError, RunFailed
 from dabench.tasks import TASKS, task_of
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line longer than the terminal is left whole (paths stay copyable); tables still fit the width
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _parse_h(values: tuple[str, ...]) -> dict[str, str]:
@@ -264,14 +265,15 @@ def _result_table(result) -> Table:
     metric, protocol = result.config["metric"], result.config.get("protocol", "dabench")
     title = f"{result.config['algo']}: {result.config['src']} -> {result.config['tgt']} ({metric})"
     table = Table(title=title + ("" if protocol == "dabench" else f", {protocol} protocol"))
-    for col in ("model selection", "step", "src-val", "tgt-test"):
+    for col in ("model selection", "step", f"src-val {metric} (%)", f"tgt-test {metric} (%)"):
         table.add_column(col, justify="right" if col != "model selection" else "left")
     for method in protocol_methods(protocol):
         if method.oracle or not method.applies(result.records):
-            continue  # the printed summary never selects with target labels
+            continue  # the printed summary never selects with target labels; source-val (the tables') leads
         rec = choose(method, result.records, metric)
         src = rec.get("src-val", {}).get(metric)
-        table.add_row(method.name, str(rec["step"]), "-" if src is None else f"{src:.4f}", f"{rec['tgt-test'][metric]:.4f}")
+        table.add_row(method.name, str(rec["step"]), "-" if src is None else f"{100 * src:.1f}",
+                      f"{100 * rec['tgt-test'][metric]:.1f}")
     return table
 
 
@@ -452,9 +454,8 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
         label = (f"[{i}/{n}] {c.algo} " + (f"{c.src} -> {c.tgt}" if dg else f"N={c.tgt_labeled}") + f" seed={c.seed}"
                  + (f" hp={c.hparam_index}" if hparam_samples > 1 else ""))
         if o.status in ("done", "skipped"):
-            metric = next(iter(o.final.get("tgt-val", {})), None)
-            extra = f" tgt-val {o.final['tgt-val'][metric]:.4f}" if metric else ""
-            err_console.print(f"{label}: {'finished' if o.status == 'done' else 'already done'}{extra}  {o.run_dir}")
+            err_console.print(f"{label}: {'finished' if o.status == 'done' else 'already done'}{_selected_text(o.run_dir)}"
+                              f"  {o.run_dir}", soft_wrap=True, highlight=False)
         elif o.status == "held":
             err_console.print(f"{label}: [yellow]skipped[/]: {escape(o.message.splitlines()[0])}", soft_wrap=True)
         else:
@@ -463,7 +464,22 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
     if launch_opts["dry_run"]:
         _dry_run(configs)
         sys.exit(0)
-    return launch(configs, launcher, on_outcome=show)
+    return launch(configs, launcher, on_outcome=show, progress=True)
+
+
+def _selected_text(run_dir) -> str:
+    """`` source-val step S: tgt-test X%`` (what the tables will show for this run), or "" when its
+    records do not say."""
+    from dabench.results.selection import TEST, choose, protocol_methods
+    from dabench.runfolder import read_config, run_records
+
+    try:
+        config, records = read_config(Path(run_dir)), run_records(Path(run_dir))
+        method = next(m for m in protocol_methods(config.get("protocol", "dabench")) if not m.oracle)
+        rec, metric = choose(method, records, config["metric"]), config["metric"]
+        return f" {method.name} step {rec['step']}: tgt-test {metric} {100 * rec[TEST][metric]:.1f}%"
+    except Exception:  # noqa: BLE001 - a summary line never stops a sweep
+        return ""
 
 
 def _dry_run(configs: list) -> None:

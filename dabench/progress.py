@@ -12,17 +12,21 @@ def _fmt(losses: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.3f}" for k, v in losses.items())
 
 
-def make_reporter(console: Console | None = None, title: str = "train"):
-    """A live bar when ``console`` (default: stderr) is a terminal, plain lines otherwise."""
-    console = console or Console(stderr=True)
-    return RichReporter(console, title) if console.is_terminal else PlainReporter(console, title)
+def make_reporter(console: Console | None = None, title: str = "train", plain: bool = False):
+    """A live bar when ``console`` (default: stderr) is a terminal, plain lines otherwise (or with
+    ``plain``: several processes share one terminal)."""
+    console = console or Console(stderr=True, soft_wrap=True)
+    return RichReporter(console, title) if console.is_terminal and not plain else PlainReporter(console, title)
 
 
 def _eval_line(record: dict) -> str:
+    """Source validation first (what selection reads), in percent; the labelled target val split is
+    shown for reading only (no default selection reads it); test numbers are shown once, at the end."""
     shown = []
-    for split in ("src-val", "tgt-val"):  # test numbers are shown once, at the end
-        metrics = record.get(split, {})
-        shown += [f"{split} {k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+    for split, note in (("src-val", ""), ("tgt-val", " (labelled target, oracle only)")):
+        metrics = {k: v for k, v in record.get(split, {}).items() if isinstance(v, float) and k != "loss"}
+        if metrics:
+            shown.append(f"{split} " + " ".join(f"{k} {100 * v:.1f}%" for k, v in metrics.items()) + note)
     return f"step {record['step']:>6}  " + "  ".join(shown)
 
 
@@ -52,8 +56,12 @@ class PlainReporter:
                            markup=False, highlight=False, soft_wrap=True)
         self.last_step, self.last_time, self.sums, self.count = step, now, {}, 0
 
+    def evaluating(self, step: int) -> None:
+        self.started = time.perf_counter()
+
     def evaluated(self, record: dict) -> None:
-        self.console.print(_eval_line(record), markup=False, highlight=False, soft_wrap=True)
+        took = f"  (evaluated in {time.perf_counter() - self.started:.0f} s)" if hasattr(self, "started") else ""
+        self.console.print(f"{self.title} {_eval_line(record)}{took}", markup=False, highlight=False, soft_wrap=True)
 
     def stop(self) -> None: ...
 
@@ -80,8 +88,11 @@ class RichReporter:
             self.smooth[k] = v if k not in self.smooth else 0.9 * self.smooth[k] + 0.1 * v
         self.progress.update(self.task, completed=step, losses=_fmt(self.smooth))
 
+    def evaluating(self, step: int) -> None:
+        self.progress.update(self.task, losses=f"evaluating at step {step} ...")
+
     def evaluated(self, record: dict) -> None:
-        self.progress.console.print(_eval_line(record))
+        self.progress.console.print(_eval_line(record), markup=False, highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
         if self.progress:

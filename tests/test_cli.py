@@ -58,7 +58,19 @@ def test_progress_to_a_log_file_is_plain_lines(tmp_path):
     lines = [line for line in r.stderr.splitlines() if " train step " in line]
     assert [line.split(" train step ")[1].split()[0] for line in lines] == [f"{k}/20" for k in range(2, 21, 2)]
     assert all("cls " in line and "steps/s" in line for line in lines)
-    assert "━" not in r.stderr and "step     10  src-val acc" in r.stderr
+    assert "━" not in r.stderr and re.search(r"step     10  src-val acc \d+\.\d% +tgt-val acc \d+\.\d% \(labelled "
+                                             r"target, oracle only\)  \(evaluated in \d+ s\)", r.stderr)
+    assert re.search(r"source-val +│ +\d+ │ +\d+\.\d │ +\d+\.\d │", r.stdout)  # the summary, in percent
+
+
+def test_every_run_of_a_sweep_shows_its_progress_and_the_tables_number_on_one_line(tmp_path):
+    r = invoke("sweep", "--algos", "erm", *TOY, "--seeds", "1", "--out", str(tmp_path / ("a-long-folder-name" * 4)))
+    assert r.exit_code == 0
+    assert "erm seed 0 train step 20/20" in r.stderr and "erm seed 0 step     20  src-val acc" in r.stderr
+    line = next(x for x in r.stderr.splitlines() if x.startswith("[1/1] erm"))
+    run_dir = next(p for p in (tmp_path / ("a-long-folder-name" * 4)).rglob("config.json")).parent
+    assert line.endswith(str(run_dir))  # never broken across lines, whatever the width
+    assert re.search(r"finished source-val step \d+: tgt-test acc \d+\.\d%", line)
 
 
 def test_resume_with_a_different_config_exits_2(tmp_path):

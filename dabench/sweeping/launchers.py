@@ -69,8 +69,9 @@ def split_finished(configs: list[RunConfig]) -> tuple[list[RunConfig], list[Outc
 
 
 def launch(configs: list[RunConfig], launcher: Launcher,
-           on_outcome: Callable[[Outcome, int, int], None] | None = None) -> list[Outcome]:
-    """Run every config with ``launcher``; finished ones are reported as skipped, not submitted."""
+           on_outcome: Callable[[Outcome, int, int], None] | None = None, progress: bool = False) -> list[Outcome]:
+    """Run every config with ``launcher``; finished ones are reported as skipped, not submitted.
+    ``progress``: local runs show their progress (Slurm and Ray runs log to their own files)."""
     module = require(launcher.name)
     todo, done = split_finished(configs)
     outcomes: list[Outcome] = []
@@ -85,7 +86,7 @@ def launch(configs: list[RunConfig], launcher: Launcher,
     if not todo:
         return outcomes
     if launcher.name == "local":
-        sweep(todo, jobs=launcher.jobs, on_outcome=lambda o, i, n: record(o))
+        sweep(todo, jobs=launcher.jobs, on_outcome=lambda o, i, n: record(o), progress=progress)
     elif launcher.name == "submitit":
         _submitit(module, todo, launcher, record)
     else:

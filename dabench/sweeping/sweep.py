@@ -101,15 +101,21 @@ def _hparam_names(cls) -> set[str]:
     return set(cls.space("classification")) | set(cls.space("segmentation"))
 
 
-def run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
+def run_one(cfg: RunConfig, threads: int | None = None, progress: str | None = None) -> Outcome:
     """One run of a sweep, whatever launches it; never raises. A failed run's traceback is also
-    written to ``error.log`` in its run folder (when the run got that far)."""
+    written to ``error.log`` in its run folder (when the run got that far). ``progress``: "live" (a
+    bar on a terminal, else lines) or "lines" (plain lines, for processes sharing a terminal)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    reporter = None
+    if progress:
+        from dabench.progress import make_reporter
+
+        reporter = make_reporter(title=f"{cfg.algo} seed {cfg.seed}", plain=progress == "lines")
     try:
-        result = run(cfg)
+        result = run(cfg, reporter=reporter)
     except RunHeld as exc:
         return Outcome(cfg, "held", str(exc))
     except DabenchError as exc:
@@ -126,8 +132,10 @@ def run_one(cfg: RunConfig, threads: int | None = None) -> Outcome:
     return Outcome(cfg, status, run_dir=str(result.run_dir), final=result.final)
 
 
-def sweep(configs: list[RunConfig], jobs: int = 1, on_outcome: Callable[[Outcome, int, int], None] | None = None) -> list[Outcome]:
-    """Run every config, ``jobs`` at a time in separate processes (1: in this process, in order)."""
+def sweep(configs: list[RunConfig], jobs: int = 1, on_outcome: Callable[[Outcome, int, int], None] | None = None,
+          progress: bool = False) -> list[Outcome]:
+    """Run every config, ``jobs`` at a time in separate processes (1: in this process, in order);
+    ``progress``: each run shows its progress (a live bar, or with several jobs plain lines)."""
     outcomes: list[Outcome] = []
 
     def record(o: Outcome) -> None:
@@ -137,13 +145,13 @@ def sweep(configs: list[RunConfig], jobs: int = 1, on_outcome: Callable[[Outcome
 
     if jobs <= 1:
         for cfg in configs:
-            record(run_one(cfg))
+            record(run_one(cfg, progress="live" if progress else None))
         return outcomes
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, cfg, threads) for cfg in configs]
+        futures = [pool.submit(run_one, cfg, threads, "lines" if progress else None) for cfg in configs]
         for fut in as_completed(futures):
             record(fut.result())
     return outcomes
