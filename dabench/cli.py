@@ -555,12 +555,15 @@ def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, debug, **ru
 
 @main.command()
 @click.argument("path", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv"]), default="markdown", show_default=True)
-def leaderboard(path, fmt):
+@click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv"]), default="markdown", show_default=True,
+              help="markdown (GitHub tables), latex (booktabs) or csv (one long table)")
+@click.option("--reference", default="erm", show_default=True,
+              help="the algorithm every row is compared with (markdown: the difference and twice the larger std)")
+def leaderboard(path, fmt, reference):
     """Tables of target-test results per model-selection method, read from run folders."""
     from dabench.results.leaderboard import leaderboard as board, render
 
-    click.echo(render(board(Path(path)), fmt))
+    click.echo(render(board(Path(path)), fmt, reference))
 
 
 @main.command()

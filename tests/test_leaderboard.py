@@ -350,3 +350,18 @@ def test_dg_tables_rank_the_algorithms_and_compare_each_with_erm(tmp_path):
     md = render(leaderboard(tmp_path), "markdown")
     assert "| algorithm | A | B | avg | rank | vs erm |" in md and "| 2.75 | ↑0 =1 ↓1 |" in md
     assert "Rank" in render(leaderboard(tmp_path), "latex")
+
+
+def test_markdown_compares_every_row_with_the_reference_by_twice_the_larger_std(tmp_path):
+    # erm: 0.50, 0.52 at the source-val step (mean 51.0, std 1.414); dann: 0.60, 0.64 (62.0, 2.828)
+    # -> +11.0 against twice 2.828 = 5.7: beyond. sagnet: 0.50, 0.54 (52.0, 2.828) -> +1.0: inside 5.7.
+    for algo, tests in (("erm", (0.50, 0.52)), ("dann", (0.60, 0.64)), ("sagnet", (0.50, 0.54))):
+        for seed, t in enumerate(tests):
+            make_run(tmp_path, [rec(200, 0.9, 0.5, t)], algo=algo, seed=seed)
+    md = render(leaderboard(tmp_path), "markdown")
+    assert "| algorithm | tgt-test acc (%) | n | src-val acc (%) | vs erm (twice the larger std) |" in md
+    assert "| dann | 62.0 ± 2.8 | 2 | 90.0 | +11.0 (beyond 5.7) |" in md
+    assert "| sagnet | 52.0 ± 2.8 | 2 | 90.0 | +1.0 (inside 5.7) |" in md
+    assert "| erm | 51.0 ± 1.4 | 2 | 90.0 |  |" in md
+    md = render(leaderboard(tmp_path), "markdown", reference="sagnet")
+    assert "| erm | 51.0 ± 1.4 | 2 | 90.0 | -1.0 (inside 5.7) |" in md and "vs sagnet" in md

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dabench.errors import DabenchError
-from dabench.results.records import FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, variant
+from dabench.results.records import FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, variant, versus
 from dabench.runfolder import CONFIG, identity
 from dabench.tasks import task_of
 from dabench.results.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
@@ -329,12 +329,14 @@ def _f(v: float) -> str:
     return "–" if math.isnan(v) else f"{v:.1f}"
 
 
-def render(board: Leaderboard, fmt: str) -> str:
-    """The board as ``markdown`` (GitHub tables), ``latex`` (booktabs) or ``csv`` (long format)."""
+def render(board: Leaderboard, fmt: str, reference: str = "erm") -> str:
+    """The board as ``markdown`` (GitHub tables), ``latex`` (booktabs) or ``csv`` (long format).
+    ``reference``: the algorithm each row is compared with (``records.versus``: the difference and
+    twice the larger std), in a column of its own where the table has that algorithm."""
     renderers = {"markdown": _markdown, "latex": _latex, "csv": _csv}
     if fmt not in renderers:
         raise DabenchError(f"Unknown leaderboard format '{fmt}'. Choose one of: {', '.join(renderers)}.")
-    return renderers[fmt](board)
+    return renderers[fmt](board, reference)
 
 
 def _rank(v: float) -> str:
@@ -354,19 +356,26 @@ def _cell(row: Row | None, pm: str = "±") -> str:
     return f"{_f(row.mean)} {pm} {_f(row.std)} ({row.n})"
 
 
+def _da_cell(row: Row) -> str:
+    return _f(row.mean) if row.n == 1 else f"{_f(row.mean)} ± {_f(row.std)}"  # one seed has no spread
+
+
 def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def _markdown(board: Leaderboard) -> str:
+def _markdown(board: Leaderboard, reference: str = "erm") -> str:
     out = [f"# Leaderboard: {board.root}", "", f"Cells: target-test metric at the step chosen by each model-selection "
            f"method from validation records only; {FOOTNOTE}.", ""]
     if not board.tables and not board.dg:
         out += ["No finished runs yet.", ""]
     for t in board.tables:
         out += [f"## {t.title}", "", f"Selection: {t.method.title}. Metric: {t.metric} ({t.task}).", ""]
-        out += [_md_row(["algorithm", f"tgt-test {t.metric} (%)", "n", f"src-val {t.metric} (%)"]), "|---|---:|---:|---:|"]
-        out += [_md_row([r.label, f"{_f(r.mean)} ± {_f(r.std)}", str(r.n), _f(r.src_val)]) for r in t.rows]
+        vs = [versus(r, t.rows, reference) for r in t.rows]
+        extra = [f"vs {reference} (twice the larger std)"] if any(vs) else []
+        out += [_md_row(["algorithm", f"tgt-test {t.metric} (%)", "n", f"src-val {t.metric} (%)", *extra]),
+                "|---|---:|---:|---:|" + "---|" * len(extra)]
+        out += [_md_row([r.label, _da_cell(r), str(r.n), _f(r.src_val), *([v] if extra else [])]) for r, v in zip(t.rows, vs)]
         if t.per_class:
             out += ["", f"{t.title}. {t.iou_caption}.", "", _md_row(["algorithm", *t.classes, "mIoU", *t.subsets]),
                     "|---|" + "---:|" * (len(t.classes) + 1 + len(t.subsets))]
@@ -418,7 +427,7 @@ def _tex_table(caption: str, label: str, header: list[str], rows: list[list[str]
             r"\end{table}", ""]
 
 
-def _latex(board: Leaderboard) -> str:
+def _latex(board: Leaderboard, reference: str = "erm") -> str:
     out = ["% dabench leaderboard: " + tex(board.root), r"% needs \usepackage{booktabs} (and graphicx for per-class tables)", ""]
     footnote = tex(FOOTNOTE).replace("±", r"$\pm$")
     for t in board.tables:
@@ -458,7 +467,7 @@ def _latex(board: Leaderboard) -> str:
     return "\n".join(out) + "\n"
 
 
-def _csv(board: Leaderboard) -> str:
+def _csv(board: Leaderboard, reference: str = "erm") -> str:
     """One long table, values in percent; per-class IoU columns (iou_<class>) for segmentation pairs."""
     classes = list(dict.fromkeys(c for t in board.tables if t.per_class for c in t.classes))
     fields = ["pair", "src", "tgt", "task", "protocol", "metric", "selection", "oracle", "algorithm", "variant", "tgt_labeled", "n",

@@ -19,7 +19,7 @@ from dabench.runfolder import CONFIG, RESULTS, is_done, scan_records
 from dabench.results.selection import TEST, Method, select_run
 
 REQUIRED = ("algo", "src", "tgt", "seed", "task", "metric")
-FOOTNOTE = "mean ± sample std (ddof=1) over n seeds, in percent; std is 0 when n = 1"
+FOOTNOTE = "mean ± sample std (ddof=1) over n seeds, in percent; a one-seed value has no ±"
 
 
 @dataclass
@@ -48,6 +48,18 @@ class Row:
     @property
     def label(self) -> str:
         return row_label(self.algo, self.tgt_labeled, self.variant)
+
+
+def versus(row: Row, rows: list[Row], reference: str = "erm") -> str:
+    """``+15.1 (beyond 5.6)``: ``row``'s mean minus the reference algorithm's (its plain row at the same
+    labelled-target budget), against twice the larger of their stds: "beyond" where the difference
+    exceeds it (a gain or a loss that holds), "inside" where it does not; "" for the reference itself,
+    where the table has none, or for one seed against one seed (no spread to compare with)."""
+    ref = next((r for r in rows if r.algo == reference and not r.variant and r.tgt_labeled == row.tgt_labeled), None)
+    if ref is None or ref is row or math.isnan(row.mean) or math.isnan(ref.mean) or (row.n < 2 and ref.n < 2):
+        return ""
+    diff, spread = row.mean - ref.mean, 2 * max(row.std, ref.std)
+    return f"{diff:+.1f} ({'beyond' if abs(diff) > spread else 'inside'} {spread:.1f})"
 
 
 def row_label(algo: str, tgt_labeled: int | str, variant: tuple = ()) -> str:

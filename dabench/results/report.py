@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dabench.errors import DabenchError
 from dabench.results.leaderboard import DGTable, Leaderboard, Table, board, run_folders
-from dabench.results.records import FOOTNOTE, RunRecords, mean, read_runs, row_label, variant
+from dabench.results.records import FOOTNOTE, RunRecords, mean, read_runs, row_label, variant, versus
 from dabench.results.selection import TEST, get, protocol_methods, select_run
 from dabench.runfolder import EMBED, PREDICTIONS, STEPS
 from dabench.tasks import CLASS_ACC, task_of
@@ -109,10 +109,11 @@ def _sortable(caption: str, header: list[str], rows: list[str], open_: bool, sum
 
 def _table(t: Table, open_: bool) -> str:
     rows = [f"<tr><td>{html.escape(r.label)}</td><td data-v='{r.n}'>{r.n}</td>{_cell(r.mean, r.std, r.n)}"
-            f"{_cell(r.src_val, 0.0, 1)}</tr>" for r in t.rows]
+            f"{_cell(r.src_val, 0.0, 1)}<td>{html.escape(versus(r, t.rows))}</td></tr>" for r in t.rows]
     oracle = " (oracle: uses target labels)" if t.method.oracle else ""
-    return _sortable(f"Selection: {t.method.title}{oracle}. Target test {t.metric} (%) at the chosen step.",
-                     ["algorithm", "seeds", f"target test {t.metric}", f"source val {t.metric}"], rows, open_,
+    return _sortable(f"Selection: {t.method.title}{oracle}. Target test {t.metric} (%) at the chosen step; vs erm: "
+                     "the difference to ERM, beyond or inside twice the larger std.",
+                     ["algorithm", "seeds", f"target test {t.metric}", f"source val {t.metric}", "vs erm"], rows, open_,
                      f"{t.method.name}{oracle}")
 
 
