@@ -91,8 +91,10 @@ def _run_options(f):
                           "max(200, steps/10) for segmentation]"),
         click.option("-H", "hparam", multiple=True, metavar="KEY=VALUE", help="override a hyperparameter (repeatable)"),
         click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)"),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="where to train: auto (a GPU when there is one), cpu or cuda"),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                     help="fp32, or mixed precision on a GPU: bf16 (autocast), fp16 (autocast and loss scaling)"),
         click.option("--image-size", type=int, default=None,
                      help="classification: side of the square images; segmentation: the training height, each "
                           "domain keeping its aspect (default: the data set's own)"),
@@ -180,7 +182,8 @@ def _launcher(opts: dict, jobs: int):
                    "may be given with it")
 @click.option("--tgt-labeled", default="0", show_default=True,
               help="labelled target images for semi-/supervised DA: a number, or 'all'")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="the run's seed: the network's initialisation and every batch (a function of seed and step)")
 @_run_options
 @click.option("--out", type=click.Path(), default="runs", show_default=True, help="folder for run folders")
 @click.option("--resume", is_flag=True, help="continue the unfinished run of this exact config")
@@ -380,7 +383,7 @@ def _algorithm_detail(name: str) -> None:
 @click.option("--tgt-labeled", default="0", show_default=True, help="labelled target budgets, comma-separated, e.g. 0,100,all")
 @click.option("--hparam-samples", type=int, default=1, show_default=True, help="random-search samples per config (0 = defaults)")
 @_run_options
-@click.option("--out", type=click.Path(), default="runs", show_default=True)
+@click.option("--out", type=click.Path(), default="runs", show_default=True, help="folder for run folders")
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
 @click.option("--debug", is_flag=True, help="print each failed run's full Python traceback")
 @_launch_options
@@ -501,14 +504,14 @@ def _dry_run(configs: list) -> None:
 
 @main.command()
 @click.option("--algos", required=True, help="comma-separated algorithm names")
-@click.option("--src", required=True)
-@click.option("--tgt", required=True)
+@click.option("--src", required=True, help="source domain, e.g. gta5")
+@click.option("--tgt", required=True, help="target domain, e.g. cityscapes (its labelled budgets are --tgt-labeled)")
 @click.option("--tgt-labeled", required=True, help="labelled target budgets, comma-separated, e.g. 0,100,500,1000,all")
 @click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
 @click.option("--selection", type=click.Choice(["source-val", "target-oracle", "target-oracle-best", "last"]), default=None,
               help="model selection method for the cells (default: source-val; last under --protocol paper)")
 @_run_options
-@click.option("--out", type=click.Path(), default="runs", show_default=True)
+@click.option("--out", type=click.Path(), default="runs", show_default=True, help="folder for run folders")
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs in parallel processes")
 @click.option("--debug", is_flag=True, help="print each failed run's full Python traceback")
 @_launch_options
@@ -581,7 +584,8 @@ def report(path, out):
 @click.option("--images", required=True, type=click.Path(), help="folder of images to predict")
 @click.option("--out", type=click.Path(), default=None,
               help="folder for the predictions (default: the run folder's predictions/, which dabench report shows)")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="where the model runs: auto (a GPU when there is one), cpu or cuda")
 @click.option("--selection", type=click.Choice(["source-val", "last"]), default=None,
               help="which step's model: the one source-val selection chose, as the tables (default; last under "
                    "--protocol paper), or the last")
@@ -600,7 +604,8 @@ def predict(run_dir, images, out, device, selection, overwrite):
               help="the trained step to picture beside the start (default: source-val; last under --protocol paper)")
 @click.option("--images", type=int, default=500, show_default=True, help="images per domain")
 @click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="where the model runs: auto (a GPU when there is one), cpu or cuda")
 def embed(run_dir, selection, images, data_root, device):
     """t-SNE of source and target features at the start and the selected step, as a PNG in the run folder."""
     from dabench.embed import embed as picture
@@ -615,7 +620,8 @@ def embed(run_dir, selection, images, data_root, device):
               help="the trained step to measure (default: source-val; last under --protocol paper)")
 @click.option("--images", type=int, default=1000, show_default=True, help="images per domain")
 @click.option("--data-root", type=click.Path(), default=None, help="folder holding your data sets (default: $DABENCH_DATA)")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="where the model runs: auto (a GPU when there is one), cpu or cuda")
 def divergence(run_dir, selection, images, data_root, device):
     """Proxy A-distance between source and target features, at the start and the selected step."""
     from dabench.divergence import divergence as measure
@@ -623,12 +629,21 @@ def divergence(run_dir, selection, images, data_root, device):
     report = measure(run_dir, selection=selection, images=images, data_root=data_root, device=device)
     table = Table(title=f"proxy A-distance, {report['images_per_domain']} images per domain "
                         f"({report['source']} vs {report['target']}; 0 = indistinguishable, 2 = separable)")
-    for col in ("model", "step", "PAD", "domain classifier error"):
+    for col in ("model", "step", "PAD", "95% interval", "domain classifier error"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    table.add_row("start (as built)", "0", f"{report['start']['pad']:.3f}", f"{report['start']['error']:.3f}")
-    sel = report["selected"]
-    table.add_row(f"selected ({sel['selection']})", str(sel["step"]), f"{sel['pad']:.3f}", f"{sel['error']:.3f}")
+    for label, r in (("start (as built)", report["start"]), (f"selected ({report['selected']['selection']})",
+                                                              report["selected"])):
+        lo, hi = r["pad_95"]
+        table.add_row(label, str(r["step"]), f"{r['pad']:.3f}", f"{lo:.3f} to {hi:.3f}", f"{r['error']:.3f}")
     console.print(table)
+    start, sel = report["start"]["pad_95"], report["selected"]["pad_95"]
+    apart = start[0] > sel[1] or sel[0] > start[1]
+    console.print(("The intervals do not overlap: the selected model's features are measurably "
+                   + ("closer" if report["selected"]["pad"] < report["start"]["pad"] else "further apart") + " across domains."
+                   if apart else "The intervals overlap: at this many images the two PADs are not told apart.")
+                  + " PAD is how well a linear classifier tells source from target features (2: perfectly); a "
+                  "method can raise target accuracy while its features stay linearly separable, so read PAD "
+                  "beside the accuracy, not for it.")
 
 
 @main.group()
@@ -650,7 +665,9 @@ def check(name, data_root):
     table.add_row("classes", f"{domain.num_classes}: {', '.join(domain.classes[:12])}{' ...' if domain.num_classes > 12 else ''}")
     table.add_row("train", str(len(domain.train)))
     table.add_row("test", str(len(domain.test)) if domain.test is not None else "none (held out of train by the protocol)")
-    table.add_row("image size", str(domain.image_size))
+    size = domain.image_size
+    table.add_row("image size", f"{size} x {size} (square)" if isinstance(size, int) else
+                  f"{size[0]} x {size[1]} (width x height)" if isinstance(size, (tuple, list)) else str(size))
     for k, v in domain.info.items():
         table.add_row(k, str(v))
     console.print(table)

