@@ -62,7 +62,7 @@ class PlainReporter:
         self.started = time.perf_counter()
 
     def evaluated(self, record: dict) -> None:
-        took = f"  (evaluated in {time.perf_counter() - self.started:.0f} s)" if hasattr(self, "started") else ""
+        took = f"  (evaluated in {time.perf_counter() - self.started:.1f} s)" if hasattr(self, "started") else ""
         self.console.print(f"{self.title} {_eval_line(record)}{took}", markup=False, highlight=False, soft_wrap=True)
 
     def stop(self) -> None: ...

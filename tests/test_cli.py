@@ -59,7 +59,7 @@ def test_progress_to_a_log_file_is_plain_lines(tmp_path):
     assert [line.split(" train step ")[1].split()[0] for line in lines] == [f"{k}/20" for k in range(2, 21, 2)]
     assert all("cls " in line and "steps/s" in line for line in lines)
     assert "━" not in r.stderr and re.search(r"step     10  src-val acc \d+\.\d% +tgt-val acc \d+\.\d% \(labelled "
-                                             r"target, oracle only\)  \(evaluated in \d+ s\)", r.stderr)
+                                             r"target, oracle only\)  \(evaluated in \d+\.\d s\)", r.stderr)
     assert re.search(r"source-val +│ +\d+ │ +\d+\.\d │ +\d+\.\d │", r.stdout)  # the summary, in percent
 
 

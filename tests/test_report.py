@@ -76,6 +76,7 @@ def _chromium(args, tmp_path):
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # starts a browser
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
 def test_report_opens_in_chromium_without_a_console_error_and_its_tables_sort(tmp_path):
     out = report(sweep_folder(tmp_path / "runs"), tmp_path / "report.html")
