@@ -1,7 +1,9 @@
 """mkdocs hooks: the pages' tables that would drift if typed by hand, made from the registry.
 
 ``<!-- methods ... -->`` in a page gets the table of every registered algorithm (task, settings,
-description, defaults per regime, its parity test); ``<!-- datasets ... -->`` every data set;
+description, defaults per regime, its parity test); ``<!-- hyperparameters ... -->`` each
+algorithm's hyperparameters (defaults, search range, meaning); ``<!-- cli ... -->`` every command
+and option of ``dabench``; ``<!-- datasets ... -->`` every data set;
 ``<!-- include FILE -->`` a file of the repository (CONTRIBUTING.md on the plugins page).
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ def methods_table() -> str:
         for task in tasks:
             regimes = [None] if not any(p.regimes for p in algo.space(task).values()) else list(REGIMES)
             for regime in regimes:
-                values = ", ".join(f"`{k}={v.default}`" for k, v in sorted(algo.space(task, regime).items()))
+                values = ", ".join(f"{k}={v.default}" for k, v in sorted(algo.space(task, regime).items()))
                 label = " / ".join(x for x in (task if len(tasks) > 1 else "", regime or "") if x)
                 defaults.append(f"{label}: {values}" if label else values)
         rows.append(f"| `{name}` | {algo.task} | {', '.join(settings)} | {_cell(algo.description())} | "
@@ -60,7 +62,64 @@ def datasets_table() -> str:
     return "\n".join(rows)
 
 
+def hyperparameters() -> str:
+    """A section per algorithm: each hyperparameter's defaults (per regime), search range and meaning."""
+    from dabench.hparams import REGIMES
+    from dabench.registry import REGISTRIES
+
+    reg, out = REGISTRIES["algorithms"], []
+    for name in reg.names():
+        algo = reg.get(name)
+        out.append(f"## {name}\n\n{_cell(algo.description())}\n")
+        for task in ["classification", "segmentation"] if algo.task == "any" else [algo.task]:
+            space = algo.space(task)
+            regimes = list(REGIMES) if any(p.regimes for p in space.values()) else []
+            heads = [f"default ({r})" for r in regimes] or ["default"]
+            if algo.task == "any":
+                out.append(f"On {task}:\n")
+            out += ["| hyperparameter | " + " | ".join(heads) + " | search range | meaning |",
+                    "|---|" + "---|" * (len(heads) + 2)]
+            for key in sorted(space):
+                p = space[key]
+                values = [algo.space(task, r)[key].default for r in regimes] or [p.default]
+                meaning = p.help + (f" (one of {', '.join(map(str, p.choices))})" if p.choices else "")
+                out.append(f"| `{key}` | " + " | ".join(f"`{v}`" for v in values)
+                           + f" | {_cell(p.search) if p.search else 'not searched'} | {_cell(meaning)} |")
+            out.append("")
+    return "\n".join(out)
+
+
+def cli_reference() -> str:
+    """Every command of ``dabench`` with its options: what each does and its default."""
+    import click
+
+    from dabench.cli import main
+
+    out = []
+
+    def walk(cmd: click.Command, path: str) -> None:
+        if isinstance(cmd, click.Group):
+            for name, sub in sorted(cmd.commands.items()):
+                walk(sub, f"{path} {name}")
+            return
+        args = " ".join(p.name.upper() for p in cmd.params if isinstance(p, click.Argument))
+        out.append(f"## `{path}{' ' + args if args else ''}`\n\n{_cell(cmd.help or '')}\n")
+        out.extend(["| option | default | what it does |", "|---|---|---|"])
+        for p in cmd.params:
+            if not isinstance(p, click.Option):
+                continue
+            choices = f" One of: {', '.join(p.type.choices)}." if isinstance(p.type, click.Choice) else ""
+            default = "" if p.default in (None, False, ()) or p.is_flag else f"`{p.default}`"
+            out.append(f"| `{', '.join(p.opts)}` | {default} | {_cell((p.help or '') + choices)} |")
+        out.append("")
+
+    walk(main, "dabench")
+    return "\n".join(out)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    markdown = re.sub(r"<!-- hyperparameters[^>]*-->", lambda m: hyperparameters(), markdown)
+    markdown = re.sub(r"<!-- cli[^>]*-->", lambda m: cli_reference(), markdown)
     markdown = re.sub(r"<!-- methods[^>]*-->", lambda m: methods_table(), markdown)
     markdown = re.sub(r"<!-- datasets[^>]*-->", lambda m: datasets_table(), markdown)
     return re.sub(r"<!-- include (\S+) -->", lambda m: (ROOT / m.group(1)).read_text(), markdown)

@@ -28,6 +28,14 @@ def test_the_site_builds_strict_with_the_methods_table_from_the_registry(tmp_pat
     api = (tmp_path / "site" / "python" / "index.html").read_text()
     assert 'id="dabench.api.fit"' in api and 'id="dabench.results.report.report"' in api  # from the docstrings
     assert "Add an algorithm in your own package" in (tmp_path / "site" / "plugins" / "index.html").read_text()
+    cli = (tmp_path / "site" / "cli" / "index.html").read_text()  # every command and option, from click itself
+    from dabench.cli import main
+
+    for name, command in main.commands.items():
+        assert f"dabench {name}" in cli, name
+    assert "<code>--tgt-labeled</code>" in cli and "<code>--log</code>" in cli and "One of: jsonl, tensorboard, mlflow" in cli
+    hps = (tmp_path / "site" / "hyperparameters" / "index.html").read_text()
+    assert "final weight of the reversed domain gradient" in hps and "10^U(-3, -1.5)" in hps
 
 
 def test_the_readme_fits_on_two_screens_and_links_every_docs_page():

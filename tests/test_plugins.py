@@ -44,9 +44,11 @@ def test_the_plugin_of_contributing_md_is_listed_and_runs(tmp_path):
     make_distribution(tmp_path)
     listed = dabench(["list"], tmp_path, tmp_path)
     assert listed.returncode == 0, listed.stderr
-    for text in ("meanmatch", "weight=0.1", "Source cross-entropy plus matching", "tiny-cnn", "stripes",
+    for text in ("meanmatch", "Source cross-entropy plus matching", "tiny-cnn", "stripes",
                  "my_plugin:MeanMatch", "my_plugin:tiny_cnn", "my_plugin:stripes"):
         assert text in listed.stdout
+    detail = dabench(["list", "algorithms", "meanmatch"], tmp_path, tmp_path)  # its hyperparameters, as declared
+    assert re.search(r"weight +│ 0\.1 +│", detail.stdout), detail.stdout
 
     commands = re.findall(r"^dabench run (.*?)$", section("Add an algorithm in your own package"), re.M)
     assert len(commands) == 1
