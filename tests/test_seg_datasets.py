@@ -354,7 +354,7 @@ def test_datasets_check_counts_and_reports(root, tmp_path):
     assert r.exit_code == 0, r.output
     text = " ".join(r.stdout.split())
     assert re.search(r"train\W+4\W", text) and re.search(r"test\W+none", text), text
-    assert "(1280, 720)" in text and "palette" in text and "1 of 4" in text and text.endswith("ok")
+    assert "1280 x 720 (width x height)" in text and "palette" in text and "1 of 4" in text and text.endswith("ok")
     r = CliRunner().invoke(main, ["datasets", "check", "gta5", "--data-root", str(tmp_path)], catch_exceptions=False)
     assert r.exit_code == 2 and "gta5" in r.stderr and "Traceback" not in r.output
 
