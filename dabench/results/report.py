@@ -85,7 +85,7 @@ def page(lb: Leaderboard, runs: list[RunRecords]) -> str:
             held: dict[str, list[RunRecords]] = defaultdict(list)
             for r in dg_runs:
                 held[str(r.config["tgt"])].append(r)
-            body += [f"<h4>{e(t)} held out</h4>{_curves(rs)}" for t, rs in sorted(held.items())]
+            body += [_curves(rs, f"<h4>{e(t)} held out</h4>") for t, rs in sorted(held.items())]
         body.append(_pictures(dg_runs, lb.root) + "</section>")
     if lb.agreement:
         body.append(_agreement(lb))
@@ -204,7 +204,7 @@ def _heat(v: float) -> str:
     return f"rgb({r},{g},{120})"
 
 
-def _curves(runs: list[RunRecords]) -> str:
+def _curves(runs: list[RunRecords], heading: str = "<h3>Training curves</h3>") -> str:
     cards = []
     for label, rows in _by_label(runs).items():
         metric = str(rows[0].config["metric"])
@@ -215,7 +215,7 @@ def _curves(runs: list[RunRecords]) -> str:
         seeds = len({r.config["seed"] for r in rows})
         cards.append(f'<div class="card"><h4>{html.escape(label)} <small>({seeds} seed{"s" * (seeds != 1)})</small></h4>'
                      f"{chart(f'{metric} (%) by step', evals)}{chart('logged losses by step (log scale)', losses, log=True)}</div>")
-    return f'<h3>Training curves</h3><div class="cards">{"".join(cards)}</div>' if cards else ""
+    return f'{heading}<div class="cards">{"".join(cards)}</div>' if cards else ""
 
 
 def _staged(items: list[tuple[str, int, float]]) -> list[tuple[float, float]]:
