@@ -16,7 +16,7 @@ FOLDER``), dabench's own last-step target-test accuracy of the same method, step
 Methods: cdan, cdan-e (tests/reference/cdan.py, the digit script, warm-up and halvings counted in
 tenths of --steps as the plugin does), mcc (tests/reference/mcc.py, TLlib's digit iteration), dan
 (tests/reference/dan.py, TLlib's digit iteration), dann (tests/reference/dann.py, the paper's
-update). Threads: torch's default unless --threads; CPU only.
+update), afn (tests/reference/afn.py, TLlib's digit setting). Threads: torch's default unless --threads; CPU only.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from dabench.runner import RunConfig, build  # noqa: E402
 from reference.harness import twin  # noqa: E402
 
 PLUGIN = {"cdan": ("cdan", {}), "cdan-e": ("cdan", {"entropy_conditioning": "true"}), "mcc": ("mcc", {}),
-          "dan": ("dan", {}), "dann": ("dann", {})}
+          "dan": ("dan", {}), "dann": ("dann", {}), "afn": ("afn", {})}
 
 
 @torch.no_grad()
@@ -73,6 +73,13 @@ def trainer(method: str, algo, steps: int):
         tr = ref.TLlibDAN(twin(algo.featurizer), twin(algo.bottleneck), twin(algo.head), lr=0.01, scratch=True)
         # TLlib's classifier returns (predictions, features) in training and the predictions alone in eval
         return lambda i, xs, ys, xt: tr.step(xs, ys, xt), lambda x: tr.model(x), [tr.model]
+    if method == "afn":
+        from reference import afn as ref
+
+        block = ref.Block(algo.featurizer.out_features, algo.hp["bottleneck_dim"], algo.hp["dropout_p"])
+        block.load_state_dict(algo.bottleneck.state_dict())
+        tr = ref.TLlibAFN(twin(algo.featurizer), block, twin(algo.head), lr=0.01, delta=0.3, trade_off_entropy=0.03)
+        return (lambda i, xs, ys, xt: tr.step(xs, ys, xt)), (lambda x: tr.model(x)[0]), [tr.backbone, tr.bottleneck, tr.head]
     if method == "dann":
         from reference import dann as ref
 
