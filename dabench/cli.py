@@ -562,11 +562,14 @@ def curve(algos, src, tgt, tgt_labeled, seeds, selection, out, jobs, debug, **ru
               help="markdown (GitHub tables), latex (booktabs) or csv (one long table)")
 @click.option("--reference", default="erm", show_default=True,
               help="the algorithm every row is compared with (markdown: the difference and twice the larger std)")
-def leaderboard(path, fmt, reference):
+@click.option("--per-seed", is_flag=True,
+              help="markdown: each seed's value beside each mean, and a per-seed table under each DG table "
+                   "(csv always has them)")
+def leaderboard(path, fmt, reference, per_seed):
     """Tables of target-test results per model-selection method, read from run folders."""
     from dabench.results.leaderboard import leaderboard as board, render
 
-    click.echo(render(board(Path(path)), fmt, reference))
+    click.echo(render(board(Path(path)), fmt, reference, per_seed))
 
 
 @main.command()

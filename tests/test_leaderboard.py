@@ -365,3 +365,26 @@ def test_markdown_compares_every_row_with_the_reference_by_twice_the_larger_std(
     assert "| erm | 51.0 ± 1.4 | 2 | 90.0 |  |" in md
     md = render(leaderboard(tmp_path), "markdown", reference="sagnet")
     assert "| erm | 51.0 ± 1.4 | 2 | 90.0 | -1.0 (inside 5.7) |" in md and "vs sagnet" in md
+
+
+def test_per_seed_values_are_the_selected_steps_in_seed_order(tmp_path):
+    # seed 10's folder sorts before seed 2's; each seed's value is its source-val step's test (0.70 at step 400, not 0.10)
+    make_run(tmp_path, [rec(200, 0.8, 0.5, 0.10), rec(400, 0.9, 0.5, 0.70)], seed=10)
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.60)], seed=2)
+    board = leaderboard(tmp_path)
+    assert cell(board, "source-val").per_seed == ((2, pytest.approx(60.0)), (10, pytest.approx(70.0)))
+    md = render(board, "markdown", per_seed=True)
+    assert "| src-val acc (%) | per seed |" in md and "| dann | 65.0 ± 7.1 | 2 | 90.0 | 2: 60.0, 10: 70.0 |" in md
+    assert "per seed" not in render(board, "markdown")
+    row = next(csv.DictReader(io.StringIO(render(board, "csv"))))
+    assert row["per_seed"] == "2:60.0 10:70.0"
+    with pytest.raises(DabenchError, match="--format markdown or csv"):
+        render(board, "latex", per_seed=True)
+
+
+def test_dg_per_seed_table_under_the_dg_table(tmp_path):
+    for seed, (a, b) in enumerate(((0.50, 0.60), (0.52, 0.64))):
+        dg_run(tmp_path, "B,C", "A", [rec(1, 0.9, 0.5, a)], seed)
+        dg_run(tmp_path, "A,C", "B", [rec(1, 0.9, 0.5, b)], seed)
+    md = render(leaderboard(tmp_path), "markdown", per_seed=True)
+    assert "| algorithm | A | B |" in md and "| erm | 0: 50.0, 1: 52.0 | 0: 60.0, 1: 64.0 |" in md

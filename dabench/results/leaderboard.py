@@ -329,14 +329,19 @@ def _f(v: float) -> str:
     return "–" if math.isnan(v) else f"{v:.1f}"
 
 
-def render(board: Leaderboard, fmt: str, reference: str = "erm") -> str:
+def render(board: Leaderboard, fmt: str, reference: str = "erm", per_seed: bool = False) -> str:
     """The board as ``markdown`` (GitHub tables), ``latex`` (booktabs) or ``csv`` (long format).
     ``reference``: the algorithm each row is compared with (``records.versus``: the difference and
-    twice the larger std), in a column of its own where the table has that algorithm."""
+    twice the larger std), in a column of its own where the table has that algorithm. ``per_seed``
+    (markdown): each seed's value beside each mean, and a per-seed table under each DG table; the
+    csv always has them (``per_seed``: "seed:value" pairs)."""
     renderers = {"markdown": _markdown, "latex": _latex, "csv": _csv}
     if fmt not in renderers:
         raise DabenchError(f"Unknown leaderboard format '{fmt}'. Choose one of: {', '.join(renderers)}.")
-    return renderers[fmt](board, reference)
+    if per_seed and fmt == "latex":
+        raise DabenchError("--per-seed is for markdown (a column per table) and csv (always there); latex tables "
+                           "keep mean ± std. Use --format markdown or csv.")
+    return renderers[fmt](board, reference, per_seed) if fmt == "markdown" else renderers[fmt](board, reference)
 
 
 def _rank(v: float) -> str:
@@ -360,11 +365,16 @@ def _da_cell(row: Row) -> str:
     return _f(row.mean) if row.n == 1 else f"{_f(row.mean)} ± {_f(row.std)}"  # one seed has no spread
 
 
+def _seeds(row: Row | None, sep: str = ", ") -> str:
+    """Each seed's value, in seed order: ``0: 46.9, 1: 48.2``."""
+    return "–" if row is None else sep.join(f"{seed}: {_f(v)}" for seed, v in row.per_seed)
+
+
 def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def _markdown(board: Leaderboard, reference: str = "erm") -> str:
+def _markdown(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -> str:
     out = [f"# Leaderboard: {board.root}", "", f"Cells: target-test metric at the step chosen by each model-selection "
            f"method from validation records only; {FOOTNOTE}.", ""]
     if not board.tables and not board.dg:
@@ -373,9 +383,11 @@ def _markdown(board: Leaderboard, reference: str = "erm") -> str:
         out += [f"## {t.title}", "", f"Selection: {t.method.title}. Metric: {t.metric} ({t.task}).", ""]
         vs = [versus(r, t.rows, reference) for r in t.rows]
         extra = [f"vs {reference} (twice the larger std)"] if any(vs) else []
-        out += [_md_row(["algorithm", f"tgt-test {t.metric} (%)", "n", f"src-val {t.metric} (%)", *extra]),
-                "|---|---:|---:|---:|" + "---|" * len(extra)]
-        out += [_md_row([r.label, _da_cell(r), str(r.n), _f(r.src_val), *([v] if extra else [])]) for r, v in zip(t.rows, vs)]
+        seeds = ["per seed"] if per_seed else []
+        out += [_md_row(["algorithm", f"tgt-test {t.metric} (%)", "n", f"src-val {t.metric} (%)", *extra, *seeds]),
+                "|---|---:|---:|---:|" + "---|" * (len(extra) + len(seeds))]
+        out += [_md_row([r.label, _da_cell(r), str(r.n), _f(r.src_val), *([v] if extra else []),
+                         *([_seeds(r)] if per_seed else [])]) for r, v in zip(t.rows, vs)]
         if t.per_class:
             out += ["", f"{t.title}. {t.iou_caption}.", "", _md_row(["algorithm", *t.classes, "mIoU", *t.subsets]),
                     "|---|" + "---:|" * (len(t.classes) + 1 + len(t.subsets))]
@@ -386,6 +398,10 @@ def _markdown(board: Leaderboard, reference: str = "erm") -> str:
                 "|---|" + "---:|" * (len(t.columns) + 2) + "---|"]
         out += [_md_row([label, *(_cell(c) for c in cells), _f(t.average(cells)), _rank(rank), t.against_erm(cells)])
                 for (label, cells), rank in zip(t.rows, t.ranks())] + [""]
+        if per_seed:
+            out += [f"{t.title}, per seed (seed: value):", "", _md_row(["algorithm", *t.columns]),
+                    "|---|" + "---|" * len(t.columns)]
+            out += [_md_row([label, *(_seeds(c) for c in cells)]) for label, cells in t.rows] + [""]
     if board.agreement:
         out += [f"## Model selection against {AGREEMENT_ORACLE}", "",
                 "Over each algorithm's runs of a pair (seeds, hyperparameter samples): the Spearman correlation of "
@@ -467,11 +483,15 @@ def _latex(board: Leaderboard, reference: str = "erm") -> str:
     return "\n".join(out) + "\n"
 
 
+def _csv_seeds(row: Row) -> str:
+    return " ".join(f"{seed}:{round(v, 4)}" for seed, v in row.per_seed)
+
+
 def _csv(board: Leaderboard, reference: str = "erm") -> str:
     """One long table, values in percent; per-class IoU columns (iou_<class>) for segmentation pairs."""
     classes = list(dict.fromkeys(c for t in board.tables if t.per_class for c in t.classes))
     fields = ["pair", "src", "tgt", "task", "protocol", "metric", "selection", "oracle", "algorithm", "variant", "tgt_labeled", "n",
-              "mean", "std", "src_val", *(f"iou_{c}" for c in classes)]
+              "mean", "std", "src_val", "per_seed", *(f"iou_{c}" for c in classes)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fields, restval="", lineterminator="\n")
     writer.writeheader()
@@ -482,7 +502,7 @@ def _csv(board: Leaderboard, reference: str = "erm") -> str:
                        selection=t.method.name,
                        oracle=t.method.oracle, algorithm=r.algo, variant="; ".join(f"{k}={v}" for k, v in r.variant),
                        tgt_labeled=r.tgt_labeled, n=r.n, mean=num(r.mean),
-                       std=num(r.std), src_val=num(r.src_val))
+                       std=num(r.std), src_val=num(r.src_val), per_seed=_csv_seeds(r))
             writer.writerow(row | {f"iou_{c}": num(v) for c, v in zip(t.classes, r.iou or [])})
     for t in board.dg:
         for label, cells in t.rows:
@@ -493,5 +513,5 @@ def _csv(board: Leaderboard, reference: str = "erm") -> str:
                 writer.writerow(dict(pair=f"{src} -> {tgt} (dg)", src=src, tgt=tgt, task=t.task, protocol=t.protocol,
                                      metric=t.metric, selection=t.method.name, oracle=t.method.oracle, algorithm=r.algo,
                                      variant="; ".join(f"{k}={v}" for k, v in r.variant), tgt_labeled=0, n=r.n,
-                                     mean=num(r.mean), std=num(r.std), src_val=num(r.src_val)))
+                                     mean=num(r.mean), std=num(r.std), src_val=num(r.src_val), per_seed=_csv_seeds(r)))
     return buf.getvalue()

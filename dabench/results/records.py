@@ -44,6 +44,7 @@ class Row:
     src_val: float  # mean source-validation metric at the chosen steps, percent
     iou: list[float] | None = None  # segmentation: per-class target-test IoU, mean over seeds, percent
     variant: tuple = ()  # ((hyperparameter, value), ...) set with -H that tell this row from its siblings
+    per_seed: tuple = ()  # ((seed, target test percent), ...) in seed order: the values the mean is over
 
     @property
     def label(self) -> str:
@@ -127,6 +128,7 @@ def aggregate(method: Method, key: tuple, runs: list[RunRecords], metric: str, s
     for run in sorted(runs, key=lambda r: (r.config.get("hparam_index", 0), str(r.path))):
         seeds[run.config["seed"]].append(run)
     test, src, ious = [], [], []
+    seeds = dict(sorted(seeds.items()))
     for candidates in seeds.values():
         r, i = select_run(method, [c.records for c in candidates], metric)
         record = candidates[r].records[i]  # the only place a test value is read
@@ -135,7 +137,8 @@ def aggregate(method: Method, key: tuple, runs: list[RunRecords], metric: str, s
         ious.append((record.get(TEST) or {}).get("iou") or [])
     average, std = _mean_std(test)
     iou = [mean([100 * v[c] for v in ious if c < len(v) and v[c] is not None]) for c in range(n_classes)]
-    return Row(key[0], key[1], len(test), average, std, mean(src), iou if seg else None, key[2] if len(key) > 2 else ())
+    return Row(key[0], key[1], len(test), average, std, mean(src), iou if seg else None, key[2] if len(key) > 2 else (),
+               tuple(zip(seeds, test)))
 
 
 def _num(v) -> float:
