@@ -379,7 +379,7 @@ def _algorithm_detail(name: str) -> None:
               "--setting uda: multi-source DA, the held-out domain's unlabelled images in training)")
 @click.option("--lodo", is_flag=True, help="with --dg: also the runs leave-one-domain-out model selection validates "
               "with (each held-out domain x each other domain as validation: n^2 runs per config instead of n)")
-@click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
+@click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7' (one seed: '4,')")
 @click.option("--tgt-labeled", default="0", show_default=True, help="labelled target budgets, comma-separated, e.g. 0,100,all")
 @click.option("--hparam-samples", type=int, default=1, show_default=True, help="random-search samples per config (0 = defaults)")
 @_run_options
@@ -433,7 +433,10 @@ def _run_all(algos: str, src: str | None, tgt: str | None, seeds: str, budgets: 
 
     seed_list = _ints(seeds, "--seeds")
     seed_list = list(range(seed_list[0])) if "," not in seeds else list(dict.fromkeys(seed_list))  # 0,0: one run
-    if not seed_list or hparam_samples < 1 or jobs < 1:
+    if not seed_list:
+        raise DabenchError(f"--seeds {seeds.strip()}: a count of seeds must be at least 1 (3 -> seeds 0,1,2). For "
+                           f"seed {seeds.strip()} alone, give it as a list: --seeds {seeds.strip()},")
+    if hparam_samples < 1 or jobs < 1:
         raise DabenchError("--seeds, --hparam-samples and --jobs must be at least 1.")
     options = dict(run_options)
     launch_opts = {k: options.pop(k) for k in LAUNCH_OPTIONS}
@@ -507,7 +510,7 @@ def _dry_run(configs: list) -> None:
 @click.option("--src", required=True, help="source domain, e.g. gta5")
 @click.option("--tgt", required=True, help="target domain, e.g. cityscapes (its labelled budgets are --tgt-labeled)")
 @click.option("--tgt-labeled", required=True, help="labelled target budgets, comma-separated, e.g. 0,100,500,1000,all")
-@click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7'")
+@click.option("--seeds", default="3", show_default=True, help="a count (3 -> seeds 0,1,2) or a list '0,4,7' (one seed: '4,')")
 @click.option("--selection", type=click.Choice(["source-val", "target-oracle", "target-oracle-best", "last"]), default=None,
               help="model selection method for the cells (default: source-val; last under --protocol paper)")
 @_run_options

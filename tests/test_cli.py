@@ -172,3 +172,12 @@ def test_sweep_overrides_apply_to_the_algorithms_that_have_them():
     assert {c.algo: c.overrides for c in configs} == {"erm": {"lr": "0.02"}, "dann": {"lambda_max": "0.5", "lr": "0.02"}}
     with pytest.raises(DabenchError, match="no algorithm of this sweep"):
         plan(["erm"], [0], [0], 1, RunConfig(algo="", src="toy-src", tgt="toy-tgt", overrides={"lambda_max": "1"}))
+
+
+def test_sweep_seeds_count_zero_names_the_list_form_and_a_list_of_one_runs_that_seed(tmp_path):
+    r = invoke("sweep", "--algos", "erm", *TOY, "--seeds", "0", "--steps", "2", "--out", str(tmp_path / "none"))
+    assert r.exit_code == 2 and "give it as a list: --seeds 0," in " ".join(r.stderr.split())
+    assert not (tmp_path / "none").exists()
+    r = invoke("sweep", "--algos", "erm", *TOY, "--seeds", "4,", "--steps", "2", "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert [p.name.split("-")[0] for p in (tmp_path / "toy-src_to_toy-tgt" / "erm").iterdir()] == ["seed4"]
