@@ -45,3 +45,18 @@ def test_the_readme_fits_on_two_screens_and_links_every_docs_page():
     assert {p for p in pages if f"(docs/{p})" not in readme} == set()
     nav = (ROOT / "mkdocs.yml").read_text()
     assert {p for p in pages | {"plugins.md"} if f": {p}" not in nav} == set()  # every page is in the site's menu
+
+
+def test_every_markdown_table_has_its_header_separator():
+    """A table whose header is not followed by a |---| row renders as a paragraph of pipes."""
+    files = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md", ROOT / "CONTRIBUTING.md",
+             ROOT / "benchmarks" / "RESULTS.md"]
+    broken = []
+    for path in files:
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            starts = line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))
+            if starts and not (i + 1 < len(lines) and set(lines[i + 1].replace(" ", "")) <= set("|-:")
+                               and "-" in lines[i + 1]):
+                broken.append(f"{path.relative_to(ROOT)}:{i + 1}: {line[:60]}")
+    assert not broken, "tables without a |---| row under the header:\n" + "\n".join(broken)
