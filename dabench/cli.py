@@ -575,6 +575,19 @@ def leaderboard(path, fmt, reference, per_seed):
     click.echo(render(board(Path(path)), fmt, reference, per_seed))
 
 
+@main.command("export")
+@click.argument("path", type=click.Path())
+@click.argument("dest", type=click.Path())
+@click.option("--steps", is_flag=True, help="also every step's losses (steps.jsonl), which the report's curves draw")
+def export_cmd(path, dest, steps):
+    """Copy a folder of runs without their weights: the records leaderboard and report read, to share."""
+    from dabench.results.export import export
+
+    done = export(path, dest, steps)
+    console.print(f"exported {len(done.written)} runs to {dest}" + (f"; {len(done.same)} already there" if done.same else "")
+                  + (f"; {len(done.unfinished)} unfinished runs left out" if done.unfinished else ""), soft_wrap=True)
+
+
 @main.command()
 @click.argument("path", type=click.Path())
 @click.option("--out", type=click.Path(), default="report.html", show_default=True, help="the HTML file to write")
