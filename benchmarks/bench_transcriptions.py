@@ -35,7 +35,6 @@ torch's default unless --threads; CPU only.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
@@ -50,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from dabench.data import Batch, Labeled, get_batch, ordered_batches  # noqa: E402
+from dabench.results.leaderboard import run_folders  # noqa: E402
+from dabench.results.records import read_runs  # noqa: E402
 from dabench.runner import RunConfig, build  # noqa: E402
 from reference.harness import twin  # noqa: E402
 
@@ -213,18 +214,16 @@ def dabench_last(runs: Path, method: str, steps: int, first: int, seeds: int, tg
     labelled target images)."""
     algo_name, hp = PLUGIN[method]
     out = {}
-    for cfg_file in runs.rglob("config.json"):
-        config = json.loads(cfg_file.read_text())
-        if config["algo"] != algo_name or config["steps"] != steps or not (cfg_file.parent / "done").exists():
-            continue
-        if config.get("tgt_labeled", 0) != tgt_labeled:
+    finished, _, _ = read_runs(run_folders(runs)[1])  # done runs, read as the leaderboard reads them
+    for run in finished:
+        config = run.config
+        if config["algo"] != algo_name or config["steps"] != steps or config.get("tgt_labeled", 0) != tgt_labeled:
             continue
         if sorted(config.get("overrides", [])) != sorted(hp):
             continue
         if any(str(config["hparams"][k]).lower() != v for k, v in hp.items()):
             continue
-        records = [json.loads(line) for line in (cfg_file.parent / "results.jsonl").read_text().splitlines()]
-        out[config["seed"]] = records[-1]["tgt-test"]["acc"]
+        out[config["seed"]] = run.records[-1]["tgt-test"]["acc"]
     return [out[s] for s in sorted(out) if first <= s < first + seeds]
 
 

@@ -341,7 +341,7 @@ def render(board: Leaderboard, fmt: str, reference: str = "erm", per_seed: bool 
     if per_seed and fmt == "latex":
         raise DabenchError("--per-seed is for markdown (a column per table) and csv (always there); latex tables "
                            "keep mean ± std. Use --format markdown or csv.")
-    return renderers[fmt](board, reference, per_seed) if fmt == "markdown" else renderers[fmt](board, reference)
+    return renderers[fmt](board, reference, per_seed)
 
 
 def _rank(v: float) -> str:
@@ -443,7 +443,7 @@ def _tex_table(caption: str, label: str, header: list[str], rows: list[list[str]
             r"\end{table}", ""]
 
 
-def _latex(board: Leaderboard, reference: str = "erm") -> str:
+def _latex(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -> str:  # per_seed: refused above
     out = ["% dabench leaderboard: " + tex(board.root), r"% needs \usepackage{booktabs} (and graphicx for per-class tables)", ""]
     footnote = tex(FOOTNOTE).replace("±", r"$\pm$")
     for t in board.tables:
@@ -487,8 +487,9 @@ def _csv_seeds(row: Row) -> str:
     return " ".join(f"{seed}:{round(v, 4)}" for seed, v in row.per_seed)
 
 
-def _csv(board: Leaderboard, reference: str = "erm") -> str:
-    """One long table, values in percent; per-class IoU columns (iou_<class>) for segmentation pairs."""
+def _csv(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -> str:
+    """One long table, values in percent; per-class IoU columns (iou_<class>) for segmentation pairs;
+    every row's per_seed values whatever ``per_seed`` says."""
     classes = list(dict.fromkeys(c for t in board.tables if t.per_class for c in t.classes))
     fields = ["pair", "src", "tgt", "task", "protocol", "metric", "selection", "oracle", "algorithm", "variant", "tgt_labeled", "n",
               "mean", "std", "src_val", "per_seed", *(f"iou_{c}" for c in classes)]

@@ -128,8 +128,7 @@ def aggregate(method: Method, key: tuple, runs: list[RunRecords], metric: str, s
     for run in sorted(runs, key=lambda r: (r.config.get("hparam_index", 0), str(r.path))):
         seeds[run.config["seed"]].append(run)
     test, src, ious = [], [], []
-    seeds = dict(sorted(seeds.items()))
-    for candidates in seeds.values():
+    for _, candidates in sorted(seeds.items()):
         r, i = select_run(method, [c.records for c in candidates], metric)
         record = candidates[r].records[i]  # the only place a test value is read
         test.append(100 * _num((record.get(TEST) or {}).get(metric)))
@@ -138,7 +137,7 @@ def aggregate(method: Method, key: tuple, runs: list[RunRecords], metric: str, s
     average, std = _mean_std(test)
     iou = [mean([100 * v[c] for v in ious if c < len(v) and v[c] is not None]) for c in range(n_classes)]
     return Row(key[0], key[1], len(test), average, std, mean(src), iou if seg else None, key[2] if len(key) > 2 else (),
-               tuple(zip(seeds, test)))
+               tuple(zip(sorted(seeds), test)))
 
 
 def _num(v) -> float:
