@@ -19,7 +19,7 @@ from dabench_plugins.algorithms.coral import coral_loss, covariance
 from dabench_plugins.algorithms.dann import grl_lambda
 from dabench_plugins.algorithms.entmin import entropy
 from dabench_plugins.algorithms.mcc import mcc_loss
-from dabench_plugins.algorithms.mmd import mk_mmd
+from dabench_plugins.algorithms.mmd import kernel_matrix, mk_mmd, mmd_weights, pair_kernels
 from dabench_plugins.algorithms.rotation import rotate, rotation_loss
 
 
@@ -45,6 +45,21 @@ def test_mk_mmd_by_hand():
     x = torch.randn(8, 3)
     assert mk_mmd(x, x, "linear").item() == pytest.approx(0, abs=1e-6)
     assert mk_mmd(x, x + 3, "linear").item() > 0.5
+
+
+def test_linear_mmd_computes_only_its_pairs_and_keeps_the_matrix_values_and_gradient():
+    """The linear estimate reads 4n entries of the kernel matrix; pair_kernels computes just those.
+    Features far from the origin (ReLU outputs at 1e3 +- 1) are where a one-pass mean would cancel."""
+    torch.manual_seed(0)
+    z = (1e3 + torch.randn(16, 5)).requires_grad_()
+    w = mmd_weights(8, "linear")
+    rows, cols = w.nonzero(as_tuple=True)
+    assert len(rows) == 4 * 8
+    full = kernel_matrix(z)
+    torch.testing.assert_close(pair_kernels(z, rows, cols), full[rows, cols], rtol=1e-5, atol=1e-6)
+    g_full, = torch.autograd.grad((full * w).sum(), z)
+    g_pairs, = torch.autograd.grad((pair_kernels(z, rows, cols) * w[rows, cols]).sum(), z)
+    torch.testing.assert_close(g_pairs, g_full, rtol=1e-4, atol=1e-6)
 
 
 def test_entropy_and_mcc_by_hand():

@@ -68,18 +68,44 @@ def kernel_matrix(z: torch.Tensor, separate: bool = False) -> torch.Tensor:
     return sum(torch.exp(-d2 / (2 * (alpha * mean))) for alpha in KERNEL_ALPHAS)
 
 
+def mean_squared_distance(z: torch.Tensor) -> torch.Tensor:
+    """The mean of ||z_i - z_j||^2 over all pairs of rows, the zero diagonal included, detached:
+    2 x the mean squared distance to the centroid (the same quantity as the mean of the whole
+    distance matrix, computed in float64 from the centred rows, so nothing cancels)."""
+    c = z.detach().double()
+    c = c - c.mean(0)
+    return (2 * (c.pow(2).sum(1).mean() - c.mean(0).pow(2).sum())).to(z.dtype)
+
+
+def pair_kernels(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``kernel_matrix(z)[rows, cols]`` without the matrix: the distances of the listed pairs
+    only, the bandwidths from every pair's mean (``mean_squared_distance``). The gradient is the
+    full matrix's, whose other entries carry weight 0."""
+    d2 = (z[rows] - z[cols]).pow(2).sum(1)
+    mean = mean_squared_distance(z)
+    return sum(torch.exp(-d2 / (2 * (alpha * mean))) for alpha in KERNEL_ALPHAS)
+
+
 def mk_mmd(src: torch.Tensor, tgt: torch.Tensor, estimator: str = "linear") -> torch.Tensor:
     """The squared multi-kernel MMD between source and target activations (equal kernel weights),
     estimated as ``mmd_weights`` says; batches are cut to the smaller one's size, 0 below 2 rows.
 
     TLlib's value also adds 2 / (n - 1) (a constant meant to make the quadratic estimate positive);
-    it moves no gradient and is left out, so identical batches give 0."""
+    it moves no gradient and is left out, so identical batches give 0.
+
+    The linear estimate weighs 4n of the (2n)^2 pairs, so only those distances are computed
+    (``pair_kernels``: O(n d) memory instead of TLlib's (2n, 2n, d) tensor; a DAN step on 128 + 128
+    digits about 2.5 times faster on a CPU); the quadratic estimate needs the whole matrix."""
     src, tgt = src.float().flatten(1), tgt.float().flatten(1)
     n = min(len(src), len(tgt))
     if n < 2:
         return src.new_zeros(())
-    kernels = kernel_matrix(torch.cat([src[:n], tgt[:n]]))
-    return (kernels * mmd_weights(n, estimator).to(kernels.device)).sum()
+    z = torch.cat([src[:n], tgt[:n]])
+    w = mmd_weights(n, estimator).to(z.device)
+    if estimator == "linear":
+        rows, cols = w.nonzero(as_tuple=True)
+        return (pair_kernels(z, rows, cols) * w[rows, cols]).sum()
+    return (kernel_matrix(z) * w).sum()
 
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
