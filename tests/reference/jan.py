@@ -49,7 +49,8 @@ class JMMD(nn.Module):
 
     def forward(self, z_s, z_t) -> torch.Tensor:
         batch_size = int(z_s[0].size(0))
-        weights = index_matrix(batch_size, self.linear).to(z_s[0].device)
+        # TLlib: .to(z_s[0].device); the features' dtype too, so the parity test can run in float64
+        weights = index_matrix(batch_size, self.linear).to(z_s[0])
         kernel_matrix = torch.ones_like(weights)
         for layer_z_s, layer_z_t, layer_kernels in zip(z_s, z_t, self.kernels):
             layer_features = torch.cat([layer_z_s, layer_z_t], dim=0)
