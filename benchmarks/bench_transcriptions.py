@@ -14,7 +14,9 @@ FOLDER``), dabench's own last-step target-test accuracy of the same method, step
         --runs runs/ --out table.md
 
 Methods: cdan, cdan-e (tests/reference/cdan.py, the digit script, warm-up and halvings counted in
-tenths of --steps as the plugin does), mcc (tests/reference/mcc.py, TLlib's digit iteration), dan
+tenths of --steps as the plugin does), coral (tests/reference/coral.py, the Caffe CORAL layer on the
+logits at weight 1, with the bench's SGD and annealed rate as its parity test: the Caffe solver is not
+transcribed), mcc (tests/reference/mcc.py, TLlib's digit iteration), dan
 (tests/reference/dan.py, TLlib's digit iteration), dann (tests/reference/dann.py, the paper's
 update), bsp (tests/reference/dann.py with tests/reference/bsp.py: the paper's DANN update plus the
 BSP authors' 1e-4 term; dabench's dann -H bsp=true), afn (tests/reference/afn.py, TLlib's digit
@@ -54,7 +56,7 @@ from dabench.results.records import read_runs  # noqa: E402
 from dabench.runner import RunConfig, build  # noqa: E402
 from reference.harness import twin  # noqa: E402
 
-PLUGIN = {"cdan": ("cdan", {}), "cdan-e": ("cdan", {"entropy_conditioning": "true"}), "mcc": ("mcc", {}),
+PLUGIN = {"cdan": ("cdan", {}), "cdan-e": ("cdan", {"entropy_conditioning": "true"}), "mcc": ("mcc", {}), "coral": ("coral", {}),
           "dan": ("dan", {}), "dann": ("dann", {}), "bsp": ("dann", {"bsp": "true"}), "afn": ("afn", {}),
           "mcd": ("mcd", {}), "mdd": ("mdd", {}), "jan": ("jan", {}), "self-ensembling": ("self-ensembling", {}),
           "fixmatch": ("fixmatch", {}), "adda": ("adda", {}), "mme": ("mme", {})}
@@ -82,6 +84,16 @@ def trainer(method: str, algo, steps: int):
         num_iter = steps // 10
         step = lambda i, xs, ys, xt: tr.step(i // num_iter + 1, i % num_iter, num_iter, xs, ys, xt)  # noqa: E731
         return step, lambda x: fc(features(x)), [features, fc]
+    if method == "coral":
+        from reference import coral as ref
+
+        # the Caffe CORAL layer on the logits at the digit weight 1; the authors' Caffe solver is not
+        # transcribed, so the bench's SGD (momentum 0.9) and annealed rate, as the parity test hands it
+        net = nn.Sequential(twin(algo.featurizer), twin(algo.classifier))
+        opt = torch.optim.SGD(net.parameters(), lr=algo.hp["lr"], momentum=0.9, weight_decay=algo.hp["weight_decay"])
+        tr = ref.DeepCORAL(net, algo.hp["lambda_coral"], opt)
+        lr = lambda i: algo.hp["lr"] / (1 + 10 * i / (steps - 1)) ** 0.75  # noqa: E731
+        return (lambda i, xs, ys, xt: tr.step(xs, ys, xt, lr(i))), net, [net]
     if method == "mcc":
         from reference import mcc as ref
 
