@@ -254,6 +254,26 @@ def test_runs_that_differ_in_a_minus_h_value_are_rows_of_their_own(tmp_path):
     assert "udas,translator=fda,0,2,65.0" in render(board, "csv")
 
 
+def test_runs_of_another_budget_or_network_are_rows_of_their_own_not_more_seeds(tmp_path):
+    # seed 0 at 2,000 and at 10,000 steps in one folder: two rows of one seed each, not one seed
+    # whose "search samples" source-val picks among (it would take the 10,000-step run: src-val 0.95)
+    make_run(tmp_path, [rec(200, 0.90, 0.5, 0.40)], algo="erm", steps=2000)
+    make_run(tmp_path / "long", [rec(200, 0.95, 0.5, 0.60)], algo="erm", steps=10000)
+    make_run(tmp_path / "net", [rec(200, 0.99, 0.5, 0.70)], algo="erm", steps=2000, backbone="domainbed-cnn",
+             seed=1)
+    for seed, test in enumerate([0.70, 0.74]):  # dann at 10,000 steps: compared with erm at 10,000 steps
+        make_run(tmp_path / "long", [rec(200, 0.95, 0.5, test)], algo="dann", steps=10000, seed=seed)
+    make_run(tmp_path / "long", [rec(200, 0.95, 0.5, 0.62)], algo="erm", steps=10000, seed=1)
+    board = leaderboard(tmp_path)
+    labels = [r.label for r in next(t for t in board.tables if t.method.name == "source-val").rows]
+    assert labels == ["dann (steps=10000, backbone=digit-cnn)", "erm (steps=2000, backbone=digit-cnn)",
+                      "erm (steps=2000, backbone=domainbed-cnn)", "erm (steps=10000, backbone=digit-cnn)"]
+    assert cell(board, "source-val", "erm (steps=2000, backbone=digit-cnn)").mean == pytest.approx(40.0)
+    assert cell(board, "source-val", "erm (steps=10000, backbone=digit-cnn)").mean == pytest.approx(61.0)
+    # dann 72.0 ± 2.8 against erm at its own budget, 61.0 ± 1.4: +11.0, twice the larger std 5.7
+    assert "| dann (steps=10000, backbone=digit-cnn) | 72.0 ± 2.8 | 2 | 95.0 | +11.0 (beyond 5.7) |" in render(board, "markdown")
+
+
 def test_selection_methods_are_scored_against_target_oracle(tmp_path):
     # three runs of one record each: (src-val, tgt-val, tgt-test) and label-free scores
     runs = [(0.9, 0.5, 0.40, dict(entropy=0.5, im=0.1, snd=1.0)),

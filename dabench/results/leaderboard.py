@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dabench.errors import DabenchError
-from dabench.results.records import FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, variant, versus
+from dabench.results.records import (FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, variant,
+                                     variant_order, versus)
 from dabench.runfolder import CONFIG, identity
 from dabench.tasks import task_of
 from dabench.results.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
@@ -287,7 +288,7 @@ def dg_tables(runs: list[RunRecords], setting: str = "dg") -> list[DGTable]:
         for r in group:
             cells[(str(r.config["algo"]), variant(r, group), r.config["tgt"])].append(r)
         lodo = {k: [v for r in rs if (v := with_lodo(r, pool))] for k, rs in cells.items()}  # with lodo-val records
-        keys = sorted({k[:2] for k in cells}, key=str)
+        keys = sorted({k[:2] for k in cells}, key=lambda k: (k[0], variant_order(k[1])))
         for method in (get(m) for m in DG_METHODS):
             these = lodo if method.split == LODO_VAL else cells
             rows = [(row_label(algo, 0, var), [aggregate(method, (algo, 0, var), these[(algo, var, t)], metric, False, 0)
@@ -312,7 +313,7 @@ def _tables(runs: list[RunRecords]) -> list[Table]:
         rows: dict[tuple, list[RunRecords]] = defaultdict(list)
         for run in group:
             rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0), variant(run, group))].append(run)
-        order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), str(k[2])))
+        order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), variant_order(k[2])))
         metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
         sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
         every = [r for run in group for r in run.records]

@@ -52,11 +52,14 @@ class Row:
 
 
 def versus(row: Row, rows: list[Row], reference: str = "erm") -> str:
-    """``+15.1 (beyond 5.6)``: ``row``'s mean minus the reference algorithm's (its plain row at the same
-    labelled-target budget), against twice the larger of their stds: "beyond" where the difference
-    exceeds it (a gain or a loss that holds), "inside" where it does not; "" for the reference itself,
-    where the table has none, or for one seed against one seed (no spread to compare with)."""
-    ref = next((r for r in rows if r.algo == reference and not r.variant and r.tgt_labeled == row.tgt_labeled), None)
+    """``+15.1 (beyond 5.6)``: ``row``'s mean minus the reference algorithm's (its row without -H
+    variants at the same labelled-target budget and the same ``RUN_OPTIONS``: steps, network),
+    against twice the larger of their stds: "beyond" where the difference exceeds it (a gain or a
+    loss that holds), "inside" where it does not; "" for the reference itself, where the table has
+    none, or for one seed against one seed (no spread to compare with)."""
+    options = tuple((k, v) for k, v in row.variant if k in RUN_OPTIONS)
+    ref = next((r for r in rows if r.algo == reference and r.variant == options and r.tgt_labeled == row.tgt_labeled),
+               None)
     if ref is None or ref is row or math.isnan(row.mean) or math.isnan(ref.mean) or (row.n < 2 and ref.n < 2):
         return ""
     diff, spread = row.mean - ref.mean, 2 * max(row.std, ref.std)
@@ -110,16 +113,31 @@ def read_runs(run_dirs: Iterable[Path]) -> tuple[list[RunRecords], list[tuple[Pa
     return runs, incomplete, skipped
 
 
+# Run options that make another experiment of the same algorithm (a budget, a network): runs that
+# differ in one are rows of their own, never seeds or search samples of one row.
+RUN_OPTIONS = ("steps", "backbone", "pretrained", "image_size", "precision", "eval_every")
+
+
 def variant(run: RunRecords, group: list[RunRecords]) -> tuple:
     """The hyperparameters set with -H whose values differ between runs of this algorithm in the
-    table (an ablation: ``udas`` with ``translator=none``), as ((name, value), ...). Runs that
-    differ only in random-search samples share a row and model selection picks among them."""
+    table (an ablation: ``udas`` with ``translator=none``), then the ``RUN_OPTIONS`` that differ
+    between any runs of the table (every row then names its ``steps=...``), as ((name, value), ...).
+    Runs that differ only in random-search samples share a row and model selection picks among them."""
     algo = run.config["algo"]
     peers = [r for r in group if r.config["algo"] == algo]
     keys = sorted({k for r in peers for k in r.config.get("overrides") or []})
     varying = [k for k in keys if len({json.dumps((r.config.get("hparams") or {}).get(k)) for r in peers}) > 1]
+    options = [k for k in RUN_OPTIONS if len({json.dumps(r.config.get(k), default=str) for r in group}) > 1]
     swad = (("swad", True),) if run.config.get("swad") else ()  # the weight average is its own row
-    return tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying) + swad
+    return (tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying)
+            + tuple((k, run.config.get(k)) for k in options) + swad)
+
+
+def variant_order(var: tuple) -> tuple:
+    """A sort key for ``variant`` tuples: numbers by value (steps=2000 before steps=10000), the rest
+    as text."""
+    return tuple((k, (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v)))
+                 for k, v in var)
 
 
 def aggregate(method: Method, key: tuple, runs: list[RunRecords], metric: str, seg: bool, n_classes: int) -> Row:
