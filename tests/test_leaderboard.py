@@ -331,12 +331,12 @@ def test_label_free_selection_is_scored_against_the_best_step_oracle(tmp_path):
     assert got["source-val"].rho == pytest.approx(1.0) and got["last"].rho == pytest.approx(1.0)
 
 
-def dg_run(root, src, tgt, records, seed=0, algo="erm"):
-    d = root / f"{src}_to_{tgt}" / algo / f"seed{seed}"
+def dg_run(root, src, tgt, records, seed=0, algo="erm", **extra):
+    d = root / f"{src}_to_{tgt}" / algo / f"seed{seed}{''.join(f'-{v}' for v in extra.values())}"
     d.mkdir(parents=True)
     config = {"algo": algo, "src": src, "tgt": tgt, "seed": seed, "task": "classification", "metric": "acc",
               "setting": "dg", "steps": 2, "eval_every": 1, "hparams": {}, "classes": ["0", "1"],
-              "sources": src.split(",")}
+              "sources": src.split(",")} | extra
     (d / "config.json").write_text(json.dumps(config))
     (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (d / "done").touch()
@@ -370,6 +370,20 @@ def test_dg_tables_rank_the_algorithms_and_compare_each_with_erm(tmp_path):
     md = render(leaderboard(tmp_path), "markdown")
     assert "| algorithm | A | B | avg | rank | vs erm |" in md and "| 2.75 | ↑0 =1 ↓1 |" in md
     assert "Rank" in render(leaderboard(tmp_path), "latex")
+
+
+def test_dg_rows_on_another_network_are_compared_with_erm_on_that_network(tmp_path):
+    """Held out A, two seeds: on digit-cnn erm 50, 52 and x 60, 62; on another network erm 70, 72 and
+    x 71, 73. x is +10 (beyond 2.83) against erm on its own network and +1 (inside) on the other."""
+    values = {("erm", "digit-cnn"): (50, 52), ("x", "digit-cnn"): (60, 62), ("erm", "other"): (70, 72),
+              ("x", "other"): (71, 73)}
+    for (algo, net), a in values.items():
+        for seed in range(2):
+            dg_run(tmp_path, "B,C", "A", [rec(1, 0.9, 0.5, a[seed] / 100)], seed, algo, backbone=net)
+    table = next(t for t in leaderboard(tmp_path).dg if t.method.name == "source-val")
+    assert [label for label, _ in table.rows] == ["erm (backbone=digit-cnn)", "erm (backbone=other)",
+                                                  "x (backbone=digit-cnn)", "x (backbone=other)"]
+    assert [table.against_erm(cells) for _, cells in table.rows] == ["", "", "↑1 =0 ↓0", "↑0 =1 ↓0"]
 
 
 def test_markdown_compares_every_row_with_the_reference_by_twice_the_larger_std(tmp_path):

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dabench.errors import DabenchError
-from dabench.results.records import (FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, variant,
-                                     variant_order, versus)
+from dabench.results.records import (FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, run_options,
+                                     variant, variant_order, versus)
 from dabench.runfolder import CONFIG, identity
 from dabench.tasks import task_of
 from dabench.results.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
@@ -140,8 +140,12 @@ class DGTable:
 
     def against_erm(self, cells: list[Row | None]) -> str:
         """``↑a =b ↓c``: columns above ERM beyond twice the larger std, inside it, below it; empty for
-        ERM itself or where the table has no ERM row."""
-        erm = next((c for label, c in self.rows if label == "erm"), None)
+        ERM itself or where the table has no ERM row (without -H variants, at the same run options)."""
+        def key(row_cells):
+            first = next((c for c in row_cells if c is not None), None)
+            return first and (first.algo, first.variant)
+        mine = key(cells)
+        erm = next((c for _, c in self.rows if mine and key(c) == ("erm", run_options(mine[1]))), None)
         if erm is None or cells is erm:
             return ""
         counts = {"↑": 0, "=": 0, "↓": 0}

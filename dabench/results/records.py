@@ -57,9 +57,8 @@ def versus(row: Row, rows: list[Row], reference: str = "erm") -> str:
     against twice the larger of their stds: "beyond" where the difference exceeds it (a gain or a
     loss that holds), "inside" where it does not; "" for the reference itself, where the table has
     none, or for one seed against one seed (no spread to compare with)."""
-    options = tuple((k, v) for k, v in row.variant if k in RUN_OPTIONS)
-    ref = next((r for r in rows if r.algo == reference and r.variant == options and r.tgt_labeled == row.tgt_labeled),
-               None)
+    ref = next((r for r in rows if r.algo == reference and r.variant == run_options(row.variant)
+                and r.tgt_labeled == row.tgt_labeled), None)
     if ref is None or ref is row or math.isnan(row.mean) or math.isnan(ref.mean) or (row.n < 2 and ref.n < 2):
         return ""
     diff, spread = row.mean - ref.mean, 2 * max(row.std, ref.std)
@@ -116,6 +115,11 @@ def read_runs(run_dirs: Iterable[Path]) -> tuple[list[RunRecords], list[tuple[Pa
 # Run options that make another experiment of the same algorithm (a budget, a network): runs that
 # differ in one are rows of their own, never seeds or search samples of one row.
 RUN_OPTIONS = ("steps", "backbone", "pretrained", "image_size", "precision", "eval_every")
+
+
+def run_options(var: tuple) -> tuple:
+    """The ``RUN_OPTIONS`` part of a ``variant`` (what the reference row must share)."""
+    return tuple((k, v) for k, v in var if k in RUN_OPTIONS)
 
 
 def variant(run: RunRecords, group: list[RunRecords]) -> tuple:
