@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-from dabench.data import Batch
 from dabench.hparams import defaults
 from dabench.registry import algorithms, backbones
 from dabench.runner import RunConfig, run
@@ -44,14 +43,10 @@ def test_jan_matches_tllib_step_for_step(regime, estimator):
                             tr.model.parameters(), what=f"parameters after step {i}")
         return out
 
-    logs = run_side_by_side(lambda i, b: algo.update(b, i), reference_step, in_float64(digit_batches(STEPS, batch=BATCH, seed=11)))
+    logs = run_side_by_side(lambda i, b: algo.update(b, i), reference_step, digit_batches(STEPS, batch=BATCH, seed=11, dtype=torch.float64))
     assert_losses_match(logs, {"cls": "cls_loss"})
     shifted = [({"jmmd": a["jmmd"] + 2 / (BATCH - 1)}, b) for a, b in logs]  # TLlib's constant, left out here
     assert_losses_match(shifted, {"jmmd": "transfer_loss"})
-
-
-def in_float64(batches):
-    return [Batch(b.src_x.double(), b.src_y, b.tgt_x.double()) for b in batches]
 
 
 def test_jmmd_by_hand():

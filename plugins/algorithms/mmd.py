@@ -58,7 +58,12 @@ def kernel_matrix(z: torch.Tensor) -> torch.Tensor:
     CPU thread). Its gradient sums the five parts in another order, which rounds differently in
     float32, so JAN's parity test runs in float64."""
     d2 = (z.unsqueeze(0) - z.unsqueeze(1)).pow(2).sum(2)
-    mean = d2.detach().mean()
+    return multi_kernel(d2, d2.detach().mean())
+
+
+def multi_kernel(d2: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """sum_k exp(-d2 / (2 alpha_k mean)) over ``KERNEL_ALPHAS``: TLlib's five Gaussian kernels at
+    squared distances ``d2``, bandwidths scaled by the mean squared distance ``mean``."""
     return sum(torch.exp(-d2 / (2 * (alpha * mean))) for alpha in KERNEL_ALPHAS)
 
 
@@ -80,9 +85,7 @@ def pair_kernels(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tor
     """``kernel_matrix(z)[rows, cols]`` without the matrix: the distances of the listed pairs
     only, the bandwidths from every pair's mean (``mean_squared_distance``). The gradient is the
     full matrix's, whose other entries carry weight 0."""
-    d2 = (z[rows] - z[cols]).pow(2).sum(1)
-    mean = mean_squared_distance(z)
-    return sum(torch.exp(-d2 / (2 * (alpha * mean))) for alpha in KERNEL_ALPHAS)
+    return multi_kernel((z[rows] - z[cols]).pow(2).sum(1), mean_squared_distance(z))
 
 
 def mk_mmd(src: torch.Tensor, tgt: torch.Tensor, estimator: str = "linear") -> torch.Tensor:

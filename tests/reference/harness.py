@@ -18,16 +18,17 @@ ATOL = 1e-6
 
 
 def digit_batches(steps: int, batch: int = 16, size: int = 28, classes: int = 10, seed: int = 0,
-                  labeled: int = 0) -> list[Batch]:
+                  dtype: torch.dtype = torch.float32) -> list[Batch]:
     """``steps`` batches of random 3-channel digit-sized images in [-1, 1] (what the digit pairs
-    feed the network), source labels cycling through the classes so every class is present."""
+    feed the network), source labels cycling through the classes so every class is present;
+    ``dtype`` float64 for a parity test run in double precision (the same draws, widened)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(steps):
         src = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
         tgt = torch.rand(batch, 3, size, size, generator=g) * 2 - 1 + 0.3  # a shifted target
         y = torch.randperm(batch, generator=g) % classes
-        out.append(Batch(src, y, tgt))
+        out.append(Batch(src.to(dtype), y, tgt.to(dtype)))
     return out
 
 
