@@ -198,7 +198,7 @@ def run(algo, src, tgt, from_run, tgt_labeled, seed, backbone, steps, eval_every
 
     from dabench import distributed
     from dabench.progress import make_reporter
-    from dabench.runner import RunConfig, from_record, run as run_api
+    from dabench.runner import RunConfig, from_record, resolve_device, run as run_api
 
     if devices < 1:
         raise DabenchError(f"--devices must be 1 or more, got {devices}.")
@@ -219,6 +219,8 @@ def run(algo, src, tgt, from_run, tgt_labeled, seed, backbone, steps, eval_every
     elif not (algo and src and tgt):
         raise DabenchError("Give --algo, --src and --tgt (see: dabench list), or --from RUN_FOLDER to repeat a run.")
     if devices > 1 and "WORLD_SIZE" not in os.environ:
+        if resolve_device(cfg.device if from_run is not None else device).type == "cuda":
+            distributed.check_gpus(devices)
         _torchrun(devices)
 
     cfg = cfg if from_run is not None else RunConfig(algo=algo, src=src, tgt=tgt, backbone=backbone, tgt_labeled=_budget(tgt_labeled), steps=steps,

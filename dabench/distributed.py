@@ -21,6 +21,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from dabench.errors import DabenchError
+
 
 def world() -> tuple[int, int]:
     """(rank, world size); (0, 1) in a plain process."""
@@ -33,18 +35,31 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
-def setup() -> tuple[int, int]:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU);
-    a no-op outside torchrun. Each rank uses the GPU of its local rank."""
+def setup(device: str = "auto") -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU;
+    ``device`` is the run's --device); a no-op outside torchrun. Each rank uses the GPU of its
+    local rank."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and "DABENCH_PARENT" in os.environ:
         die_with_parent()  # a worker ends when torchrun's agent does, even one killed with SIGKILL
     if size > 1 and not dist.is_initialized():
-        cuda = torch.cuda.is_available()
+        cuda = device != "cpu" and torch.cuda.is_available()
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", size)))
+            torch.cuda.set_device(local)
         dist.init_process_group("nccl" if cuda else "gloo")
     return world()
+
+
+def check_gpus(processes: int) -> None:
+    """One process per GPU: more processes than GPUs is refused before any starts (a second rank
+    on a one-GPU machine would otherwise die on CUDA's 'invalid device ordinal')."""
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
+        raise DabenchError(f"--devices {processes} starts one process per GPU, but PyTorch sees {gpus} GPU"
+                           f"{'s' if gpus != 1 else ''} here. Use --devices {gpus} or fewer, or --device cpu to run "
+                           f"{processes} processes on the CPU (gloo).")
 
 
 def barrier() -> None:

@@ -503,10 +503,34 @@ def _data_key(config: dict) -> dict:
     return {k: config[k] for k in ("src", "tgt", "image_sizes", "seed")} | {"splits": sizes, "dabench": dabench.__version__}
 
 
+@contextlib.contextmanager
+def repeatable_kernels(device: torch.device):
+    """On a GPU, kernels that repeat bit for bit, so that a run repeats and resumes to the same
+    numbers there too: cuDNN's deterministic algorithms and no benchmarking (which picks kernels by
+    timing them, so two runs can pick differently), as DomainBed's train.py sets them, and
+    PyTorch's deterministic version of every other op that has one (an op without one warns, naming
+    itself, and runs as it is). The settings are the process's, so they are put back after the run
+    (a notebook keeps its own). On a CPU the kernels repeat at a fixed thread count already."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn.benchmark, cudnn.deterministic = False, True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
 def run(cfg: RunConfig, reporter: NullReporter | None = None) -> RunResult:
     """Train and evaluate one config; returns its records and run folder. A config that already
     finished returns its records at once (``already_done``), without loading data or network."""
-    rank, world_size = distributed.setup()  # under torchrun: join the process group; else (0, 1)
+    rank, world_size = distributed.setup(cfg.device)  # under torchrun: join the process group; else (0, 1)
     main = rank == 0
     if cfg.resume is not True and not cfg.overwrite and (done := finished_run(cfg)) is not None:
         return RunResult(done, read_config(done), run_records(done, strict=True), already_done=True)
@@ -552,13 +576,12 @@ def _train(cfg: RunConfig, prep: Built, reporter: NullReporter | None, main: boo
     distributed.barrier()
     torch.manual_seed(cfg.seed)  # the model was built from this seed; batches come from (seed, step)
     workers = cfg.workers if cfg.workers is not None else default_workers(prep.device, processes=world_size)
-    if prep.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     try:
-        records = train_and_evaluate(prep.algorithm, prep.splits, eval_every=prep.config["eval_every"], seed=cfg.seed,
-                      run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                      resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / CACHE,
-                      data_key=_data_key(config), log=cfg.log, dev=cfg.dev, swad=cfg.swad)
+        with repeatable_kernels(prep.device):
+            records = train_and_evaluate(prep.algorithm, prep.splits, eval_every=prep.config["eval_every"], seed=cfg.seed,
+                run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
+                resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / CACHE,
+                data_key=_data_key(config), log=cfg.log, dev=cfg.dev, swad=cfg.swad)
     except BaseException:  # refused, crashed or interrupted
         if main and not (run_dir / CHECKPOINT).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: leave no half-made run behind

@@ -98,16 +98,18 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore ``rng_state()``'s generators. A checkpoint is loaded onto the run's device, but the
+    generators take their states as CPU tensors (on a GPU, a resume failed without ``.cpu()``)."""
+    torch.set_rng_state(state["torch"].cpu())
     saved = state["numpy"]
     if isinstance(saved, dict):
-        keys = saved["keys"].numpy().astype(np.uint32)
+        keys = saved["keys"].cpu().numpy().astype(np.uint32)
         np.random.set_state((saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["gauss"]))
     else:  # a checkpoint from before dabench kept it as NumPy's own tuple
         np.random.set_state(saved)
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def seed_all(seed: int) -> None:

@@ -18,7 +18,7 @@ RUN = ["--algo", "dann", "--src", "syndigits:400", "--tgt", "uci-digits", "--eva
 
 def dabench(*args, wait=True):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "dabench", "run", *args]
+    cmd = [sys.executable, "-m", "dabench", "run", "--device", "cpu", *args]  # gloo, on a GPU machine too
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -104,6 +104,25 @@ def test_killing_only_the_parent_of_a_two_process_run_leaves_no_worker_and_it_re
 @pytest.mark.slow
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "dabench", "run", *RUN[:-2], "-H", "batch_size=33", "--steps", "4",
+    out = subprocess.run([sys.executable, "-m", "dabench", "run", *RUN[:-2], "-H", "batch_size=33", "--steps", "4", "--device", "cpu",
                           "--devices", "2", "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "-H batch_size = 33 does not split over 2 processes" in " ".join(out.stderr.split())
+
+
+def test_more_processes_than_gpus_is_refused_before_any_starts(tmp_path, monkeypatch):
+    """On a one-GPU machine `--devices 2` would start a second rank that dies on CUDA's 'invalid
+    device ordinal' inside torchrun (seen on an H200): refused first, with what to do instead."""
+    from click.testing import CliRunner
+
+    import torch
+    from dabench import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cli, "_torchrun", lambda devices: pytest.fail("torchrun was started"))
+    r = CliRunner().invoke(cli.main, ["run", *RUN, "--steps", "4", "--devices", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    text = " ".join(r.output.split())
+    assert "--devices 2 starts one process per GPU, but PyTorch sees 1 GPU here" in text
+    assert "--devices 1 or fewer, or --device cpu" in text
+    assert not any(tmp_path.iterdir()) if tmp_path.exists() else True

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dabench.cli import main
+from dabench.runner import resolve_device
 
 PAIR = ["--src", "syndigits:400", "--tgt", "uci-digits", "--steps", "10", "--eval-every", "10", "--seeds", "2"]
 LAUNCHERS = {"submitit": ["--launcher", "submitit", "--slurm", "cluster=local"], "ray": ["--launcher", "ray"]}
@@ -64,6 +65,6 @@ def test_dry_run_prints_the_plan_and_measured_device_hours_and_runs_nothing(tmp_
     assert r.exit_code == 0, r.output
     out = flat(r.stdout)
     assert "plan: 6 runs, 2 already done, 4 to run" in out
-    assert "1 finished run " in out and "a 10-step probe" in out and "device-hours on cpu" in out
+    assert "1 finished run " in out and "a 10-step probe" in out and f"device-hours on {resolve_device('auto').type}" in out
     assert "share of the time spent evaluating" in out and len(re.findall(r"\d+% ", out)) == 3  # one share per algorithm
     assert len(list(tmp_path.rglob("done"))) == 2 and not (tmp_path / "syndigits_400_to_uci-digits" / "sagnet").exists()

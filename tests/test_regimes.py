@@ -7,7 +7,9 @@ import re
 import json
 
 from click.testing import CliRunner
+from rich.console import Console
 
+from dabench import cli
 from dabench import hparams as hp
 from dabench.cli import main
 from dabench.registry import algorithms
@@ -51,8 +53,9 @@ def test_an_unknown_variant_value_exits_2_listing_the_values(tmp_path):
     assert not any(tmp_path.iterdir()) if tmp_path.exists() else True
 
 
-def test_list_shows_each_regimes_defaults():
-    out = CliRunner().invoke(main, ["list", "algorithms", "cdan"], env={"COLUMNS": "400"}).output
+def test_list_shows_each_regimes_defaults(monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(width=400))  # no folding inside table cells, whatever the terminal
+    out = CliRunner().invoke(main, ["list", "algorithms", "cdan"]).output
     assert "default: digits" in out and "default: imagenet" in out
     assert re.search(r"disc_hidden +│ 500 +│ 1024 +│ not searched +│ width of the discriminator", out)
 

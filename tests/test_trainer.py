@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from dabench.cli import main
 from dabench.errors import DabenchError
 from dabench.registry import algorithms
-from dabench.runner import RunConfig, run
+from dabench.runner import RunConfig, repeatable_kernels, run
 from dabench.runfolder import read_records
 from dabench.trainer import RunFailed
 from dabench_plugins.algorithms.dann import DANN
@@ -44,6 +45,27 @@ def test_same_config_gives_same_numbers(tmp_path):
     a = run(cfg(tmp_path / "a"))
     b = run(cfg(tmp_path / "b"))
     assert numbers(a.records) == numbers(b.records)
+
+
+def test_a_gpu_run_asks_for_repeatable_kernels_and_puts_the_process_settings_back(monkeypatch):
+    """On a GPU, cuDNN's benchmarking picks kernels by timing them, so two runs of one config
+    differed there (seen on an H200: this file's same-numbers and resume tests failed). The flags
+    are only set, so a CPU checks them with a CUDA device object."""
+    cudnn = torch.backends.cudnn
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    monkeypatch.setattr(cudnn, "deterministic", False)
+    with pytest.raises(_Killed):
+        with repeatable_kernels(torch.device("cuda")):
+            assert not cudnn.benchmark and cudnn.deterministic
+            assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+            assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+            raise _Killed  # a run that stops half-way puts them back too
+    assert cudnn.benchmark and not cudnn.deterministic and not torch.are_deterministic_algorithms_enabled()
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    with repeatable_kernels(torch.device("cpu")):  # a CPU's kernels repeat at a fixed thread count
+        assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
 
 
 class _Killed(Exception):

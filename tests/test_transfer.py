@@ -18,7 +18,7 @@ from dabench.results.selection import choose
 
 def initial_and_trained(tmp_path, **kw):
     result = run(RunConfig(steps=20, eval_every=10, out=str(tmp_path), **kw))
-    trained = dabench.load(result.run_dir, selection="last").algorithm
+    trained = dabench.load(result.run_dir, selection="last", device="cpu").algorithm  # beside a CPU build
     size = trained.segmentation and tuple(int(v) for v in result.config["eval_size"].split("x")) or 16
     return build_algorithm(result.config, size, torch.device("cpu")).state_dict(), trained.state_dict()
 

@@ -54,7 +54,7 @@ def test_consistency_is_the_papers_symmetric_cross_entropy_by_hand():
 
 def adapt_algo(tmp_path, **hparams):
     """A UDAS in its adaptation stage (no translator, no self-training) and a batch of its data."""
-    prep = build(config(tmp_path, overrides={"translator": "none", "selftrain_rounds": 0} | hparams))
+    prep = build(config(tmp_path, device="cpu", overrides={"translator": "none", "selftrain_rounds": 0} | hparams))
     algo = prep.algorithm
     algo.stage = Stage(ADAPT, 4)
     s = prep.splits
@@ -147,16 +147,16 @@ def test_teacher_kl_counts_only_labelled_pixels():
 
 
 def test_stages_follow_the_ablation_hyperparameters(tmp_path):
-    full = build(config(tmp_path, overrides={"translator": "cyclegan", "selftrain_rounds": 2})).algorithm
+    full = build(config(tmp_path, device="cpu", overrides={"translator": "cyclegan", "selftrain_rounds": 2})).algorithm
     assert [(s.name, s.steps, s.evaluate) for s in full.stages()] == [
         ("translate", 4, False), ("adapt", 4, True), ("self-train 1", 2, True), ("self-train 2", 2, True)]
-    plain = build(config(tmp_path, overrides={"translator": "none", "selftrain_rounds": 0})).algorithm
+    plain = build(config(tmp_path, device="cpu", overrides={"translator": "none", "selftrain_rounds": 0})).algorithm
     assert [(s.name, s.steps) for s in plain.stages()] == [("translate", 0), ("adapt", 4)]
     assert plain.teacher is None
 
 
 def test_a_round_makes_the_student_the_teacher(tmp_path):
-    prep = build(config(tmp_path, overrides={"selftrain_rounds": 2}))
+    prep = build(config(tmp_path, device="cpu", overrides={"selftrain_rounds": 2}))
     algo = prep.algorithm
     ctx = StageContext(TrainData(prep.splits.src_train, prep.splits.tgt_train, prep.splits.tgt_labeled), tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
     with torch.no_grad():
@@ -221,7 +221,7 @@ class _StopIn(NullReporter):
 
 
 def test_half_written_pseudo_labels_are_made_again_not_trained_on(tmp_path):
-    prep = build(config(tmp_path))
+    prep = build(config(tmp_path, device="cpu"))
     algo = prep.algorithm
     ctx = StageContext(TrainData(prep.splits.src_train, prep.splits.tgt_train, prep.splits.tgt_labeled), tmp_path / "run", tmp_path / "cache", torch.device("cpu"), "fp32", 0, NullReporter())
     algo.begin_stage(Stage("self-train 1", 2), ctx, resumed=False)
@@ -279,7 +279,7 @@ def test_a_cyclegan_translator_trains_in_its_own_stage_then_is_skipped_when_cach
 
 
 def test_adversarial_false_never_forwards_a_target_image(tmp_path, monkeypatch):
-    prep = build(config(tmp_path, overrides={"adversarial": False, "translator": "none"}))
+    prep = build(config(tmp_path, device="cpu", overrides={"adversarial": False, "translator": "none"}))
     algo = prep.algorithm
     algo.stage = algo.stages()[1]
     src = prep.splits.src_train.get_batch([0, 1])
