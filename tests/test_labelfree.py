@@ -3,7 +3,6 @@ record them without their training changing."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 
 import pytest

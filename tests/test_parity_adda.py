@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dabench.algorithm import Stage
 from dabench.hparams import defaults
 from dabench.registry import algorithms, backbones
 from dabench.runner import RunConfig, run
