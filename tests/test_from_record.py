@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from dabench.cli import main
 from dabench.runfolder import read_records
+from dabench.runner import cpu_model
 
 TOY = ["--algo", "dann", "--src", "toy-src", "--tgt", "toy-tgt", "--steps", "4", "--eval-every", "2", "--seed", "3",
        "-H", "lr=0.02"]
@@ -44,12 +45,15 @@ def test_where_the_machine_differs_it_says_the_numbers_may_differ(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(original, copy)
     config = json.loads((copy / "config.json").read_text())
+    assert config["machine"] == {"cpu": cpu_model(), "device": "cpu"}  # where it ran
     config["torch_threads"] += 7
     config["versions"]["torch"] = "1.0.0"
+    config["machine"]["cpu"] = "Another CPU 9000"
     (copy / "config.json").write_text(json.dumps(config))
     r = invoke("run", "--from", str(copy), "--out", str(tmp_path / "c"))
     text = " ".join(r.stderr.split())
     assert r.exit_code == 0 and "torch threads" in text and "torch 1.0.0" in text and "may differ" in text
+    assert f"it ran on the CPU 'Another CPU 9000', this machine's is '{cpu_model()}'" in text
 
 
 def test_bad_from_exits_2_with_the_reason(tmp_path):
