@@ -22,6 +22,7 @@ peak resident set (``resource.getrusage().ru_maxrss``, model and interpreter inc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -39,7 +40,7 @@ from dabench.data import SEGMENTATION, Batch
 from dabench.hparams import defaults
 from dabench.nets import SegNet
 from dabench.registry import algorithms, backbones
-from dabench.runner import compile_networks
+from dabench.runner import compile_networks, repeatable_kernels
 from dabench.algorithm import autocast
 
 NUM_CLASSES = 19
@@ -260,6 +261,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", default="off", help="comma-separated subset of off,on: torch.compile the networks "
                    "(as dabench run --compile); on,off measures both")
     p.add_argument("--no-tf32", action="store_true", help="fp32 convolutions without TF32 tensor cores")
+    p.add_argument("--deterministic", action="store_true",
+                   help="the kernels a dabench run asks for on a GPU (runner.repeatable_kernels: cuDNN deterministic, "
+                        "no autotuning, PyTorch's deterministic ops); default: PyTorch's defaults")
     p.add_argument("--flops-only", action="store_true", help="count FLOPs on the meta device and stop")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "PRECISION,on|off,on|off": one configuration here
     return p.parse_args(argv)
@@ -280,7 +284,9 @@ def main(argv=None) -> None:
         return
     if args.one:
         precision, layout, comp = args.one.split(",")
-        print(json.dumps(measure(size, args.algo, device, precision, layout == "on", warmup, iters, comp == "on")))
+        kernels = repeatable_kernels(device) if args.deterministic else contextlib.nullcontext()
+        with kernels:
+            print(json.dumps(measure(size, args.algo, device, precision, layout == "on", warmup, iters, comp == "on")))
         return
     wanted = [(p, cl, comp) for p, cl in CONFIGS for comp in (False, True) if p in args.precision.split(",")
               and ("on" if cl else "off") in args.channels_last.split(",")
@@ -290,7 +296,8 @@ def main(argv=None) -> None:
         flags = f"{precision},{'on' if cl else 'off'},{'on' if comp else 'off'}"
         cmd = [sys.executable, __file__, "--one", flags, "--device", str(device),
                "--size", size_name, "--algo", args.algo,
-               "--iters", str(iters), "--warmup", str(warmup)] + (["--no-tf32"] if args.no_tf32 else [])
+               "--iters", str(iters), "--warmup", str(warmup)] + (["--no-tf32"] if args.no_tf32 else []) \
+            + (["--deterministic"] if args.deterministic else [])
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
@@ -303,7 +310,8 @@ def main(argv=None) -> None:
     print(f"{args.algo} on DeepLabv2-{size.encoder}, {NUM_CLASSES} classes, batch 1: source "
           f"{size.src[1]}x{size.src[0]} + target {size.tgt[1]}x{size.tgt[0]} per iteration; evaluation of one "
           f"{size.tgt[1]}x{size.tgt[0]} image scored at {size.label[1]}x{size.label[0]}; {warmup} warm-up + "
-          f"{iters} timed iterations (median).\n")
+          f"{iters} timed iterations (median); kernels: "
+          f"{'deterministic, as a dabench run asks for them' if args.deterministic else 'PyTorch defaults'}.\n")
     print(table(results, device))
 
 
