@@ -189,7 +189,8 @@ def _launcher(opts: dict, jobs: int):
 @click.option("--resume", is_flag=True, help="continue the unfinished run of this exact config")
 @click.option("--overwrite", is_flag=True, help="delete an existing run of this config and start again")
 @click.option("--devices", type=int, default=1, show_default=True,
-              help="train on N processes (GPUs) with torchrun: the same run, its batches split over them")
+              help="train on N processes with torchrun, one GPU each (with --device cpu: N CPU processes): the "
+                   "same run, its batches split over them")
 def run(algo, src, tgt, from_run, tgt_labeled, seed, backbone, steps, eval_every, hparam, data_root, device, precision,
         image_size, pretrained, channels_last, workers, log, dev, swad, sync_bn, compile, protocol, setting, out, resume,
         overwrite, devices):
