@@ -379,17 +379,9 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean} ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else f"{mean} (1 seed)"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def report(all_results: dict, all_facts: dict, args, command: str, load: tuple) -> str:
+    from dabench.runner import cpu_model  # the name config.json records
+
     lines = [
         "# DANN three ways: dabench, a plain PyTorch loop, skada",
         "",
