@@ -36,20 +36,28 @@ from dabench_plugins.datasets.cityscapes import PALETTE
 GTA5_STORED = (1914, 1052)
 
 
-def make_frames(root: Path, n: int) -> None:
+def photos() -> list[np.ndarray]:
     from skimage import data
 
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    return [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+
+
+def stripes(size: tuple[int, int]) -> np.ndarray:
+    """A (height, width) label map of seven vertical stripes of Cityscapes label ids."""
+    w, h = size
+    return np.repeat(np.array([7, 8, 11, 21, 23, 24, 26])[(np.arange(w) * 7) // w][None], h, 0).astype(np.uint8)
+
+
+def make_frames(root: Path, n: int) -> None:
+    pictures = photos()
     rng = np.random.default_rng(0)
     colours = [c for i in range(256) for c in list(PALETTE.values())[i % len(PALETTE)]]
     for i in range(n):
-        big = Image.fromarray(photos[i % len(photos)]).resize(GTA5_STORED, Image.BICUBIC)
+        big = Image.fromarray(pictures[i % len(pictures)]).resize(GTA5_STORED, Image.BICUBIC)
         pixels = np.asarray(big).astype(np.int16) + rng.integers(-12, 13, (*GTA5_STORED[::-1], 3))
         (root / "gta5" / "images").mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / "gta5" / "images" / f"{i:05d}.png")
-        ids = np.repeat(np.array([7, 8, 11, 21, 23, 24, 26])[(np.arange(GTA5_STORED[0]) * 7) // GTA5_STORED[0]][None],
-                        GTA5_STORED[1], 0).astype(np.uint8)
-        label = Image.fromarray(ids, "P")
+        label = Image.fromarray(stripes(GTA5_STORED), "P")
         label.putpalette(colours)
         (root / "gta5" / "labels").mkdir(parents=True, exist_ok=True)
         label.save(root / "gta5" / "labels" / f"{i:05d}.png")
@@ -61,18 +69,14 @@ CITYSCAPES_STORED = (2048, 1024)
 def make_cityscapes(root: Path, n: int) -> None:
     """A Cityscapes layout for the GPU check's target (a run may not adapt GTA5 to itself): ``n``
     frames a split, the same photographs at Cityscapes' stored 2048x1024, grey labelIds of stripes."""
-    from skimage import data
-
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    ids = np.repeat(np.array([7, 8, 11, 21, 23, 24, 26])[(np.arange(CITYSCAPES_STORED[0]) * 7) // CITYSCAPES_STORED[0]][None],
-                    CITYSCAPES_STORED[1], 0).astype(np.uint8)
+    pictures, ids = photos(), stripes(CITYSCAPES_STORED)
     for split, city in (("train", "aachen"), ("val", "frankfurt")):
         images, labels = (root / "cityscapes" / kind / split / city for kind in ("leftImg8bit", "gtFine"))
         images.mkdir(parents=True, exist_ok=True)
         labels.mkdir(parents=True, exist_ok=True)
         for i in range(n):
             stem = f"{city}_{i:06d}_000019"
-            Image.fromarray(photos[i % len(photos)]).resize(CITYSCAPES_STORED, Image.BICUBIC).save(
+            Image.fromarray(pictures[i % len(pictures)]).resize(CITYSCAPES_STORED, Image.BICUBIC).save(
                 images / f"{stem}_leftImg8bit.png")
             Image.fromarray(ids, "L").save(labels / f"{stem}_gtFine_labelIds.png")
 
