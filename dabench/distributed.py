@@ -45,9 +45,8 @@ def setup(device: str = "auto") -> tuple[int, int]:
     if size > 1 and not dist.is_initialized():
         cuda = device != "cpu" and torch.cuda.is_available()
         if cuda:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
             check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", size)))
-            torch.cuda.set_device(local)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
     return world()
 
