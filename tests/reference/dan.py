@@ -12,6 +12,9 @@ code thuml/DAN), commit c4aa59eb565650a552b809411601d0589efbbfe4:
 - tllib/alignment/dan.py, lines 78-119 (``MultipleKernelMaximumMeanDiscrepancy.forward`` and
   ``_update_index_matrix``) and 122-130 (``ImageClassifier``: Linear -> ReLU -> Dropout(0.5));
 - tllib/modules/kernels.py, lines 56-62 (``GaussianKernel.forward`` with track_running_stats);
+  TLlib's five kernels each compute the batch's squared distances from the features; here
+  ``MKMMD`` computes them once and hands the same matrix to each (the same values bit for bit, the
+  gradients summed in another order; five times faster, which the 10,000-step runs need);
 - tllib/modules/classifier.py, lines 78-99 (``Classifier.forward`` and ``get_parameters``).
 
 Left out: data loading, meters, logging, checkpoints, CUDA. The backbone, the bottleneck and the
@@ -36,9 +39,16 @@ class GaussianKernel(nn.Module):
         self.alpha = alpha
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        d2 = ((X.unsqueeze(0) - X.unsqueeze(1)) ** 2).sum(2)
+        return self.of_distances(squared_distances(X))
+
+    def of_distances(self, d2: torch.Tensor) -> torch.Tensor:
         self.sigma_square = self.alpha * torch.mean(d2.detach())
         return torch.exp(-d2 / (2 * self.sigma_square))
+
+
+def squared_distances(X: torch.Tensor) -> torch.Tensor:
+    """||x_i - x_j||^2 for every pair of rows, as TLlib's kernel computes it."""
+    return ((X.unsqueeze(0) - X.unsqueeze(1)) ** 2).sum(2)
 
 
 def index_matrix(batch_size: int, linear: bool) -> torch.Tensor:
@@ -71,13 +81,16 @@ class MKMMD(nn.Module):
         super().__init__()
         self.kernels = kernels
         self.linear = linear
+        self.index_matrix = None
 
     def forward(self, z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
         features = torch.cat([z_s, z_t], dim=0)
         n = int(z_s.size(0))
-        weights = index_matrix(n, self.linear).to(z_s.device)
-        kernel_matrix = sum([kernel(features) for kernel in self.kernels])
-        return (kernel_matrix * weights).sum() + 2. / float(n - 1)
+        if self.index_matrix is None or self.index_matrix.size(0) != 2 * n:  # TLlib's _update_index_matrix
+            self.index_matrix = index_matrix(n, self.linear).to(z_s.device)
+        d2 = squared_distances(features)
+        kernel_matrix = sum([kernel.of_distances(d2) for kernel in self.kernels])
+        return (kernel_matrix * self.index_matrix).sum() + 2. / float(n - 1)
 
 
 class Classifier(nn.Module):
