@@ -31,11 +31,11 @@ timeout "$limit" dabench sweep --algos "$algos" "${common[@]}" --jobs $(( jobs >
 timeout "$limit" dabench sweep --algos mmd -H mmd_gamma=0 "${common[@]}" --jobs "$jobs_erm" \
     --out "$work/dg-erm" > "$out/dg-erm-sweep.txt" 2>&1 &
 wait
+mkdir -p "$work/records"  # the tar below is made even when no run finished
 for d in dg dg-erm; do
     echo "## $d"
     dabench leaderboard "$work/$d" --per-seed
     dabench export "$work/$d" "$work/records/$d" > /dev/null
 done > "$out/leaderboard.md" 2>&1
-mkdir -p "$work/records"
 tar -czf "$out/records.tar.gz" -C "$work/records" .
 tail -n 2 "$out"/dg*-sweep.txt

@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim import SGD
 from torch.optim.lr_scheduler import LambdaLR
 
-from reference.dan import Classifier, GaussianKernel, index_matrix
+from reference.dan import Classifier, GaussianKernel, index_matrix, squared_distances
 
 
 class FixedGaussianKernel(nn.Module):
@@ -37,8 +37,7 @@ class FixedGaussianKernel(nn.Module):
         self.sigma_square = torch.tensor(sigma * sigma)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        l2_distance_square = ((X.unsqueeze(0) - X.unsqueeze(1)) ** 2).sum(2)
-        return torch.exp(-l2_distance_square / (2 * self.sigma_square))
+        return torch.exp(-squared_distances(X) / (2 * self.sigma_square))
 
 
 class JMMD(nn.Module):
