@@ -6,7 +6,7 @@
 # DomainBed methods' default), its 5,000 steps, 3 seeds, each digits4 domain held out in turn: mmd
 # and causirl-mmd (on the DANN digit CNN they die on 4 and 2 of 12 runs), beside the same network,
 # optimiser and per-domain batches without a penalty (`mmd -H mmd_gamma=0`, DomainBed's ERM).
-# 36 runs; on this 2-core CPU one run of 1,000 steps takes about 10 minutes.
+# 36 runs; on a 2-core CPU one run takes about 10 minutes at 1,000 steps (2 threads), 77 at 5,000 (1 thread).
 # Environment: STEPS (5000), SEEDS (3), JOBS (the cores less one), ALGOS (mmd,causirl-mmd), LIMIT
 # (seconds for the two sweeps, which run side by side; 400: the tables come from whatever finished).
 # Writes leaderboard.md (per seed, both folders) and records.tar.gz (`dabench export` of the runs:
