@@ -13,8 +13,9 @@ FOLDER``), dabench's own last-step target-test accuracy of the same method, step
     python benchmarks/bench_transcriptions.py --methods cdan,cdan-e,mcc,dan --seeds 5 --steps 2000 \\
         --runs runs/ --out table.md
 
-Methods: cdan, cdan-e (tests/reference/cdan.py, the digit script, warm-up and halvings counted in
-tenths of --steps as the plugin does), coral (tests/reference/coral.py, the Caffe CORAL layer on the
+Methods: cdan, cdan-e, cdan-bsp (tests/reference/cdan.py, the digit script, warm-up and halvings
+counted in tenths of --steps as the plugin does; cdan-bsp adds the BSP authors' 1e-4 term as dabench's
+cdan -H bsp=true), coral (tests/reference/coral.py, the Caffe CORAL layer on the
 logits at weight 1, with the bench's SGD and annealed rate as its parity test: the Caffe solver is not
 transcribed), mcc (tests/reference/mcc.py, TLlib's digit iteration), dan
 (tests/reference/dan.py, TLlib's digit iteration), dann (tests/reference/dann.py, the paper's
@@ -56,7 +57,7 @@ from dabench.results.records import read_runs  # noqa: E402
 from dabench.runner import RunConfig, build  # noqa: E402
 from reference.harness import twin  # noqa: E402
 
-PLUGIN = {"cdan": ("cdan", {}), "cdan-e": ("cdan", {"entropy_conditioning": "true"}), "mcc": ("mcc", {}), "coral": ("coral", {}),
+PLUGIN = {"cdan": ("cdan", {}), "cdan-e": ("cdan", {"entropy_conditioning": "true"}), "cdan-bsp": ("cdan", {"bsp": "true"}), "mcc": ("mcc", {}), "coral": ("coral", {}),
           "dan": ("dan", {}), "dann": ("dann", {}), "bsp": ("dann", {"bsp": "true"}), "afn": ("afn", {}),
           "mcd": ("mcd", {}), "mdd": ("mdd", {}), "jan": ("jan", {}), "self-ensembling": ("self-ensembling", {}),
           "fixmatch": ("fixmatch", {}), "adda": ("adda", {}), "mme": ("mme", {})}
@@ -75,12 +76,13 @@ def trainer(method: str, algo, steps: int):
     """The transcription, on a copy of the plugin's initial weights; returns (step, predict, modules).
     ``step(i, xs, ys, xt)``; the methods of LABELED take the labelled target batch (a ``Labeled``) as
     a fifth argument when the run has one."""
-    if method in ("cdan", "cdan-e"):
+    if method in ("cdan", "cdan-e", "cdan-bsp"):
         from reference import cdan as ref
 
         features = nn.Sequential(twin(algo.featurizer), twin(algo.classifier[:-1]))
         fc = twin(algo.classifier[-1])
-        tr = ref.DigitTrainer(features, fc, twin(algo.discriminator), "CDAN-E" if method == "cdan-e" else "CDAN")
+        tr = ref.DigitTrainer(features, fc, twin(algo.discriminator), "CDAN-E" if method == "cdan-e" else "CDAN",
+                              bsp=method == "cdan-bsp")  # bsp: 1e-4 x BSP of the features, as -H bsp=true
         num_iter = steps // 10
         step = lambda i, xs, ys, xt: tr.step(i // num_iter + 1, i % num_iter, num_iter, xs, ys, xt)  # noqa: E731
         return step, lambda x: fc(features(x)), [features, fc]
