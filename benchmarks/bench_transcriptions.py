@@ -57,10 +57,10 @@ from dabench.results.records import read_runs  # noqa: E402
 from dabench.runner import RunConfig, build  # noqa: E402
 from reference.harness import twin  # noqa: E402
 
-PLUGIN = {"cdan": ("cdan", {}), "cdan-e": ("cdan", {"entropy_conditioning": "true"}), "cdan-bsp": ("cdan", {"bsp": "true"}), "mcc": ("mcc", {}), "coral": ("coral", {}),
-          "dan": ("dan", {}), "dann": ("dann", {}), "bsp": ("dann", {"bsp": "true"}), "afn": ("afn", {}),
-          "mcd": ("mcd", {}), "mdd": ("mdd", {}), "jan": ("jan", {}), "self-ensembling": ("self-ensembling", {}),
-          "fixmatch": ("fixmatch", {}), "adda": ("adda", {}), "mme": ("mme", {})}
+PLUGIN = {"cdan": ("cdan", {}), "cdan-e": ("cdan", {"entropy_conditioning": "true"}), "cdan-bsp": ("cdan", {"bsp": "true"}),
+          "dann": ("dann", {}), "bsp": ("dann", {"bsp": "true"}), "mcc": ("mcc", {}), "coral": ("coral", {}),
+          "dan": ("dan", {}), "afn": ("afn", {}), "mcd": ("mcd", {}), "mdd": ("mdd", {}), "jan": ("jan", {}),
+          "self-ensembling": ("self-ensembling", {}), "fixmatch": ("fixmatch", {}), "adda": ("adda", {}), "mme": ("mme", {})}
 LABELED = {"fixmatch": "may", "mme": "must"}  # the transcriptions whose step takes labelled target images
 
 
