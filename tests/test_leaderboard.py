@@ -254,6 +254,17 @@ def test_runs_that_differ_in_a_minus_h_value_are_rows_of_their_own(tmp_path):
     assert "udas,translator=fda,0,2,65.0" in render(board, "csv")
 
 
+def test_a_minus_h_only_some_runs_of_the_table_set_names_its_row(tmp_path):
+    # dann -H bsp=true beside plain erm: one dann config only, yet the row must not read as plain dann;
+    # the value is written as the command line writes it
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.40)], algo="erm")
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.30)], algo="dann", hparams={"bsp": True}, overrides=["bsp"])
+    board = leaderboard(tmp_path)
+    assert {r.label for r in next(t for t in board.tables if t.method.name == "source-val").rows} == {"erm", "dann (bsp=true)"}
+    assert "| dann (bsp=true) | 30.0 |" in render(board, "markdown")
+    assert ",dann,bsp=true,0,1,30.0," in render(board, "csv")
+
+
 def test_runs_of_another_budget_or_network_are_rows_of_their_own_not_more_seeds(tmp_path):
     # seed 0 at 2,000 and at 10,000 steps in one folder: two rows of one seed each, not one seed
     # whose "search samples" source-val picks among (it would take the 10,000-step run: src-val 0.95)

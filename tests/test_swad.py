@@ -157,7 +157,7 @@ def test_the_swad_run_is_its_own_folder_and_leaderboard_row(tmp_path):
     assert plain.run_dir != averaged.run_dir and plain.run_dir.parent == averaged.run_dir.parent
     assert "swad" not in plain.run_dir.name and averaged.config["swad"] is True
     r = CliRunner().invoke(main, ["leaderboard", str(tmp_path)], catch_exceptions=False)
-    assert r.exit_code == 0 and "swad=True" in r.stdout
+    assert r.exit_code == 0 and "swad=true" in r.stdout
 
 
 def test_a_run_too_short_for_the_window_is_refused(tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dabench.errors import DabenchError
 from dabench.results.records import (FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, run_options,
-                                     variant, variant_order, versus)
+                                     variant, variant_order, variant_text, versus)
 from dabench.runfolder import CONFIG, identity
 from dabench.tasks import task_of
 from dabench.results.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
@@ -506,7 +506,7 @@ def _csv(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -> 
         for r in t.rows:
             row = dict(pair=t.pair, src=t.src, tgt=t.tgt, task=t.task, protocol=t.protocol, metric=t.metric,
                        selection=t.method.name,
-                       oracle=t.method.oracle, algorithm=r.algo, variant="; ".join(f"{k}={v}" for k, v in r.variant),
+                       oracle=t.method.oracle, algorithm=r.algo, variant=variant_text(r.variant, "; "),
                        tgt_labeled=r.tgt_labeled, n=r.n, mean=num(r.mean),
                        std=num(r.std), src_val=num(r.src_val), per_seed=_csv_seeds(r))
             writer.writerow(row | {f"iou_{c}": num(v) for c, v in zip(t.classes, r.iou or [])})
@@ -518,6 +518,6 @@ def _csv(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -> 
                 src = ",".join(d for d in t.domains if d != tgt)
                 writer.writerow(dict(pair=f"{src} -> {tgt} (dg)", src=src, tgt=tgt, task=t.task, protocol=t.protocol,
                                      metric=t.metric, selection=t.method.name, oracle=t.method.oracle, algorithm=r.algo,
-                                     variant="; ".join(f"{k}={v}" for k, v in r.variant), tgt_labeled=0, n=r.n,
+                                     variant=variant_text(r.variant, "; "), tgt_labeled=0, n=r.n,
                                      mean=num(r.mean), std=num(r.std), src_val=num(r.src_val), per_seed=_csv_seeds(r)))
     return buf.getvalue()

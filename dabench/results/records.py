@@ -65,9 +65,14 @@ def versus(row: Row, rows: list[Row], reference: str = "erm") -> str:
     return f"{diff:+.1f} ({'beyond' if abs(diff) > spread else 'inside'} {spread:.1f})"
 
 
+def variant_text(variant: tuple, sep: str = ", ") -> str:
+    """``key=value`` of each -H or run option, values as the command line writes them (``bsp=true``)."""
+    return sep.join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in variant)
+
+
 def row_label(algo: str, tgt_labeled: int | str, variant: tuple = ()) -> str:
     """A table row's name: the algorithm, with its -H variant and labelled-target budget."""
-    parts = [f"{k}={v}" for k, v in variant]
+    parts = [variant_text(variant)] if variant else []
     if tgt_labeled == "all":
         parts.append("all labels")
     elif tgt_labeled:
@@ -124,13 +129,16 @@ def run_options(var: tuple) -> tuple:
 
 def variant(run: RunRecords, group: list[RunRecords]) -> tuple:
     """The hyperparameters set with -H whose values differ between runs of this algorithm in the
-    table (an ablation: ``udas`` with ``translator=none``), then the ``RUN_OPTIONS`` that differ
-    between any runs of the table (every row then names its ``steps=...``), as ((name, value), ...).
-    Runs that differ only in random-search samples share a row and model selection picks among them."""
+    table (an ablation: ``udas`` with ``translator=none``) or that some run of the table did not set
+    (``dann -H bsp=true`` beside runs without it is never labelled plain ``dann``; a -H every run
+    shares names no row), then the ``RUN_OPTIONS`` that differ between any runs of the table (every
+    row then names its ``steps=...``), as ((name, value), ...). Runs that differ only in
+    random-search samples share a row and model selection picks among them."""
     algo = run.config["algo"]
     peers = [r for r in group if r.config["algo"] == algo]
     keys = sorted({k for r in peers for k in r.config.get("overrides") or []})
-    varying = [k for k in keys if len({json.dumps((r.config.get("hparams") or {}).get(k)) for r in peers}) > 1]
+    varying = [k for k in keys if len({json.dumps((r.config.get("hparams") or {}).get(k)) for r in peers}) > 1
+               or any(k not in (r.config.get("overrides") or []) for r in group)]
     options = [k for k in RUN_OPTIONS if len({json.dumps(r.config.get(k), default=str) for r in group}) > 1]
     swad = (("swad", True),) if run.config.get("swad") else ()  # the weight average is its own row
     return (tuple((k, (run.config.get("hparams") or {}).get(k)) for k in varying)
