@@ -9,4 +9,7 @@ class DabenchError(Exception):
 
 
 class RunFailed(Exception):
-    """Training stopped (e.g. a non-finite loss). The CLI reports it with exit code 1."""
+    """Training stopped (e.g. a non-finite loss). The CLI reports it with exit code 1. ``step``: where
+    a non-finite loss stopped it (the runner records it in the run folder's ``failed``)."""
+
+    step: int | None = None

@@ -10,7 +10,9 @@ imports no torch, so the leaderboard can read a results folder copied from a clu
 - ``checkpoint.pt``: model, optimisers, random states, step and the number of records before it;
 - ``selected.pt``: the weights at the step source-val selection chooses (the tables' model);
 - ``timings.jsonl``: seconds per part of the run; ``done``: written last, when the run finished;
-- ``error.log``: a sweep's failed run after its first checkpoint (a failure before it removes the folder);
+- ``failed``: the run stopped on a non-finite loss (a result of its config, kept even before the
+  first checkpoint): the message, and the step; the leaderboard counts it against its row;
+- ``error.log``: a sweep's failed run after its first checkpoint (a crash or kill before it removes the folder);
 - ``tensorboard/``: TensorBoard event files, with ``--log tensorboard``.
 
 Beside the run folders, ``<out>/.locks/`` holds one lock file per run (``files.RunLock``) and
@@ -38,6 +40,7 @@ CHECKPOINT = "checkpoint.pt"
 SELECTED = "selected.pt"
 TIMINGS = "timings.jsonl"
 DONE = "done"
+FAILED = "failed"
 ERROR_LOG = "error.log"
 EMBED = "embed"  # t-SNE pictures (``dabench embed``), shown by ``dabench report``
 PREDICTIONS = "predictions"  # ``dabench predict``'s default --out; ``dabench report`` shows its overlays
@@ -98,6 +101,26 @@ def is_done(run_dir: Path) -> bool:
 
 def mark_done(run_dir: Path) -> None:
     (run_dir / DONE).touch()
+
+
+def mark_failed(run_dir: Path, step: int, message: str) -> None:
+    """Record that ``run_dir``'s run stopped at ``step`` on a non-finite loss (``message``)."""
+    tmp = run_dir / f".{FAILED}.tmp"
+    tmp.write_text(json.dumps({"step": step, "message": message}))
+    os.replace(tmp, run_dir / FAILED)  # whole or absent
+
+
+def failure(run_dir: Path) -> dict | None:
+    """``{"step", "message"}`` when ``run_dir``'s run stopped on a non-finite loss, else None (an
+    unreadable file reads as a failure whose message says so)."""
+    path = Path(run_dir) / FAILED
+    if not path.exists():
+        return None
+    try:
+        found = json.loads(path.read_text())
+        return {"step": None if found["step"] is None else int(found["step"]), "message": str(found["message"])}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        return {"step": None, "message": f"{path} cannot be read ({type(exc).__name__})"}
 
 
 def write_config(run_dir: Path, config: dict) -> None:

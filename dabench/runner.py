@@ -27,12 +27,12 @@ from dabench import distributed, tracking
 from dabench import hparams as hp
 from dabench.algorithm import Algorithm
 from dabench.data import Domain
-from dabench.errors import DabenchError
+from dabench.errors import DabenchError, RunFailed
 from dabench.files import RunLock, writable_folder
 from dabench.protocol import SETTINGS, Splits, build_splits, load_domain, resolve_data_root, split_rules
 from dabench.registry import Spec, algorithms, backbones, resolved_name, shared_images
-from dabench.runfolder import (CACHE, CHECKPOINT, CONFIG, identity_differences, is_done, is_started, mark_done, read_config,
-                              run_dir_of, run_records, write_config)
+from dabench.runfolder import (CACHE, CHECKPOINT, CONFIG, FAILED, failure, identity_differences, is_done, is_started,
+                              mark_done, mark_failed, read_config, run_dir_of, run_records, write_config)
 from dabench.swad import N_TOLERANCE
 from dabench.tasks import CLASSIFICATION, TASKS, task_of
 from dabench.trainer import NullReporter, seed_all, train_and_evaluate
@@ -572,6 +572,9 @@ def _train(cfg: RunConfig, prep: Built, reporter: NullReporter | None, main: boo
         distributed.synchronise(prep.algorithm)
     if cfg.compile:
         compile_networks(prep.algorithm)
+    if (failed := failure(run_dir)) and not cfg.overwrite:  # a divergence is the config's result: not retried
+        raise RunFailed(f"This config stopped on a non-finite loss before (step {failed['step']}; recorded in "
+                        f"{run_dir / FAILED}): {failed['message']} Add --overwrite to run it again.")
     resume = cfg.resume
     if resume == "auto":
         resume = run_dir.exists() and not is_done(run_dir)
@@ -605,6 +608,10 @@ def _train(cfg: RunConfig, prep: Built, reporter: NullReporter | None, main: boo
                 run_dir=run_dir, device=prep.device, precision=cfg.precision, channels_last=cfg.channels_last,
                 resume=resume, reporter=reporter, workers=workers, cache_dir=Path(cfg.out) / CACHE,
                 data_key=_data_key(config), log=cfg.log, dev=cfg.dev, swad=cfg.swad)
+    except RunFailed as exc:  # a non-finite loss: a result of the config, so the folder stays and says so
+        if main:
+            mark_failed(run_dir, exc.step, str(exc))
+        raise
     except BaseException:  # refused, crashed or interrupted
         if main and not (run_dir / CHECKPOINT).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: leave no half-made run behind

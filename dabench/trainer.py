@@ -253,11 +253,14 @@ def train_and_evaluate(algo: Algorithm, splits: Splits, *, eval_every: int, seed
                     if bad:
                         kept = load_pt(ckpt, "checkpoint")["step"] if ckpt.exists() else 0
                         where = (f"The last good checkpoint (step {kept}) is kept in {run_dir}." if kept else
-                                 "No checkpoint was written before it, so the run folder is removed.")
-                        raise RunFailed(
+                                 f"No checkpoint was written before it; {run_dir} keeps its config and this "
+                                 "message, and the leaderboard counts the seed as failed.")
+                        failed = RunFailed(
                             f"Loss became non-finite at step {step + 1} ({', '.join(f'{k}={v}' for k, v in bad.items())}). "
                             f"{where} Try a smaller learning rate (-H lr=...) or --precision fp32."
                         )
+                        failed.step = step + 1
+                        raise failed
                     for k, v in losses.items():
                         sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
                     reporter.advance(local + 1, losses)

@@ -49,3 +49,26 @@ def test_export_refuses_a_different_version_and_writes_nothing(tmp_path):
     assert r.exit_code == 2 and "export to a folder outside the runs" in r.stderr and not (runs / "inside").exists()
     r = invoke("export", str(tmp_path / "none"), str(dest))
     assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_a_diverged_run_keeps_its_folder_counts_in_its_row_is_not_retried_and_is_exported(tmp_path):
+    # lambda_max 1e30 makes dann's loss non-finite within a few steps
+    runs, dest = tmp_path / "runs", tmp_path / "shared"
+    assert invoke("sweep", "--algos", "erm", *TOY, "--seeds", "2", "--out", str(runs)).exit_code == 0
+    r = invoke("sweep", "--algos", "dann", "-H", "lambda_max=1e30", *TOY, "--seeds", "2", "--out", str(runs))
+    assert r.exit_code == 1 and "sweep: 0 finished, 0 already done, 2 failed" in r.stdout
+    stopped = sorted((runs / "toy-src_to_toy-tgt" / "dann").iterdir())
+    assert len(stopped) == 2 and all((d / "failed").exists() and (d / "config.json").exists() for d in stopped)
+    assert not any((d / "done").exists() for d in stopped)
+    board = table(runs)
+    assert "| dann (lambda_max=1e+30) | – | 0 (+2 failed) |" in board
+    assert "2 of 2 seeds failed (non-finite loss): not compared" in board
+    assert "## Failed runs" in board and "Incomplete runs" not in board
+    csv_rows = invoke("leaderboard", str(runs), "--format", "csv").stdout.splitlines()
+    assert any(",dann,lambda_max=1e+30,0,0,,,,," in row and row.endswith(",2") for row in csv_rows)
+    again = invoke("sweep", "--algos", "dann", "-H", "lambda_max=1e30", *TOY, "--seeds", "2", "--out", str(runs))
+    assert again.exit_code == 1 and "stopped on a non-finite loss before" in " ".join(again.stderr.split())
+    assert sorted((runs / "toy-src_to_toy-tgt" / "dann").iterdir()) == stopped and not any((d / "done").exists() for d in stopped)
+    r = invoke("export", str(runs), str(dest))
+    assert r.exit_code == 0 and "exported 4 runs" in r.stdout
+    assert len(list(dest.rglob("failed"))) == 2 and table(dest) == board

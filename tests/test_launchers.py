@@ -45,9 +45,10 @@ def test_a_sweep_runs_skips_when_resubmitted_and_reports_a_failure(tmp_path, lau
     assert r.exit_code == 1
     assert "sweep: 2 finished, 0 already done, 2 failed" in r.stdout
     err = flat(r.stderr)
-    assert err.count("failed dann seed") == 2 and "Loss became non-finite" in err and "(--debug prints" in err
+    assert err.count("failed dann seed") == 2 and "Loss became non-finite" in err and "error.log" in err  # the kept folder
     assert "Traceback" not in r.output
-    assert not list((tmp_path / "bad").rglob("dann/seed*"))  # it failed before its first checkpoint: no half folder
+    stopped = list((tmp_path / "bad").rglob("dann/seed*"))  # a divergence is the config's result: its folder says so
+    assert len(stopped) == 2 and all((d / "failed").exists() and not (d / "done").exists() for d in stopped)
 
 
 @pytest.mark.parametrize("launcher, extra", [("submitit", "slurm"), ("ray", "ray")])

@@ -265,6 +265,22 @@ def test_a_minus_h_only_some_runs_of_the_table_set_names_its_row(tmp_path):
     assert ",dann,bsp=true,0,1,30.0," in render(board, "csv")
 
 
+def test_seeds_that_failed_are_counted_in_their_row_and_block_the_comparison(tmp_path):
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.40)], algo="erm")
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.40)], algo="erm", seed=1)
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.80)], algo="m3sda")
+    for seed in (1, 2):  # stopped on a non-finite loss before any evaluation
+        d = make_run(tmp_path, [], algo="m3sda", seed=seed, done=False)
+        (d / "failed").write_text(json.dumps({"step": 60 + seed, "message": "Loss became non-finite at step 61."}))
+    board = leaderboard(tmp_path)
+    row = cell(board, "source-val", "m3sda")
+    assert (row.n, row.failed, row.mean) == (1, 2, pytest.approx(80.0))
+    text = render(board, "markdown")
+    assert "| m3sda | 80.0 | 1 (+2 failed) | 90.0 | 2 of 3 seeds failed (non-finite loss): not compared |" in text
+    assert "| syndigits_to_uci-digits/m3sda/seed1-n0-hp0 | 61 | Loss became non-finite at step 61. |" in text
+    assert not board.incomplete and len(board.failed) == 2
+
+
 def test_runs_of_another_budget_or_network_are_rows_of_their_own_not_more_seeds(tmp_path):
     # seed 0 at 2,000 and at 10,000 steps in one folder: two rows of one seed each, not one seed
     # whose "search samples" source-val picks among (it would take the 10,000-step run: src-val 0.95)

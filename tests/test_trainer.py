@@ -165,6 +165,29 @@ def test_nan_loss_stops_the_run_and_keeps_last_good_checkpoint(tmp_path, monkeyp
     assert [r["step"] for r in read_records(d / "results.jsonl")] == [10]
 
 
+def test_a_divergence_before_the_first_checkpoint_is_recorded_and_not_retried(tmp_path, monkeypatch):
+    original, calls = ERM.update, []
+
+    def nan_from_step_3(self, batch, step):
+        calls.append(step)
+        losses = original(self, batch, step)
+        return losses | {"cls": float("inf")} if step >= 2 else losses
+
+    monkeypatch.setattr(ERM, "update", nan_from_step_3)
+    with pytest.raises(RunFailed, match="non-finite at step 3.*keeps its config and this message"):
+        run(cfg(tmp_path, algo="erm"))
+    (d,) = (tmp_path / "toy-src_to_toy-tgt" / "erm").iterdir()
+    assert json.loads((d / "failed").read_text())["step"] == 3  # a result of the config, kept
+    assert (d / "config.json").exists() and not (d / "checkpoint.pt").exists() and not (d / "done").exists()
+    calls.clear()
+    with pytest.raises(RunFailed, match="stopped on a non-finite loss before \\(step 3.*--overwrite"):
+        run(cfg(tmp_path, algo="erm"))
+    assert calls == []  # not trained again
+    monkeypatch.setattr(ERM, "update", original)
+    again = run(cfg(tmp_path, algo="erm", overwrite=True))
+    assert again.run_dir == d and (d / "done").exists() and not (d / "failed").exists()
+
+
 def test_truncated_results_line_is_ignored(tmp_path):
     p = tmp_path / "results.jsonl"
     p.write_text('{"step": 10}\n{"step": 20}\n{"step": 3')

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dabench.errors import DabenchError
-from dabench.results.records import (FOOTNOTE, Row, RunRecords, aggregate, mean, read_runs, row_label, run_options,
-                                     variant, variant_order, variant_text, versus)
-from dabench.runfolder import CONFIG, identity
+from dabench.results.records import (FOOTNOTE, Row, RunRecords, aggregate, load_run, mean, read_runs, row_label,
+                                     run_options, seeds_cell, variant, variant_order, variant_text, versus)
+from dabench.runfolder import CONFIG, failure, identity
 from dabench.tasks import task_of
 from dabench.results.selection import AGREEMENT_ORACLE, DG_METHODS, DG_TITLES, LODO_VAL, Method, get, protocol_methods
 
@@ -165,6 +165,7 @@ class Leaderboard:
     skipped: list[tuple[Path, str]]  # (run folder, why it could not be read)
     agreement: list[Agreement] = field(default_factory=list)  # algorithms with 3 or more runs of a pair
     dg: list[DGTable] = field(default_factory=list)  # domain generalisation: per held-out domain
+    failed: list[tuple[Path, int | None, str]] = field(default_factory=list)  # (run folder, step, message): non-finite loss
 
 
 def agreement(runs: list[RunRecords], min_runs: int = 3) -> list[Agreement]:
@@ -232,8 +233,11 @@ def board(root: Path, runs: list[RunRecords], incomplete: list, skipped: list) -
     """The tables of runs already read (``read_runs``): ``leaderboard`` and ``dabench report`` share them."""
     da = [r for r in runs if not is_dg(r)]
     multi = [r for r in da if len(sources(r)) > 1]  # also in their pair's table
-    return Leaderboard(root, _tables(da), incomplete, skipped, agreement(da),
-                       dg_tables([r for r in runs if is_dg(r)]) + dg_tables(multi, setting="uda"))
+    stopped = [(load_run(p), why) for p, _ in incomplete if (why := failure(p))]  # config read before: readable
+    unfinished = [(p, s) for p, s in incomplete if not failure(p)]
+    return Leaderboard(root, _tables(da, [r for r, _ in stopped if not is_dg(r)]), unfinished, skipped, agreement(da),
+                       dg_tables([r for r in runs if is_dg(r)]) + dg_tables(multi, setting="uda"),
+                       [(r.path, why["step"], why["message"]) for r, why in stopped])
 
 
 def is_dg(run: RunRecords) -> bool:
@@ -307,24 +311,38 @@ def _budget_order(n: int | str) -> tuple:
     return (0, n, "") if isinstance(n, int) else (1, 0, str(n))
 
 
-def _tables(runs: list[RunRecords]) -> list[Table]:
+def _tables(runs: list[RunRecords], failed: list[RunRecords] = ()) -> list[Table]:
+    """A table per pair and selection method; ``failed``: runs that stopped on a non-finite loss, counted
+    in their row (its ``failed``) and never averaged."""
     pairs: dict[tuple, list[RunRecords]] = defaultdict(list)
-    for run in runs:
+    for run in [*runs, *failed]:
         c = run.config
         pairs[(str(c["src"]), str(c["tgt"]), str(c["task"]), str(c.get("protocol", "dabench")))].append(run)
     tables = []
     for (src, tgt, task, protocol), group in sorted(pairs.items()):
         rows: dict[tuple, list[RunRecords]] = defaultdict(list)
-        for run in group:
-            rows[(str(run.config["algo"]), run.config.get("tgt_labeled", 0), variant(run, group))].append(run)
-        order = sorted(rows, key=lambda k: (k[0], _budget_order(k[1]), variant_order(k[2])))
-        metric, classes = group[0].config["metric"], list(group[0].config.get("classes") or [])
-        sizes = sorted({str(r.config["eval_size"]) for r in group if r.config.get("eval_size")})
-        every = [r for run in group for r in run.records]
+        stopped: dict[tuple, int] = defaultdict(int)
+        for run in group:  # the failed runs too, so a row's -H label is the same with or without them
+            key = (str(run.config["algo"]), run.config.get("tgt_labeled", 0), variant(run, group))
+            if run.done:
+                rows[key].append(run)
+            else:
+                stopped[key] += 1
+        finished = [run for run in group if run.done]
+        if not finished:
+            continue  # every run of the pair failed: they are listed under the tables
+        order = sorted({*rows, *stopped}, key=lambda k: (k[0], _budget_order(k[1]), variant_order(k[2])))
+        metric, classes = finished[0].config["metric"], list(finished[0].config.get("classes") or [])
+        sizes = sorted({str(r.config["eval_size"]) for r in finished if r.config.get("eval_size")})
+        every = [r for run in finished for r in run.records]
+        seg = task_of(task).per_class is not None
         for method in protocol_methods(protocol):
             if not method.applies(every):
                 continue
-            body = [aggregate(method, k, rows[k], metric, task_of(task).per_class is not None, len(classes)) for k in order]
+            body = [dataclasses.replace(aggregate(method, k, rows[k], metric, seg, len(classes)) if rows.get(k) else
+                                        Row(k[0], k[1], 0, math.nan, math.nan, math.nan,
+                                            [math.nan] * len(classes) if seg else None, k[2]), failed=stopped[k])
+                    for k in order]
             subsets = group[0].config.get("class_subsets") or {}
             tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol, subsets))
     return tables
@@ -367,7 +385,7 @@ def _cell(row: Row | None, pm: str = "±") -> str:
 
 
 def _da_cell(row: Row) -> str:
-    return _f(row.mean) if row.n == 1 else f"{_f(row.mean)} ± {_f(row.std)}"  # one seed has no spread
+    return _f(row.mean) if row.n <= 1 else f"{_f(row.mean)} ± {_f(row.std)}"  # one seed has no spread, none no value
 
 
 def _seeds(row: Row | None, sep: str = ", ") -> str:
@@ -391,7 +409,7 @@ def _markdown(board: Leaderboard, reference: str = "erm", per_seed: bool = False
         seeds = ["per seed"] if per_seed else []
         out += [_md_row(["algorithm", f"tgt-test {t.metric} (%)", "n", f"src-val {t.metric} (%)", *extra, *seeds]),
                 "|---|---:|---:|---:|" + "---|" * (len(extra) + len(seeds))]
-        out += [_md_row([r.label, _da_cell(r), str(r.n), _f(r.src_val), *([v] if extra else []),
+        out += [_md_row([r.label, _da_cell(r), seeds_cell(r), _f(r.src_val), *([v] if extra else []),
                          *([_seeds(r)] if per_seed else [])]) for r, v in zip(t.rows, vs)]
         if t.per_class:
             out += ["", f"{t.title}. {t.iou_caption}.", "", _md_row(["algorithm", *t.classes, "mIoU", *t.subsets]),
@@ -418,6 +436,10 @@ def _markdown(board: Leaderboard, reference: str = "erm", per_seed: bool = False
                          "tgt-test oracle (%)", "lost"]), "|---|---|---|---:|---:|---:|---:|---:|"]
         out += [_md_row([a.pair, a.algo, a.method, str(a.runs), "–" if math.isnan(a.rho) else f"{a.rho:.2f}",
                          _f(a.picked), _f(a.oracle), _f(a.lost)]) for a in board.agreement] + [""]
+    if board.failed:
+        out += ["## Failed runs (a non-finite loss; counted in their row's n, not averaged)", "",
+                "| run folder | step | message |", "|---|---:|---|"]
+        out += [_md_row([_rel(board, p), "?" if s is None else str(s), why]) for p, s, why in board.failed] + [""]
     if board.incomplete:
         out += ["## Incomplete runs (no `done`; not averaged)", "", "| run folder | last step |", "|---|---:|"]
         out += [_md_row([_rel(board, p), "none" if s is None else str(s)]) for p, s in board.incomplete] + [""]
@@ -457,7 +479,7 @@ def _latex(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -
         label = "tab:" + "".join(ch if ch.isalnum() else "-" for ch in f"{t.src}-{t.tgt}-{t.protocol}-{t.method.name}")
         caption = (f"{pair}, model selection: {tex(t.method.name)}{oracle}. Target-test {tex(t.metric)} (\\%) at the "
                    f"step chosen from validation records only; {footnote}.")
-        rows = [[tex(r.label), f"{_tex_f(r.mean)} $\\pm$ {_tex_f(r.std)}", str(r.n), _tex_f(r.src_val)] for r in t.rows]
+        rows = [[tex(r.label), f"{_tex_f(r.mean)} $\\pm$ {_tex_f(r.std)}", tex(seeds_cell(r)), _tex_f(r.src_val)] for r in t.rows]
         out += _tex_table(caption, label, ["Algorithm", f"tgt-test {tex(t.metric)} (\\%)", "$n$",
                                            f"src-val {tex(t.metric)} (\\%)"], rows)
         if t.per_class:
@@ -481,6 +503,8 @@ def _latex(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -
                           f"{tex(AGREEMENT_ORACLE)}'s, and the target-test value (\\%) of the run and step each picks "
                           f"against {tex(AGREEMENT_ORACLE)}'s pick.", "tab:selection-agreement",
                           ["Pair", "Algorithm", "Selection", "Runs", "Spearman", "Picked", "Oracle", "Lost"], rows)
+    for p, step, why in board.failed:
+        out.append(f"% failed (non-finite loss at step {step}; counted in its row's n, not averaged): {tex(_rel(board, p))}")
     for p, step in board.incomplete:
         out.append(f"% incomplete (not averaged): {tex(_rel(board, p))}, last step {step}")
     for p, why in board.skipped:
@@ -497,7 +521,7 @@ def _csv(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -> 
     every row's per_seed values whatever ``per_seed`` says."""
     classes = list(dict.fromkeys(c for t in board.tables if t.per_class for c in t.classes))
     fields = ["pair", "src", "tgt", "task", "protocol", "metric", "selection", "oracle", "algorithm", "variant", "tgt_labeled", "n",
-              "mean", "std", "src_val", "per_seed", *(f"iou_{c}" for c in classes)]
+              "mean", "std", "src_val", "per_seed", "failed", *(f"iou_{c}" for c in classes)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fields, restval="", lineterminator="\n")
     writer.writeheader()
@@ -508,7 +532,7 @@ def _csv(board: Leaderboard, reference: str = "erm", per_seed: bool = False) -> 
                        selection=t.method.name,
                        oracle=t.method.oracle, algorithm=r.algo, variant=variant_text(r.variant, "; "),
                        tgt_labeled=r.tgt_labeled, n=r.n, mean=num(r.mean),
-                       std=num(r.std), src_val=num(r.src_val), per_seed=_csv_seeds(r))
+                       std=num(r.std), src_val=num(r.src_val), per_seed=_csv_seeds(r), failed=r.failed)
             writer.writerow(row | {f"iou_{c}": num(v) for c, v in zip(t.classes, r.iou or [])})
     for t in board.dg:
         for label, cells in t.rows:

@@ -45,6 +45,7 @@ class Row:
     iou: list[float] | None = None  # segmentation: per-class target-test IoU, mean over seeds, percent
     variant: tuple = ()  # ((hyperparameter, value), ...) set with -H that tell this row from its siblings
     per_seed: tuple = ()  # ((seed, target test percent), ...) in seed order: the values the mean is over
+    failed: int = 0  # seeds of this row that stopped on a non-finite loss (not in n, the mean or the std)
 
     @property
     def label(self) -> str:
@@ -59,6 +60,8 @@ def versus(row: Row, rows: list[Row], reference: str = "erm") -> str:
     none, or for one seed against one seed (no spread to compare with)."""
     ref = next((r for r in rows if r.algo == reference and r.variant == run_options(row.variant)
                 and r.tgt_labeled == row.tgt_labeled), None)
+    if row.failed and ref is not row:
+        return f"{row.failed} of {row.n + row.failed} seeds failed (non-finite loss): not compared"
     if ref is None or ref is row or math.isnan(row.mean) or math.isnan(ref.mean) or (row.n < 2 and ref.n < 2):
         return ""
     diff, spread = row.mean - ref.mean, 2 * max(row.std, ref.std)
@@ -68,6 +71,11 @@ def versus(row: Row, rows: list[Row], reference: str = "erm") -> str:
 def variant_text(variant: tuple, sep: str = ", ") -> str:
     """``key=value`` of each -H or run option, values as the command line writes them (``bsp=true``)."""
     return sep.join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in variant)
+
+
+def seeds_cell(row: Row) -> str:
+    """A row's n: its seeds with a number, and those that stopped on a non-finite loss."""
+    return f"{row.n} (+{row.failed} failed)" if row.failed else str(row.n)
 
 
 def row_label(algo: str, tgt_labeled: int | str, variant: tuple = ()) -> str:

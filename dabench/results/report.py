@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dabench.errors import DabenchError
 from dabench.results.leaderboard import DGTable, Leaderboard, Table, board, run_folders
-from dabench.results.records import FOOTNOTE, RunRecords, mean, read_runs, row_label, variant, versus
+from dabench.results.records import FOOTNOTE, RunRecords, mean, read_runs, row_label, seeds_cell, variant, versus
 from dabench.results.selection import TEST, get, protocol_methods, select_run
 from dabench.runfolder import EMBED, PREDICTIONS, STEPS
 from dabench.tasks import CLASS_ACC, task_of
@@ -108,7 +108,7 @@ def _sortable(caption: str, header: list[str], rows: list[str], open_: bool, sum
 
 
 def _table(t: Table, open_: bool) -> str:
-    rows = [f"<tr><td>{html.escape(r.label)}</td><td data-v='{r.n}'>{r.n}</td>{_cell(r.mean, r.std, r.n)}"
+    rows = [f"<tr><td>{html.escape(r.label)}</td><td data-v='{r.n}'>{html.escape(seeds_cell(r))}</td>{_cell(r.mean, r.std, r.n)}"
             f"{_cell(r.src_val, 0.0, 1)}<td>{html.escape(versus(r, t.rows))}</td></tr>" for r in t.rows]
     oracle = " (oracle: uses target labels)" if t.method.oracle else ""
     return _sortable(f"Selection: {t.method.title}{oracle}. Target test {t.metric} (%) at the chosen step; vs erm: "
@@ -143,6 +143,8 @@ def _not_counted(lb: Leaderboard) -> str:
     items = [f"<li>{html.escape(str(p.relative_to(lb.root)))}: unfinished"
              f"{'' if step is None else f', last evaluated at step {step}'}</li>" for p, step in lb.incomplete]
     items += [f"<li>{html.escape(str(p.relative_to(lb.root)))}: {html.escape(why)}</li>" for p, why in lb.skipped]
+    items += [f"<li>{html.escape(str(p.relative_to(lb.root)))}: failed at step {step} (counted in its row's n): "
+              f"{html.escape(why)}</li>" for p, step, why in lb.failed]
     if not items:
         return ""
     return f"<section><h2>Runs not in the tables</h2><ul>{''.join(items)}</ul></section>"
