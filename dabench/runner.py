@@ -151,7 +151,8 @@ def cpu_model() -> str:
 
 def machine(device: torch.device) -> dict[str, str]:
     """The CPU model and the device that trains: runs repeat bit for bit on one model of each
-    (seen: ERM's seeds differ by up to 0.3 points between an Intel Xeon and an AMD EPYC)."""
+    (seen: ERM's seeds differ by up to 0.5 points at the last step between an Intel Xeon and an AMD
+    EPYC, and M3SDA's default diverges on one and not the other; the leaderboard says when a table mixes them)."""
     return {"cpu": cpu_model(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
 
 

@@ -281,6 +281,17 @@ def test_seeds_that_failed_are_counted_in_their_row_and_block_the_comparison(tmp
     assert not board.incomplete and len(board.failed) == 2
 
 
+def test_a_table_from_two_cpu_models_says_so(tmp_path):
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.40)], algo="erm", machine={"cpu": "AMD EPYC", "device": "cpu"})
+    make_run(tmp_path, [rec(200, 0.9, 0.5, 0.50)], algo="dann", machine={"cpu": "Intel Xeon", "device": "cpu"})
+    text = render(leaderboard(tmp_path), "markdown")
+    assert "Runs from 2 machines (AMD EPYC, Intel Xeon): the same seed gives other numbers" in text
+    one = tmp_path / "one"
+    make_run(one, [rec(200, 0.9, 0.5, 0.40)], algo="erm", machine={"cpu": "Intel Xeon", "device": "cpu"})
+    make_run(one, [rec(200, 0.9, 0.5, 0.50)], algo="dann", machine={"cpu": "Intel Xeon", "device": "cpu"})
+    assert "machines" not in render(leaderboard(one), "markdown")
+
+
 def test_runs_of_another_budget_or_network_are_rows_of_their_own_not_more_seeds(tmp_path):
     # seed 0 at 2,000 and at 10,000 steps in one folder: two rows of one seed each, not one seed
     # whose "search samples" source-val picks among (it would take the 10,000-step run: src-val 0.95)

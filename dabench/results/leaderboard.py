@@ -41,6 +41,7 @@ class Table:
     rows: list[Row]
     protocol: str = "dabench"  # tables never pool runs of two protocols
     class_subsets: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # as the data set records them
+    machines: list[str] = dataclasses.field(default_factory=list)  # the CPU or GPU models its runs trained on
 
     @property
     def pair(self) -> str:
@@ -307,6 +308,12 @@ def dg_tables(runs: list[RunRecords], setting: str = "dg") -> list[DGTable]:
     return tables
 
 
+def trained_on(config: dict) -> str:
+    """The model of the device a run trained on (its GPU, else its CPU), as its config records it."""
+    m = config["machine"]
+    return str(m.get("device") if m.get("device") not in (None, "cpu") else m.get("cpu"))
+
+
 def _budget_order(n: int | str) -> tuple:
     return (0, n, "") if isinstance(n, int) else (1, 0, str(n))
 
@@ -336,6 +343,7 @@ def _tables(runs: list[RunRecords], failed: list[RunRecords] = ()) -> list[Table
         sizes = sorted({str(r.config["eval_size"]) for r in finished if r.config.get("eval_size")})
         every = [r for run in finished for r in run.records]
         seg = task_of(task).per_class is not None
+        machines = sorted({trained_on(r.config) for r in finished if isinstance(r.config.get("machine"), dict)})
         for method in protocol_methods(protocol):
             if not method.applies(every):
                 continue
@@ -344,7 +352,7 @@ def _tables(runs: list[RunRecords], failed: list[RunRecords] = ()) -> list[Table
                                             [math.nan] * len(classes) if seg else None, k[2]), failed=stopped[k])
                     for k in order]
             subsets = group[0].config.get("class_subsets") or {}
-            tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol, subsets))
+            tables.append(Table(src, tgt, task, metric, method, classes, sizes, body, protocol, subsets, machines))
     return tables
 
 
@@ -404,6 +412,9 @@ def _markdown(board: Leaderboard, reference: str = "erm", per_seed: bool = False
         out += ["No finished runs yet.", ""]
     for t in board.tables:
         out += [f"## {t.title}", "", f"Selection: {t.method.title}. Metric: {t.metric} ({t.task}).", ""]
+        if len(t.machines) > 1:
+            out += [f"Runs from {len(t.machines)} machines ({', '.join(t.machines)}): the same seed gives other numbers "
+                    "on each, so compare rows made on one.", ""]
         vs = [versus(r, t.rows, reference) for r in t.rows]
         extra = [f"vs {reference} (twice the larger std)"] if any(vs) else []
         seeds = ["per seed"] if per_seed else []
