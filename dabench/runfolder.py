@@ -104,10 +104,8 @@ def mark_done(run_dir: Path) -> None:
 
 
 def mark_failed(run_dir: Path, step: int, message: str) -> None:
-    """Record that ``run_dir``'s run stopped at ``step`` on a non-finite loss (``message``)."""
-    tmp = run_dir / f".{FAILED}.tmp"
-    tmp.write_text(json.dumps({"step": step, "message": message}))
-    os.replace(tmp, run_dir / FAILED)  # whole or absent
+    """Record that ``run_dir``'s run stopped at ``step`` on a non-finite loss (``message``), whole or not at all."""
+    write_records(run_dir / FAILED, [{"step": step, "message": message}])
 
 
 def failure(run_dir: Path) -> dict | None:

@@ -234,8 +234,9 @@ def board(root: Path, runs: list[RunRecords], incomplete: list, skipped: list) -
     """The tables of runs already read (``read_runs``): ``leaderboard`` and ``dabench report`` share them."""
     da = [r for r in runs if not is_dg(r)]
     multi = [r for r in da if len(sources(r)) > 1]  # also in their pair's table
-    stopped = [(load_run(p), why) for p, _ in incomplete if (why := failure(p))]  # config read before: readable
-    unfinished = [(p, s) for p, s in incomplete if not failure(p)]
+    why = {p: failure(p) for p, _ in incomplete}
+    stopped = [(load_run(p), why[p]) for p, _ in incomplete if why[p]]  # config read before: readable
+    unfinished = [(p, s) for p, s in incomplete if not why[p]]
     return Leaderboard(root, _tables(da, [r for r, _ in stopped if not is_dg(r)]), unfinished, skipped, agreement(da),
                        dg_tables([r for r in runs if is_dg(r)]) + dg_tables(multi, setting="uda"),
                        [(r.path, why["step"], why["message"]) for r, why in stopped])
